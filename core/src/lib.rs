@@ -1,0 +1,8 @@
+//! trex host runtime: the plugin host, data pipelines, benchmarks and the pieces behind the
+//! `trex-host` binary. See `ARCHITECTURE.md` at the repository root for the map.
+
+pub mod bench;
+pub mod llm;
+pub mod pipeline;
+pub mod plugin;
+pub mod report;

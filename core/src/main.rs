@@ -1,0 +1,386 @@
+//! `trex-host`: the trex command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use trex_core::pipeline::Pipeline;
+use trex_core::plugin::{HostConfig, LoadedPlugin, PluginHost};
+
+/// trex: an autonomous fine-tuning laboratory.
+///
+/// trex searches over fine-tuning experiments (data recipe + training recipe) as a tree, with
+/// sandboxed WebAssembly plugins for data tools, evaluators and Researcher policies.
+///
+/// Examples:
+///
+///   trex-host --plugins ./plugins plugins list
+///
+///   trex-host --plugins ./plugins plugins inspect dedup-exact
+///
+///   trex-host --plugins ./plugins pipeline examples/pipelines/support-faq/pipeline.toml
+#[derive(Parser, Debug)]
+#[command(name = "trex-host", version, verbatim_doc_comment, max_term_width = 100)]
+struct Cli {
+    /// Folder whose sub-folders hold plugins (each a plugin.toml next to its .wasm).
+    #[arg(long, global = true, env = "TREX_PLUGINS", default_value = "plugins")]
+    plugins: PathBuf,
+
+    /// Where compiled plugins are cached [default: $TREX_CACHE_DIR, $XDG_CACHE_HOME/trex or ~/.cache/trex].
+    #[arg(long, global = true)]
+    cache_dir: Option<PathBuf>,
+
+    /// Compile plugins every time instead of using the cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+
+    /// Refuse a capability to every plugin (dataset, scratch, llm); repeatable.
+    #[arg(long = "deny", global = true, value_name = "CAPABILITY")]
+    deny: Vec<String>,
+
+    /// More log output (-v: debug, -vv: trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List, inspect and validate plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+
+    /// Print the JSON Schemas of every document trex exchanges with plugins, and of every
+    /// loaded plugin's config.
+    Schema {
+        /// Only this schema (a type such as TrainRecipe, or a plugin name).
+        name: Option<String>,
+        /// Write one `<name>.schema.json` per schema into this folder instead of printing.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+
+    /// Run a data pipeline (a recipe over a dataset, then an evaluator) from a pipeline file.
+    Pipeline {
+        /// The pipeline file (TOML).
+        file: PathBuf,
+        /// Folder for the prepared data and the report.
+        #[arg(long, default_value = "runs/pipelines")]
+        out: PathBuf,
+        /// Print the report as JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Benchmarks that print tables (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginsCommand {
+    /// One line per plugin: name, kind, version, API version, granted capabilities.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A plugin's description, limits, capabilities and config schema.
+    Inspect {
+        /// Plugin name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load a plugin folder (or a folder of plugin folders) and report every problem.
+    Validate {
+        /// A folder holding plugin.toml, or a folder of such folders.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Plugin call overhead against native Rust, and cold versus cached loading.
+    Plugins {
+        /// Repetitions per measurement.
+        #[arg(long, default_value_t = 7)]
+        repeat: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,trex=info",
+        1 => "debug,wasmtime=info,cranelift=info",
+        _ => "trace,cranelift=info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn host_config(cli: &Cli) -> Result<HostConfig> {
+    let mut config = HostConfig::default();
+    if cli.no_cache {
+        config.cache_dir = None;
+    } else if let Some(dir) = &cli.cache_dir {
+        config.cache_dir = Some(dir.clone());
+    }
+    for cap in &cli.deny {
+        match cap.as_str() {
+            "dataset" => config.grant.dataset = false,
+            "scratch" => config.grant.scratch = false,
+            "llm" => config.grant.llm = false,
+            other => bail!("--deny {other}: unknown capability (expected dataset, scratch or llm)"),
+        }
+    }
+    Ok(config)
+}
+
+async fn open_host(cli: &Cli) -> Result<PluginHost> {
+    let host = PluginHost::discover(&cli.plugins, host_config(cli)?).await?;
+    for f in host.failures() {
+        tracing::warn!("skipping plugin in {}: {}", f.dir.display(), f.error);
+    }
+    Ok(host)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Plugins(PluginsCommand::List { json }) => {
+            let host = open_host(&cli).await?;
+            plugins_list(&host, *json)?;
+            if host.plugins().next().is_none() && host.failures().is_empty() {
+                eprintln!(
+                    "no plugins found in {}: build the standard ones with `cargo xtask build-plugins`, or pass --plugins DIR",
+                    cli.plugins.display()
+                );
+            }
+            Ok(if host.failures().is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Plugins(PluginsCommand::Inspect { name, json }) => {
+            let host = open_host(&cli).await?;
+            let plugin = host
+                .get(name)
+                .with_context(|| format!("no plugin named `{name}` in {} (see `trex-host plugins list`)", cli.plugins.display()))?;
+            plugin_inspect(plugin, *json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins(PluginsCommand::Validate { dir }) => plugins_validate(&cli, dir).await,
+        Command::Schema { name, out } => {
+            let host = open_host(&cli).await?;
+            schema(&host, name.as_deref(), out.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pipeline { file, out, json } => {
+            let host = open_host(&cli).await?;
+            let pipeline = Pipeline::load(file)?;
+            let started = std::time::Instant::now();
+            let report = pipeline
+                .run(&host, out, |i, plugin, run| {
+                    if !*json {
+                        eprintln!(
+                            "step {i} {plugin}: {} -> {} records in {:.1} ms",
+                            run.records_in,
+                            run.records_out,
+                            run.elapsed.as_secs_f64() * 1e3
+                        );
+                    }
+                })
+                .await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                trex_core::report::print_pipeline(&report, started.elapsed());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Plugins { repeat }) => {
+            trex_core::bench::plugins(&cli.plugins, *repeat).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn plugins_list(host: &PluginHost, json: bool) -> Result<()> {
+    if json {
+        let rows: Vec<_> = host
+            .plugins()
+            .map(|p| {
+                serde_json::json!({
+                    "name": p.manifest.name,
+                    "kind": p.manifest.kind,
+                    "version": p.info.version,
+                    "api_version": p.info.api_version,
+                    "capabilities": p.granted.names(),
+                    "denied": p.denied,
+                    "path": p.manifest.manifest_path,
+                })
+            })
+            .collect();
+        let failures: Vec<_> =
+            host.failures().iter().map(|f| serde_json::json!({"dir": f.dir, "error": f.error.to_string()})).collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"plugins": rows, "failures": failures}))?);
+        return Ok(());
+    }
+    println!("{:<18} {:<11} {:<8} {:<5} {:<22} DESCRIPTION", "NAME", "KIND", "VERSION", "API", "CAPABILITIES");
+    for p in host.plugins() {
+        let mut caps = p.granted.names().join(",");
+        if caps.is_empty() {
+            caps = "-".into();
+        }
+        if !p.denied.is_empty() {
+            caps.push_str(&format!(" (denied: {})", p.denied.join(",")));
+        }
+        let description: String = p.manifest.description.chars().take(60).collect();
+        println!(
+            "{:<18} {:<11} {:<8} {:<5} {:<22} {}",
+            p.manifest.name,
+            p.manifest.kind.to_string(),
+            p.info.version,
+            p.info.api_version,
+            caps,
+            description
+        );
+    }
+    for f in host.failures() {
+        println!("{:<18} FAILED      {}", f.dir.file_name().unwrap_or_default().to_string_lossy(), f.error);
+    }
+    Ok(())
+}
+
+fn plugin_inspect(p: &LoadedPlugin, json: bool) -> Result<()> {
+    let value = serde_json::json!({
+        "name": p.manifest.name,
+        "kind": p.manifest.kind,
+        "version": p.info.version,
+        "api_version": p.info.api_version,
+        "description": p.info.description,
+        "manifest": p.manifest.manifest_path,
+        "wasm": p.manifest.wasm,
+        "capabilities": { "requested": p.manifest.capabilities.names(), "granted": p.granted.names(), "denied": p.denied },
+        "limits": p.limits,
+        "load": { "ms": p.load.load_time.as_secs_f64() * 1e3, "from_cache": p.load.from_cache },
+        "config_schema": p.info.config_schema,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("{} {} ({}, plugin API {})", p.manifest.name, p.info.version, p.manifest.kind, p.info.api_version);
+    println!("\n{}\n", p.info.description);
+    println!("manifest      {}", p.manifest.manifest_path.display());
+    println!("component     {}", p.manifest.wasm.display());
+    println!("requested     {}", list_or_dash(&p.manifest.capabilities.names()));
+    println!("granted       {}", list_or_dash(&p.granted.names()));
+    if !p.denied.is_empty() {
+        println!("denied        {}", p.denied.join(", "));
+    }
+    let l = &p.limits;
+    println!(
+        "limits        timeout {} ms, memory {} MiB, output {} MiB, fuel {}",
+        l.timeout_ms,
+        l.memory_mib,
+        l.output_mib,
+        l.fuel.map(|f| f.to_string()).unwrap_or_else(|| "unlimited".into())
+    );
+    println!(
+        "loaded in     {:.1} ms ({})",
+        p.load.load_time.as_secs_f64() * 1e3,
+        if p.load.from_cache { "from cache" } else { "compiled" }
+    );
+    println!("\nconfig schema:\n{}", serde_json::to_string_pretty(&p.info.config_schema)?);
+    Ok(())
+}
+
+fn list_or_dash(items: &[&str]) -> String {
+    if items.is_empty() { "-".into() } else { items.join(", ") }
+}
+
+async fn plugins_validate(cli: &Cli, dir: &Path) -> Result<ExitCode> {
+    let folders: Vec<PathBuf> = if dir.join("plugin.toml").is_file() {
+        vec![dir.to_path_buf()]
+    } else {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("plugin.toml").is_file())
+            .collect();
+        v.sort();
+        if v.is_empty() {
+            bail!("{} holds no plugin.toml, and no sub-folder does", dir.display());
+        }
+        v
+    };
+    let mut failed = 0;
+    for folder in &folders {
+        let mut host = PluginHost::new(host_config(cli)?)?;
+        match host.load(&folder.join("plugin.toml")).await {
+            Ok(p) => {
+                let schema_ok = p.info.config_schema.is_object();
+                println!("ok      {} ({} {}, {})", p.manifest.name, p.manifest.kind, p.info.version, folder.display());
+                if !schema_ok {
+                    println!("warning {}: its config schema is not a JSON object", p.manifest.name);
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAILED  {}: {e}", folder.display());
+            }
+        }
+    }
+    println!("{} passed, {} failed", folders.len() - failed, failed);
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn schema(host: &PluginHost, only: Option<&str>, out: Option<&Path>) -> Result<()> {
+    let mut all: Vec<(String, serde_json::Value)> =
+        trex_sdk::types::all_schemas().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    for p in host.plugins() {
+        all.push((format!("plugin.{}.config", p.manifest.name), p.info.config_schema.clone()));
+    }
+    if let Some(name) = only {
+        all.retain(|(k, _)| k == name || *k == format!("plugin.{name}.config"));
+        if all.is_empty() {
+            bail!("no schema named `{name}` (run `trex-host schema` to see them all)");
+        }
+    }
+    match out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            for (name, schema) in &all {
+                let path = dir.join(format!("{name}.schema.json"));
+                std::fs::write(&path, serde_json::to_string_pretty(schema)?).with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            eprintln!("wrote {} schemas to {}", all.len(), dir.display());
+        }
+        None => {
+            let map: serde_json::Map<String, serde_json::Value> = all.into_iter().collect();
+            println!("{}", serde_json::to_string_pretty(&map)?);
+        }
+    }
+    Ok(())
+}

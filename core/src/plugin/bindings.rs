@@ -1,0 +1,49 @@
+//! Host-side bindings generated from `sdk/wit` by wasmtime's `bindgen!`.
+
+#![allow(missing_docs, missing_debug_implementations, clippy::all)]
+
+/// `world data-tool`; also the home of the shared `host`, `llm`, `types` and `records` modules.
+pub mod data_tool {
+    wasmtime::component::bindgen!({
+        path: "../sdk/wit",
+        world: "data-tool",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "trex:plugin/records.reader": crate::plugin::records::HostReader,
+            "trex:plugin/records.writer": crate::plugin::records::HostWriter,
+        },
+    });
+}
+
+/// `world evaluator`.
+pub mod evaluator {
+    wasmtime::component::bindgen!({
+        path: "../sdk/wit",
+        world: "evaluator",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "trex:plugin/types": super::data_tool::trex::plugin::types,
+            "trex:plugin/host": super::data_tool::trex::plugin::host,
+            "trex:plugin/llm": super::data_tool::trex::plugin::llm,
+        },
+    });
+}
+
+/// `world researcher`.
+pub mod researcher {
+    wasmtime::component::bindgen!({
+        path: "../sdk/wit",
+        world: "researcher",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "trex:plugin/types": super::data_tool::trex::plugin::types,
+            "trex:plugin/host": super::data_tool::trex::plugin::host,
+            "trex:plugin/llm": super::data_tool::trex::plugin::llm,
+        },
+    });
+}
+
+pub use data_tool::trex::plugin::{host, llm, records, types};

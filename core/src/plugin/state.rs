@@ -1,0 +1,218 @@
+//! Per-store state and the host functions plugins import (`host`, `llm`, `records`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use wasmtime::component::{HasData, Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, StoreLimits};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{host, llm, records, types};
+use super::records::{HostReader, HostWriter};
+use crate::llm::{ChatRequest, LlmClient};
+
+/// Lines of plugin log kept for error reports.
+const LOG_TAIL_LINES: usize = 32;
+/// Longest log line kept; longer ones are cut.
+const LOG_LINE_MAX: usize = 4096;
+/// Bytes of stdout and stderr captured per store.
+pub(crate) const STDIO_CAPTURE_BYTES: usize = 64 * 1024;
+
+/// Progress reported by a plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// The plugin reporting.
+    pub plugin: String,
+    /// Units done.
+    pub done: u64,
+    /// Units in all, when known.
+    pub total: Option<u64>,
+    /// What is being done.
+    pub message: String,
+}
+
+/// Receives progress reports from plugins (for a progress bar).
+pub type ProgressSink = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// Everything one plugin call (or one Researcher session) owns.
+pub(crate) struct StoreState {
+    pub plugin: String,
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limits: StoreLimits,
+    pub stdout: MemoryOutputPipe,
+    pub stderr: MemoryOutputPipe,
+    pub log_tail: VecDeque<String>,
+    /// The last message logged at error level (the SDK's panic hook logs panics there).
+    pub last_error_log: Option<String>,
+    pub cancel: Arc<AtomicBool>,
+    pub progress: Option<ProgressSink>,
+    /// `Some` when the plugin was granted the `llm` capability and the host has a client.
+    pub llm: LlmAccess,
+    /// Set when a writer refused output because the limit was reached.
+    pub output_limit_hit: bool,
+}
+
+/// What `llm.chat` may do for this store.
+#[derive(Clone)]
+pub(crate) enum LlmAccess {
+    /// The manifest did not ask for `llm`, or the host denied it.
+    NotGranted,
+    /// Granted, but the host runs without an LLM.
+    NotConfigured,
+    /// Granted and available.
+    Client(Arc<dyn LlmClient>),
+}
+
+impl StoreState {
+    pub(crate) fn log_line(&mut self, level: host::LogLevel, message: &str) {
+        let mut line = message.to_string();
+        if line.len() > LOG_LINE_MAX {
+            let mut cut = LOG_LINE_MAX;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push_str(" …(cut)");
+        }
+        let plugin = self.plugin.as_str();
+        match level {
+            host::LogLevel::Trace => tracing::trace!(target: "trex::plugin", plugin, "{line}"),
+            host::LogLevel::Debug => tracing::debug!(target: "trex::plugin", plugin, "{line}"),
+            host::LogLevel::Info => tracing::info!(target: "trex::plugin", plugin, "{line}"),
+            host::LogLevel::Warn => tracing::warn!(target: "trex::plugin", plugin, "{line}"),
+            host::LogLevel::Error => {
+                tracing::error!(target: "trex::plugin", plugin, "{line}");
+                self.last_error_log = Some(line.clone());
+            }
+        }
+        if self.log_tail.len() == LOG_TAIL_LINES {
+            self.log_tail.pop_front();
+        }
+        self.log_tail.push_back(line);
+    }
+
+    /// The captured stderr, as text (lossy), trimmed.
+    pub(crate) fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents()).trim().to_string()
+    }
+
+    /// The captured stdout, as text (lossy), trimmed.
+    pub(crate) fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.contents()).trim().to_string()
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Gives the generated `add_to_linker` functions access to [`StoreState`].
+pub(crate) struct HostData;
+
+impl HasData for HostData {
+    type Data<'a> = &'a mut StoreState;
+}
+
+impl types::Host for StoreState {}
+
+impl host::Host for StoreState {
+    async fn log(&mut self, level: host::LogLevel, message: String) -> wasmtime::Result<()> {
+        self.log_line(level, &message);
+        Ok(())
+    }
+
+    async fn progress(&mut self, done: u64, total: Option<u64>, message: String) -> wasmtime::Result<()> {
+        if let Some(sink) = &self.progress {
+            sink(&Progress { plugin: self.plugin.clone(), done, total, message });
+        }
+        Ok(())
+    }
+
+    async fn cancelled(&mut self) -> wasmtime::Result<bool> {
+        Ok(self.cancel.load(Ordering::Relaxed))
+    }
+}
+
+impl llm::Host for StoreState {
+    async fn chat(&mut self, request: llm::ChatRequest) -> wasmtime::Result<Result<llm::ChatResponse, String>> {
+        let client = match &self.llm {
+            LlmAccess::NotGranted => {
+                return Ok(Err(format!(
+                    "plugin `{}` may not call the LLM: its plugin.toml does not request the `llm` capability, or the host denied it",
+                    self.plugin
+                )));
+            }
+            LlmAccess::NotConfigured => {
+                return Ok(Err("no LLM configured: start trex-host with an [llm] section in its config to enable llm.chat".into()));
+            }
+            LlmAccess::Client(c) => c.clone(),
+        };
+        let request = ChatRequest {
+            messages: request
+                .messages
+                .into_iter()
+                .map(|m| trex_sdk::types::ChatMessage { role: m.role, content: m.content })
+                .collect(),
+            temperature: request.temperature,
+            max_tokens: request.max_tokens,
+            response_schema: match request.response_schema {
+                Some(s) => match serde_json::from_str(&s) {
+                    Ok(v) => Some(v),
+                    Err(e) => return Ok(Err(format!("response-schema is not JSON: {e}"))),
+                },
+                None => None,
+            },
+        };
+        Ok(match client.chat(&self.plugin, request).await {
+            Ok(r) => Ok(llm::ChatResponse {
+                content: r.content,
+                prompt_tokens: r.prompt_tokens,
+                completion_tokens: r.completion_tokens,
+            }),
+            Err(e) => Err(e.to_string()),
+        })
+    }
+}
+
+impl records::Host for StoreState {}
+
+impl records::HostReader for StoreState {
+    async fn read(&mut self, reader: Resource<HostReader>, max: u32) -> wasmtime::Result<Vec<String>> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Ok(Vec::new());
+        }
+        let reader = self.table.get_mut(&reader)?;
+        Ok(reader.take(max.clamp(1, 65_536) as usize))
+    }
+
+    async fn drop(&mut self, reader: Resource<HostReader>) -> wasmtime::Result<()> {
+        self.table.delete(reader)?;
+        Ok(())
+    }
+}
+
+impl records::HostWriter for StoreState {
+    async fn write(&mut self, writer: Resource<HostWriter>, batch: Vec<String>) -> wasmtime::Result<Result<(), String>> {
+        let writer = self.table.get_mut(&writer)?;
+        let result = writer.append(batch);
+        if result.is_err() && writer.limit_hit() {
+            self.output_limit_hit = true;
+        }
+        Ok(result)
+    }
+
+    async fn drop(&mut self, writer: Resource<HostWriter>) -> wasmtime::Result<()> {
+        self.table.delete(writer)?;
+        Ok(())
+    }
+}
+
+/// Lets the store enforce [`StoreLimits`] while the state owns it.
+pub(crate) fn limiter(state: &mut StoreState) -> &mut dyn ResourceLimiter {
+    &mut state.limits
+}

@@ -1,0 +1,237 @@
+//! The data-tool side of the SDK: [`DataTool`], record streams, run statistics.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::bindings::data_tool::exports::trex::plugin::data_tool_api as wit;
+use super::bindings::imports::trex::plugin::{records, types as wit_types};
+use super::{PluginError, PluginMeta};
+use crate::types::OnBadRecord;
+
+/// A record: one JSON object.
+pub type Record = serde_json::Map<String, serde_json::Value>;
+
+/// A data tool streams records from a reader to a writer.
+///
+/// ```
+/// use trex_sdk::guest::{DataTool, PluginError, RecordReader, RecordWriter, RunStats};
+/// use trex_sdk::types::OnBadRecord;
+///
+/// /// Keeps records whose `text` field is at most `max_chars` characters long.
+/// struct ShortOnly;
+///
+/// #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+/// #[serde(deny_unknown_fields)]
+/// struct Config {
+///     max_chars: usize,
+///     #[serde(default)]
+///     on_bad_record: OnBadRecord,
+/// }
+///
+/// impl DataTool for ShortOnly {
+///     type Config = Config;
+///     const NAME: &'static str = "short-only";
+///     const DESCRIPTION: &'static str = "Keep records whose `text` is short.";
+///
+///     fn run(config: Config, input: &mut RecordReader<'_>, output: &mut RecordWriter<'_>) -> Result<RunStats, PluginError> {
+///         let mut stats = RunStats::default();
+///         while let Some(record) = input.next_record()? {
+///             match record.get("text").and_then(|t| t.as_str()) {
+///                 Some(text) if text.chars().count() <= config.max_chars => output.push(&record)?,
+///                 Some(_) => stats.drop_record("too-long"),
+///                 None => stats.bad_record(config.on_bad_record, "missing string field `text`")?,
+///             }
+///         }
+///         Ok(stats)
+///     }
+/// }
+///
+/// trex_sdk::export_data_tool!(ShortOnly);
+/// ```
+pub trait DataTool: 'static {
+    /// The config, deserialized from the recipe step's JSON; its schema is published.
+    type Config: DeserializeOwned + Serialize + JsonSchema;
+    /// Plugin name (must equal the manifest's `name`).
+    const NAME: &'static str;
+    /// One paragraph for `trex-host plugins inspect`.
+    const DESCRIPTION: &'static str;
+
+    /// Stream `input` into `output`.
+    fn run(config: Self::Config, input: &mut RecordReader<'_>, output: &mut RecordWriter<'_>) -> Result<RunStats, PluginError>;
+}
+
+/// Statistics a data tool returns: records dropped by reason, and named metrics.
+/// The host counts records in and out itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunStats {
+    /// Records dropped, by reason.
+    pub dropped: BTreeMap<String, u64>,
+    /// Named numbers worth recording.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl RunStats {
+    /// Count one dropped record under `reason`.
+    pub fn drop_record(&mut self, reason: &str) {
+        *self.dropped.entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// Apply the bad-record policy: count and go on (`skip`), or fail with `problem`.
+    pub fn bad_record(&mut self, policy: OnBadRecord, problem: &str) -> Result<(), PluginError> {
+        match policy {
+            OnBadRecord::Skip => {
+                self.drop_record(&format!("bad-record: {problem}"));
+                Ok(())
+            }
+            OnBadRecord::Fail => Err(PluginError::new(format!("bad record: {problem} (set `on_bad_record = \"skip\"` to drop such records instead)"))),
+        }
+    }
+}
+
+/// Records coming into a data tool, fetched from the host in batches.
+#[derive(Debug)]
+pub struct RecordReader<'a> {
+    inner: &'a records::Reader,
+    buffer: std::vec::IntoIter<String>,
+    done: bool,
+    index: u64,
+}
+
+/// Records fetched from the host per call.
+const READ_BATCH: u32 = 1024;
+
+impl<'a> RecordReader<'a> {
+    fn new(inner: &'a records::Reader) -> Self {
+        Self { inner, buffer: Vec::new().into_iter(), done: false, index: 0 }
+    }
+
+    /// The next record as JSON text, or `None` at the end of the input.
+    pub fn next_raw(&mut self) -> Option<String> {
+        loop {
+            if let Some(r) = self.buffer.next() {
+                self.index += 1;
+                return Some(r);
+            }
+            if self.done {
+                return None;
+            }
+            let batch = self.inner.read(READ_BATCH);
+            self.done = batch.is_empty();
+            self.buffer = batch.into_iter();
+        }
+    }
+
+    /// The next record parsed, or `None` at the end of the input.
+    pub fn next_record(&mut self) -> Result<Option<Record>, PluginError> {
+        let Some(raw) = self.next_raw() else { return Ok(None) };
+        serde_json::from_str(&raw)
+            .map(Some)
+            .map_err(|e| PluginError::new(format!("record {} is not a JSON object: {e}", self.index)))
+    }
+
+    /// How many records have been taken so far.
+    pub fn records_read(&self) -> u64 {
+        self.index
+    }
+}
+
+/// Where a data tool writes its records; batches them before they cross to the host.
+#[derive(Debug)]
+pub struct RecordWriter<'a> {
+    inner: &'a records::Writer,
+    buffer: Vec<String>,
+    buffered_bytes: usize,
+}
+
+const WRITE_BATCH_RECORDS: usize = 1024;
+const WRITE_BATCH_BYTES: usize = 1 << 20;
+
+impl<'a> RecordWriter<'a> {
+    fn new(inner: &'a records::Writer) -> Self {
+        Self { inner, buffer: Vec::new(), buffered_bytes: 0 }
+    }
+
+    /// Write one record (anything that serializes to a JSON object).
+    pub fn push<T: Serialize + ?Sized>(&mut self, record: &T) -> Result<(), PluginError> {
+        let text = serde_json::to_string(record).map_err(|e| PluginError::new(format!("record does not serialize: {e}")))?;
+        self.push_raw(text)
+    }
+
+    /// Write one record already encoded as a JSON object.
+    pub fn push_raw(&mut self, record: String) -> Result<(), PluginError> {
+        self.buffered_bytes += record.len();
+        self.buffer.push(record);
+        if self.buffer.len() >= WRITE_BATCH_RECORDS || self.buffered_bytes >= WRITE_BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Send buffered records to the host now.
+    pub fn flush(&mut self) -> Result<(), PluginError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.buffer);
+        self.buffered_bytes = 0;
+        self.inner.write(&batch).map_err(PluginError::new)
+    }
+}
+
+#[doc(hidden)]
+pub fn __describe<T: DataTool>(version: &'static str) -> wit_types::PluginInfo {
+    super::install_panic_hook();
+    let meta = PluginMeta { name: T::NAME, version, description: T::DESCRIPTION };
+    super::info::<T::Config>(&meta, wit_types::PluginKind::DataTool)
+}
+
+#[doc(hidden)]
+pub fn __validate<T: DataTool>(config: String) -> Result<String, wit_types::PluginError> {
+    super::install_panic_hook();
+    super::validate_config::<T::Config>(&config).map_err(Into::into)
+}
+
+#[doc(hidden)]
+pub fn __run<T: DataTool>(config: String, input: &records::Reader, output: &records::Writer) -> Result<wit::RunStats, wit_types::PluginError> {
+    super::install_panic_hook();
+    let config = super::parse_config::<T::Config>(&config)?;
+    let mut reader = RecordReader::new(input);
+    let mut writer = RecordWriter::new(output);
+    let stats = T::run(config, &mut reader, &mut writer)?;
+    writer.flush()?;
+    Ok(wit::RunStats {
+        dropped: stats.dropped.into_iter().map(|(reason, count)| wit::DropCount { reason, count }).collect(),
+        metrics: super::metrics(&stats.metrics),
+    })
+}
+
+/// Export a [`DataTool`] implementation as this component's `data-tool` world.
+#[macro_export]
+macro_rules! export_data_tool {
+    ($ty:ty) => {
+        const _: () = {
+            struct __TrexDataToolExport;
+            impl $crate::guest::bindings::data_tool::exports::trex::plugin::data_tool_api::Guest for __TrexDataToolExport {
+                fn describe() -> $crate::guest::bindings::imports::trex::plugin::types::PluginInfo {
+                    $crate::guest::data_tool::__describe::<$ty>(env!("CARGO_PKG_VERSION"))
+                }
+                fn validate_config(config: String) -> Result<String, $crate::guest::bindings::imports::trex::plugin::types::PluginError> {
+                    $crate::guest::data_tool::__validate::<$ty>(config)
+                }
+                fn run(
+                    config: String,
+                    input: &$crate::guest::bindings::imports::trex::plugin::records::Reader,
+                    output: &$crate::guest::bindings::imports::trex::plugin::records::Writer,
+                ) -> Result<
+                    $crate::guest::bindings::data_tool::exports::trex::plugin::data_tool_api::RunStats,
+                    $crate::guest::bindings::imports::trex::plugin::types::PluginError,
+                > {
+                    $crate::guest::data_tool::__run::<$ty>(config, input, output)
+                }
+            }
+            $crate::guest::bindings::data_tool::export_data_tool_world!(__TrexDataToolExport with_types_in $crate::guest::bindings::data_tool);
+        };
+    };
+}

@@ -1,0 +1,14 @@
+//! The trex plugin SDK.
+
+#[cfg(feature = "guest")]
+extern crate self as trex_sdk;
+
+pub mod types;
+#[cfg(feature = "guest")]
+pub mod guest;
+
+#[cfg(feature = "guest")]
+#[doc(hidden)]
+pub mod __private {
+    pub use wit_bindgen;
+}

@@ -1,0 +1,419 @@
+//! The JSON documents that cross the plugin boundary, with their JSON Schemas.
+//!
+//! Host and guests share these types: the host serializes them, a plugin deserializes them (and
+//! the reverse for proposals and reports). Every type rejects unknown fields, so a misspelled
+//! field is an error that names the field rather than a silently ignored setting.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Which world a plugin implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    /// Transforms a stream of records (`world data-tool`).
+    DataTool,
+    /// Scores model outputs (`world evaluator`).
+    Evaluator,
+    /// Proposes experiments (`world researcher`).
+    Researcher,
+}
+
+impl PluginKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [PluginKind; 3] = [Self::DataTool, Self::Evaluator, Self::Researcher];
+
+    /// The kebab-case name used in `plugin.toml` and in the WIT world names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DataTool => "data-tool",
+            Self::Evaluator => "evaluator",
+            Self::Researcher => "researcher",
+        }
+    }
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PluginKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown plugin kind `{s}`: expected one of data-tool, evaluator, researcher"))
+    }
+}
+
+/// What a data tool does with a record it cannot process (a missing field, a wrong type).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnBadRecord {
+    /// Drop the record and count it under a `bad-record` reason.
+    #[default]
+    Skip,
+    /// Stop the run with an error naming the record and the problem.
+    Fail,
+}
+
+/// One chat turn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text of the turn.
+    pub content: String,
+}
+
+/// A training example as trex stores it after chat formatting: the prompt (chat template
+/// applied) and the completion the model should learn. The loss is taken on `completion` only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TrainingExample {
+    /// A stable identifier, when the source has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The conversation up to the assistant's answer.
+    pub messages: Vec<ChatMessage>,
+    /// The assistant's answer the model should learn.
+    pub completion: String,
+    /// Labels used for stratified sampling and bad-case clustering.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// One step of a data recipe: a data-tool plugin and its config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DataStep {
+    /// The data-tool plugin's name.
+    pub plugin: String,
+    /// The plugin's config; validated against the plugin's schema before any work starts.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// An ordered pipeline of data tools applied to the task's training split.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DataRecipe {
+    /// Steps, applied in order.
+    #[serde(default)]
+    pub steps: Vec<DataStep>,
+}
+
+/// A linear layer of a Llama-family block that LoRA can adapt (PEFT module names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraTarget {
+    /// `q_proj`
+    QProj,
+    /// `k_proj`
+    KProj,
+    /// `v_proj`
+    VProj,
+    /// `o_proj`
+    OProj,
+    /// `gate_proj`
+    GateProj,
+    /// `up_proj`
+    UpProj,
+    /// `down_proj`
+    DownProj,
+}
+
+impl LoraTarget {
+    /// Every target, in block order.
+    pub const ALL: [LoraTarget; 7] = [
+        Self::QProj,
+        Self::KProj,
+        Self::VProj,
+        Self::OProj,
+        Self::GateProj,
+        Self::UpProj,
+        Self::DownProj,
+    ];
+
+    /// The PEFT module name.
+    pub fn module_name(self) -> &'static str {
+        match self {
+            Self::QProj => "q_proj",
+            Self::KProj => "k_proj",
+            Self::VProj => "v_proj",
+            Self::OProj => "o_proj",
+            Self::GateProj => "gate_proj",
+            Self::UpProj => "up_proj",
+            Self::DownProj => "down_proj",
+        }
+    }
+}
+
+/// How to train one LoRA adapter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainRecipe {
+    /// LoRA rank.
+    pub lora_rank: u32,
+    /// LoRA alpha (the update is scaled by alpha / rank).
+    pub lora_alpha: f32,
+    /// Dropout on the LoRA input.
+    pub lora_dropout: f32,
+    /// Which linear layers get adapters.
+    pub targets: Vec<LoraTarget>,
+    /// Peak learning rate of AdamW.
+    pub learning_rate: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Passes over the training data.
+    pub epochs: f32,
+    /// Sequences per optimizer step (before accumulation).
+    pub batch_size: u32,
+    /// Micro-batches accumulated per optimizer step.
+    pub grad_accumulation: u32,
+    /// Longer examples are truncated to this many tokens.
+    pub max_seq_len: u32,
+    /// Fraction of steps spent warming the learning rate up (then cosine decay).
+    pub warmup_ratio: f32,
+    /// Global gradient-norm clip; 0 disables clipping.
+    pub grad_clip: f32,
+    /// Start from the parent experiment's adapter instead of a fresh one.
+    pub continue_from_parent: bool,
+    /// Seed for initialization, dropout and data order.
+    pub seed: u64,
+}
+
+impl Default for TrainRecipe {
+    fn default() -> Self {
+        Self {
+            lora_rank: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            targets: vec![LoraTarget::QProj, LoraTarget::VProj],
+            learning_rate: 2e-4,
+            weight_decay: 0.0,
+            epochs: 1.0,
+            batch_size: 4,
+            grad_accumulation: 1,
+            max_seq_len: 256,
+            warmup_ratio: 0.1,
+            grad_clip: 1.0,
+            continue_from_parent: false,
+            seed: 0,
+        }
+    }
+}
+
+/// An inclusive range of floats, sampled uniformly or log-uniformly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FloatRange {
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// Sample the logarithm uniformly (for learning rates).
+    #[serde(default)]
+    pub log: bool,
+}
+
+/// What the Researcher may change, declared by the task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchSpace {
+    /// Learning-rate range.
+    pub learning_rate: FloatRange,
+    /// LoRA ranks to choose from.
+    pub lora_rank: Vec<u32>,
+    /// Epoch counts to choose from.
+    pub epochs: Vec<f32>,
+    /// Target sets to choose from.
+    pub targets: Vec<Vec<LoraTarget>>,
+    /// Data-tool steps the Researcher may add to a recipe, with their default configs.
+    pub data_steps: Vec<DataStep>,
+}
+
+impl Default for SearchSpace {
+    fn default() -> Self {
+        use LoraTarget::*;
+        Self {
+            learning_rate: FloatRange { min: 5e-5, max: 1e-3, log: true },
+            lora_rank: vec![4, 8, 16],
+            epochs: vec![1.0, 2.0, 3.0],
+            targets: vec![vec![QProj, VProj], vec![QProj, KProj, VProj, OProj], LoraTarget::ALL.to_vec()],
+            data_steps: Vec::new(),
+        }
+    }
+}
+
+/// What a Researcher is told about the task when its session opens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskBrief {
+    /// Task name.
+    pub name: String,
+    /// Domain, e.g. `tool-use`.
+    #[serde(default)]
+    pub domain: String,
+    /// The goal in one or two sentences.
+    #[serde(default)]
+    pub goal: String,
+    /// Name of the metric being maximized.
+    #[serde(default)]
+    pub metric: String,
+    /// What may be changed.
+    #[serde(default)]
+    pub search_space: SearchSpace,
+    /// Seed the Researcher should use for its own randomness.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// A proposed experiment: a data recipe plus a training recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Proposal {
+    /// Data pipeline applied to the training split.
+    #[serde(default)]
+    pub data_recipe: DataRecipe,
+    /// Training recipe.
+    pub train_recipe: TrainRecipe,
+    /// Why this experiment is worth running, in a sentence.
+    #[serde(default)]
+    pub rationale: String,
+}
+
+/// A short account of one experiment node, as shown to a Researcher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSummary {
+    /// Node id within the run.
+    pub id: u64,
+    /// Parent node id (`None` for the root, the untouched base model).
+    #[serde(default)]
+    pub parent: Option<u64>,
+    /// The experiment the node ran.
+    #[serde(default)]
+    pub proposal: Option<Proposal>,
+    /// `pending`, `running`, `done` or `failed`.
+    pub status: String,
+    /// Validation score, when done.
+    #[serde(default)]
+    pub score: Option<f64>,
+    /// Normalized gain over the base model, when done.
+    #[serde(default)]
+    pub reward: Option<f64>,
+    /// One-line lesson learned from this node (or its error when it failed).
+    #[serde(default)]
+    pub lesson: String,
+}
+
+/// A cluster of failures that share an evaluator tag or an error pattern.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BadCaseCluster {
+    /// The shared tag or pattern.
+    pub label: String,
+    /// How many validation examples fall in it.
+    pub count: u64,
+    /// A few representative examples (input, expected, got).
+    #[serde(default)]
+    pub examples: Vec<String>,
+}
+
+/// The compressed memory a Researcher sees when asked for proposals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResearchContext {
+    /// The node being expanded.
+    pub node: NodeSummary,
+    /// Its ancestors, root first.
+    #[serde(default)]
+    pub parent_path: Vec<NodeSummary>,
+    /// Its existing children and siblings.
+    #[serde(default)]
+    pub siblings: Vec<NodeSummary>,
+    /// Best results so far, best first.
+    #[serde(default)]
+    pub best: Vec<NodeSummary>,
+    /// Worst results and failures so far.
+    #[serde(default)]
+    pub worst: Vec<NodeSummary>,
+    /// Failure clusters of the node being expanded.
+    #[serde(default)]
+    pub bad_cases: Vec<BadCaseCluster>,
+    /// Free-form numbers the host wants to share (budget left, records per step, ...).
+    #[serde(default)]
+    pub notes: BTreeMap<String, f64>,
+}
+
+/// The result of an experiment, reported back to the Researcher that proposed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    /// The node that ran the experiment.
+    pub node: NodeSummary,
+}
+
+/// The JSON Schemas of every document type, by name, for `trex-host schema`.
+pub fn all_schemas() -> BTreeMap<&'static str, serde_json::Value> {
+    fn schema<T: JsonSchema>() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(T)).expect("a JSON Schema always serializes")
+    }
+    BTreeMap::from([
+        ("ChatMessage", schema::<ChatMessage>()),
+        ("TrainingExample", schema::<TrainingExample>()),
+        ("DataStep", schema::<DataStep>()),
+        ("DataRecipe", schema::<DataRecipe>()),
+        ("TrainRecipe", schema::<TrainRecipe>()),
+        ("SearchSpace", schema::<SearchSpace>()),
+        ("TaskBrief", schema::<TaskBrief>()),
+        ("Proposal", schema::<Proposal>()),
+        ("ResearchContext", schema::<ResearchContext>()),
+        ("Outcome", schema::<Outcome>()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn train_recipe_rejects_misspelled_field() {
+        let err = serde_json::from_str::<TrainRecipe>(r#"{"lora_rnk": 4}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `lora_rnk`"), "{err}");
+    }
+
+    #[test]
+    fn train_recipe_fills_defaults() {
+        let r: TrainRecipe = serde_json::from_str(r#"{"lora_rank": 32}"#).unwrap();
+        assert_eq!(r.lora_rank, 32);
+        assert_eq!(r.learning_rate, TrainRecipe::default().learning_rate);
+    }
+
+    #[test]
+    fn every_schema_names_its_properties() {
+        let schemas = all_schemas();
+        let recipe = &schemas["TrainRecipe"];
+        assert!(recipe["properties"]["lora_rank"].is_object(), "{recipe}");
+        assert_eq!(recipe["additionalProperties"], serde_json::Value::Bool(false));
+    }
+
+    #[test]
+    fn plugin_kind_round_trips() {
+        for k in PluginKind::ALL {
+            assert_eq!(k.as_str().parse::<PluginKind>().unwrap(), k);
+        }
+        assert!("data_tool".parse::<PluginKind>().unwrap_err().contains("data-tool"));
+    }
+}
