@@ -1,1 +1,18 @@
+//! End-to-end tests across the trex crates, in one binary.
 
+mod hostile;
+mod roundtrip;
+
+use std::path::PathBuf;
+
+use trex_core::plugin::HostConfig;
+
+/// Host settings for tests: a shared compile cache under `target/` so each component is
+/// compiled once per machine rather than once per test.
+pub fn test_config(scratch_root: PathBuf) -> HostConfig {
+    HostConfig {
+        cache_dir: Some(trex_tests::root().join("target/test-component-cache")),
+        scratch_root,
+        ..HostConfig::default()
+    }
+}

@@ -79,13 +79,15 @@ impl EngineHandle {
         };
         let digest = hex::encode(&Sha256::digest(bytes)[..16]);
         let path = cache_dir.join(format!("{digest}-{}.cwasm", self.compatibility_key()));
-        if path.is_file() {
-            // SAFETY: `deserialize_file` trusts the file to be wasmtime's own output for this
-            // engine configuration. The file name carries the wasm's SHA-256 and the engine's
+        // Read the file into memory rather than mapping it: a cache file truncated or rewritten
+        // by another process while mapped would crash this one.
+        if let Ok(cached) = std::fs::read(&path) {
+            // SAFETY: `deserialize` trusts the bytes to be wasmtime's own output for this engine
+            // configuration. The file name carries the wasm's SHA-256 and the engine's
             // compatibility hash, it is only ever written by `store_in_cache` below (atomically,
             // via rename), and wasmtime itself re-checks the version and configuration recorded
-            // in the file before using it.
-            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+            // in the bytes before using them.
+            match unsafe { Component::deserialize(&self.engine, &cached) } {
                 Ok(component) => return Ok((component, CompileSource::Cache)),
                 Err(e) => tracing::warn!("ignoring unusable cached component {}: {e:#}", path.display()),
             }

@@ -414,7 +414,7 @@ impl PluginHost {
                 let available: Vec<&str> =
                     self.plugins.values().filter(|p| p.manifest.kind == kind).map(|p| p.manifest.name.as_str()).collect();
                 let mut hint = match found {
-                    Some(p) => format!(" (`{name}` is a {} plugin)", p.manifest.kind),
+                    Some(p) => format!(" (`{name}` is {} plugin)", with_article(p.manifest.kind)),
                     None => String::new(),
                 };
                 hint.push_str(&if available.is_empty() {
@@ -449,6 +449,12 @@ impl PluginHost {
     pub fn config(&self) -> &HostConfig {
         &self.config
     }
+}
+
+/// "a data-tool", "an evaluator", "a researcher".
+fn with_article(kind: PluginKind) -> String {
+    let article = if kind == PluginKind::Evaluator { "an" } else { "a" };
+    format!("{article} {kind}")
 }
 
 /// The innermost message of an error chain, for one-line reports.
