@@ -50,7 +50,9 @@ pub fn install(dir: &Path, folder: &str, lib: &str, manifest: &str) -> PathBuf {
 
 /// A manifest for component `lib` under `name` and `kind`, with extra TOML appended.
 pub fn manifest(name: &str, kind: &str, lib: &str, extra: &str) -> String {
-    format!("name = \"{name}\"\nkind = \"{kind}\"\nversion = \"0.1.0\"\napi-version = \"0.1.0\"\nwasm = \"{lib}.wasm\"\n{extra}\n")
+    format!(
+        "name = \"{name}\"\nkind = \"{kind}\"\nversion = \"0.1.0\"\napi-version = \"0.1.0\"\nwasm = \"{lib}.wasm\"\n{extra}\n"
+    )
 }
 
 /// Copies of the standard plugins (as `--plugins` expects them) in a fresh folder.
@@ -63,7 +65,8 @@ pub fn standard_plugins(dir: &Path) -> PathBuf {
         ("exact-match", "exact_match"),
         ("random-researcher", "random_researcher"),
     ] {
-        let text = std::fs::read_to_string(root().join("plugins").join(folder).join("plugin.toml")).expect("read manifest");
+        let text =
+            std::fs::read_to_string(root().join("plugins").join(folder).join("plugin.toml")).expect("read manifest");
         install(&plugins, folder, lib, &text);
     }
     plugins

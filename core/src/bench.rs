@@ -177,7 +177,10 @@ pub async fn plugins(plugins_dir: &Path, repeat: usize) -> Result<()> {
     for r in rows {
         println!("| {} | {} | {} | {} |", r.what, r.trex, r.native, r.note);
     }
-    println!("\nmedian of {repeat} runs; cpu threads: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "\nmedian of {repeat} runs; cpu threads: {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
     Ok(())
 }
 
@@ -185,4 +188,3 @@ pub async fn plugins(plugins_dir: &Path, repeat: usize) -> Result<()> {
 fn native_empty_evaluate(i: u32) -> (u32, f64) {
     (i, 1.0)
 }
-

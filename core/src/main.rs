@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use trex_core::pipeline::Pipeline;
+use trex_core::pipeline::{Pipeline, Predictor};
 use trex_core::plugin::{HostConfig, LoadedPlugin, PluginHost};
 
 /// trex: an autonomous fine-tuning laboratory.
@@ -73,11 +73,22 @@ enum Command {
         /// Print the report as JSON instead of tables.
         #[arg(long)]
         json: bool,
+        /// Override the evaluation's predictor (majority or oracle).
+        #[arg(long, value_enum)]
+        predictor: Option<PredictorArg>,
     },
 
     /// Benchmarks that print tables (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum PredictorArg {
+    /// The most frequent training answer for every example (the floor to beat).
+    Majority,
+    /// The reference answers themselves (checks the evaluator's wiring).
+    Oracle,
 }
 
 #[derive(Subcommand, Debug)]
@@ -138,7 +149,8 @@ fn init_logging(verbose: u8) {
         1 => "debug,wasmtime=info,cranelift=info",
         _ => "trace,cranelift=info",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
@@ -183,9 +195,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Plugins(PluginsCommand::Inspect { name, json }) => {
             let host = open_host(&cli).await?;
-            let plugin = host
-                .get(name)
-                .with_context(|| format!("no plugin named `{name}` in {} (see `trex-host plugins list`)", cli.plugins.display()))?;
+            let plugin = host.get(name).with_context(|| {
+                format!("no plugin named `{name}` in {} (see `trex-host plugins list`)", cli.plugins.display())
+            })?;
             plugin_inspect(plugin, *json)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -195,9 +207,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             schema(&host, name.as_deref(), out.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Pipeline { file, out, json } => {
+        Command::Pipeline { file, out, json, predictor } => {
             let host = open_host(&cli).await?;
-            let pipeline = Pipeline::load(file)?;
+            let mut pipeline = Pipeline::load(file)?;
+            if let (Some(eval), Some(p)) = (&mut pipeline.evaluate, predictor) {
+                eval.predictor = match p {
+                    PredictorArg::Majority => Predictor::Majority,
+                    PredictorArg::Oracle => Predictor::Oracle,
+                };
+            }
             let started = std::time::Instant::now();
             let report = pipeline
                 .run(&host, out, |i, plugin, run| {
@@ -373,7 +391,8 @@ fn schema(host: &PluginHost, only: Option<&str>, out: Option<&Path>) -> Result<(
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
             for (name, schema) in &all {
                 let path = dir.join(format!("{name}.schema.json"));
-                std::fs::write(&path, serde_json::to_string_pretty(schema)?).with_context(|| format!("cannot write {}", path.display()))?;
+                std::fs::write(&path, serde_json::to_string_pretty(schema)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
             }
             eprintln!("wrote {} schemas to {}", all.len(), dir.display());
         }

@@ -147,11 +147,11 @@ pub enum PipelineError {
         /// Plugin.
         plugin: String,
         /// The plugin's complaint.
-        source: PluginError,
+        source: Box<PluginError>,
     },
     /// A plugin failed while running.
     #[error(transparent)]
-    Plugin(#[from] PluginError),
+    Plugin(#[from] Box<PluginError>),
     /// Writing results failed.
     #[error("cannot write {}: {source}", path.display())]
     Write {
@@ -176,12 +176,20 @@ impl Pipeline {
     /// Check every step (and the evaluator) with its plugin before any work starts.
     pub async fn validate(&mut self, host: &PluginHost) -> Result<(), PipelineError> {
         for (i, step) in self.steps.iter_mut().enumerate() {
-            let invalid = |source| PipelineError::InvalidStep { index: i + 1, plugin: step.plugin.clone(), source };
+            let invalid = |source: PluginError| PipelineError::InvalidStep {
+                index: i + 1,
+                plugin: step.plugin.clone(),
+                source: Box::new(source),
+            };
             host.expect(&step.plugin, PluginKind::DataTool).map_err(invalid)?;
             step.config = host.validate_config(&step.plugin, &step.config).await.map_err(invalid)?;
         }
         if let Some(eval) = &mut self.evaluate {
-            let invalid = |source| PipelineError::InvalidStep { index: self.steps.len() + 1, plugin: eval.plugin.clone(), source };
+            let invalid = |source: PluginError| PipelineError::InvalidStep {
+                index: self.steps.len() + 1,
+                plugin: eval.plugin.clone(),
+                source: Box::new(source),
+            };
             host.expect(&eval.plugin, PluginKind::Evaluator).map_err(invalid)?;
             eval.config = host.validate_config(&eval.plugin, &eval.config).await.map_err(invalid)?;
         }
@@ -202,12 +210,13 @@ impl Pipeline {
         let env = CallEnv { dataset_dir: Some(self.dataset_dir.clone()), ..CallEnv::default() };
         let mut steps = Vec::new();
         for (i, step) in self.steps.iter().enumerate() {
-            let mut run = host.run_data_tool(&step.plugin, &step.config, records, &env).await?;
+            let mut run = host.run_data_tool(&step.plugin, &step.config, records, &env).await.map_err(Box::new)?;
             records = std::mem::take(&mut run.records);
             on_step(i + 1, &step.plugin, &run);
             steps.push(StepReport { plugin: step.plugin.clone(), run });
         }
-        std::fs::create_dir_all(out_dir).map_err(|source| PipelineError::Write { path: out_dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(out_dir)
+            .map_err(|source| PipelineError::Write { path: out_dir.to_path_buf(), source })?;
         let output = out_dir.join(format!("{}.prepared.jsonl", self.name));
         let mut text = records.join("\n");
         text.push('\n');
@@ -252,7 +261,7 @@ async fn evaluate(
         };
         items.push(EvalItem { id, example, output });
     }
-    let report = host.evaluate(&eval.plugin, &eval.config, &items, eval.batch_size, env).await?;
+    let report = host.evaluate(&eval.plugin, &eval.config, &items, eval.batch_size, env).await.map_err(Box::new)?;
     let mut tags: BTreeMap<String, u64> = BTreeMap::new();
     for r in report.results.iter().filter(|r| !r.passed) {
         for t in &r.tags {
@@ -268,10 +277,11 @@ async fn evaluate(
 fn most_frequent_completion(records: &[String]) -> String {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for r in records {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(r) {
-            if let Some(c) = ["completion", "response", "answer"].iter().find_map(|f| v.get(*f).and_then(|x| x.as_str())) {
-                *counts.entry(c.to_string()).or_default() += 1;
-            }
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(r)
+            && let Some(c) =
+                ["completion", "response", "answer"].iter().find_map(|f| v.get(*f).and_then(|x| x.as_str()))
+        {
+            *counts.entry(c.to_string()).or_default() += 1;
         }
     }
     counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))).map(|(c, _)| c).unwrap_or_default()
@@ -307,7 +317,8 @@ mod tests {
     fn majority_is_deterministic_on_ties() {
         let recs = vec![r#"{"completion":"b"}"#.to_string(), r#"{"completion":"a"}"#.to_string()];
         assert_eq!(most_frequent_completion(&recs), "a");
-        let recs = vec![r#"{"completion":"b"}"#.into(), r#"{"completion":"b"}"#.into(), r#"{"completion":"a"}"#.to_string()];
+        let recs =
+            vec![r#"{"completion":"b"}"#.into(), r#"{"completion":"b"}"#.into(), r#"{"completion":"a"}"#.to_string()];
         assert_eq!(most_frequent_completion(&recs), "b");
     }
 

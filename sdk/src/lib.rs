@@ -3,9 +3,9 @@
 #[cfg(feature = "guest")]
 extern crate self as trex_sdk;
 
-pub mod types;
 #[cfg(feature = "guest")]
 pub mod guest;
+pub mod types;
 
 #[cfg(feature = "guest")]
 #[doc(hidden)]

@@ -135,15 +135,8 @@ pub enum LoraTarget {
 
 impl LoraTarget {
     /// Every target, in block order.
-    pub const ALL: [LoraTarget; 7] = [
-        Self::QProj,
-        Self::KProj,
-        Self::VProj,
-        Self::OProj,
-        Self::GateProj,
-        Self::UpProj,
-        Self::DownProj,
-    ];
+    pub const ALL: [LoraTarget; 7] =
+        [Self::QProj, Self::KProj, Self::VProj, Self::OProj, Self::GateProj, Self::UpProj, Self::DownProj];
 
     /// The PEFT module name.
     pub fn module_name(self) -> &'static str {

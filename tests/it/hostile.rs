@@ -29,7 +29,8 @@ impl Sandbox {
     }
 }
 
-const LIMITS: &str = "[capabilities]\ndataset = true\nscratch = true\n[limits]\ntimeout-ms = 1500\nmemory-mib = 64\noutput-mib = 4\n";
+const LIMITS: &str =
+    "[capabilities]\ndataset = true\nscratch = true\n[limits]\ntimeout-ms = 1500\nmemory-mib = 64\noutput-mib = 4\n";
 
 async fn sandbox_with(grant: Capabilities, extra_manifest: &str) -> Sandbox {
     let dir = tempfile::tempdir().unwrap();
@@ -44,7 +45,8 @@ async fn sandbox_with(grant: Capabilities, extra_manifest: &str) -> Sandbox {
     let config = HostConfig { grant, ..test_config(root.join("scratch-root")) };
     let mut host = PluginHost::new(config).unwrap();
     host.load(&path).await.unwrap();
-    let env = CallEnv { dataset_dir: Some(root.join("data")), scratch_dir: Some(root.join("scratch")), ..CallEnv::default() };
+    let env =
+        CallEnv { dataset_dir: Some(root.join("data")), scratch_dir: Some(root.join("scratch")), ..CallEnv::default() };
     Sandbox { _dir: dir, root, host, env }
 }
 
@@ -227,7 +229,12 @@ async fn malformed_wasm_is_refused_by_name() {
         std::fs::write(d.join("plugin.toml"), trex_tests::manifest(folder, "data-tool", "x", "")).unwrap();
         let err = host.load(&d.join("plugin.toml")).await.unwrap_err();
         let text = err.to_string();
-        assert!(matches!(err, PluginError::Load { .. }) && text.contains(&format!("plugin `{folder}`")) && text.contains(expect), "{text}");
+        assert!(
+            matches!(err, PluginError::Load { .. })
+                && text.contains(&format!("plugin `{folder}`"))
+                && text.contains(expect),
+            "{text}"
+        );
     }
     let d = dir.path().join("missing");
     std::fs::create_dir_all(&d).unwrap();
@@ -239,7 +246,8 @@ async fn malformed_wasm_is_refused_by_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_world_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let m = trex_tests::install(dir.path(), "h", "hostile", &trex_tests::manifest("hostile", "evaluator", "hostile", ""));
+    let m =
+        trex_tests::install(dir.path(), "h", "hostile", &trex_tests::manifest("hostile", "evaluator", "hostile", ""));
     let mut host = PluginHost::new(test_config(dir.path().join("s"))).unwrap();
     let err = host.load(&m).await.unwrap_err();
     let text = err.to_string();

@@ -27,10 +27,8 @@ async fn chat_format_handles_both_shapes_and_counts_bad_records() {
         json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}),
         json!({"question": "no usable field"}),
     ]);
-    let run = host
-        .run_data_tool("chat-format", &json!({"system": "Be brief."}), input, &CallEnv::default())
-        .await
-        .unwrap();
+    let run =
+        host.run_data_tool("chat-format", &json!({"system": "Be brief."}), input, &CallEnv::default()).await.unwrap();
     assert_eq!((run.records_in, run.records_out), (3, 2));
     assert_eq!(run.dropped.values().sum::<u64>(), 1, "{:?}", run.dropped);
     assert!(run.dropped.keys().next().unwrap().contains("missing string field `prompt`"), "{:?}", run.dropped);
@@ -73,11 +71,17 @@ async fn filter_and_dedup_count_what_they_drop() {
     assert_eq!(filtered.records_out, 2);
     assert_eq!(filtered.dropped["too-short"], 1);
     assert_eq!(filtered.dropped["too-long"], 1);
-    let deduped = host.run_data_tool("dedup-exact", &json!({"fields": ["text"]}), filtered.records, &env).await.unwrap();
+    let deduped =
+        host.run_data_tool("dedup-exact", &json!({"fields": ["text"]}), filtered.records, &env).await.unwrap();
     assert_eq!(deduped.records_out, 1, "normalized duplicates collapse");
     assert_eq!(deduped.dropped["duplicate"], 1);
     let strict = host
-        .run_data_tool("dedup-exact", &json!({"normalize": false}), lines(&[json!({"a": "X"}), json!({"a": "x"})]), &env)
+        .run_data_tool(
+            "dedup-exact",
+            &json!({"normalize": false}),
+            lines(&[json!({"a": "X"}), json!({"a": "x"})]),
+            &env,
+        )
         .await
         .unwrap();
     assert_eq!(strict.records_out, 2);
@@ -86,11 +90,16 @@ async fn filter_and_dedup_count_what_they_drop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_match_scores_and_tags() {
     let (_dir, host) = standard_host().await;
-    let items: Vec<EvalItem> = [("4", "4<|im_end|>"), ("4", "4, because 2+2"), ("Paris", "paris"), ("4", ""), ("4", "5")]
-        .iter()
-        .enumerate()
-        .map(|(i, (answer, output))| EvalItem { id: i.to_string(), example: json!({"answer": answer}), output: output.to_string() })
-        .collect();
+    let items: Vec<EvalItem> =
+        [("4", "4<|im_end|>"), ("4", "4, because 2+2"), ("Paris", "paris"), ("4", ""), ("4", "5")]
+            .iter()
+            .enumerate()
+            .map(|(i, (answer, output))| EvalItem {
+                id: i.to_string(),
+                example: json!({"answer": answer}),
+                output: output.to_string(),
+            })
+            .collect();
     let report = host.evaluate("exact-match", &json!({}), &items, 2, &CallEnv::default()).await.unwrap();
     assert_eq!((report.passed, report.total), (2, 5));
     assert!((report.score - 0.4).abs() < 1e-12);
@@ -105,7 +114,15 @@ async fn exact_match_scores_and_tags() {
 
 fn context() -> ResearchContext {
     ResearchContext {
-        node: NodeSummary { id: 0, parent: None, proposal: None, status: "done".into(), score: Some(0.1), reward: Some(0.0), lesson: String::new() },
+        node: NodeSummary {
+            id: 0,
+            parent: None,
+            proposal: None,
+            status: "done".into(),
+            score: Some(0.1),
+            reward: Some(0.0),
+            lesson: String::new(),
+        },
         parent_path: vec![],
         siblings: vec![],
         best: vec![],
@@ -165,7 +182,10 @@ async fn misspelled_config_field_is_named_before_any_work() {
 async fn wrong_kind_and_unknown_name_say_what_exists() {
     let (_dir, host) = standard_host().await;
     let err = host.run_data_tool("exact-match", &json!({}), vec![], &CallEnv::default()).await.unwrap_err().to_string();
-    assert!(err.contains("no data-tool plugin named `exact-match`") && err.contains("`exact-match` is an evaluator plugin"), "{err}");
+    assert!(
+        err.contains("no data-tool plugin named `exact-match`") && err.contains("`exact-match` is an evaluator plugin"),
+        "{err}"
+    );
     let err = host.run_data_tool("dedup", &json!({}), vec![], &CallEnv::default()).await.unwrap_err().to_string();
     assert!(err.contains("available: chat-format, dedup-exact, filter-length"), "{err}");
 }
@@ -173,8 +193,16 @@ async fn wrong_kind_and_unknown_name_say_what_exists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compiled_components_are_cached() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = trex_tests::install(dir.path(), "d", "dedup_exact", &trex_tests::manifest("dedup-exact", "data-tool", "dedup_exact", ""));
-    let config = trex_core::plugin::HostConfig { cache_dir: Some(dir.path().join("cache")), ..crate::test_config(dir.path().join("s")) };
+    let manifest = trex_tests::install(
+        dir.path(),
+        "d",
+        "dedup_exact",
+        &trex_tests::manifest("dedup-exact", "data-tool", "dedup_exact", ""),
+    );
+    let config = trex_core::plugin::HostConfig {
+        cache_dir: Some(dir.path().join("cache")),
+        ..crate::test_config(dir.path().join("s"))
+    };
     let mut first = PluginHost::new(config.clone()).unwrap();
     assert!(!first.load(&manifest).await.unwrap().load.from_cache);
     let mut second = PluginHost::new(config).unwrap();
@@ -183,7 +211,10 @@ async fn compiled_components_are_cached() {
     for e in std::fs::read_dir(dir.path().join("cache")).unwrap() {
         std::fs::write(e.unwrap().path(), b"garbage").unwrap();
     }
-    let config = trex_core::plugin::HostConfig { cache_dir: Some(dir.path().join("cache")), ..crate::test_config(dir.path().join("s")) };
+    let config = trex_core::plugin::HostConfig {
+        cache_dir: Some(dir.path().join("cache")),
+        ..crate::test_config(dir.path().join("s"))
+    };
     let mut third = PluginHost::new(config).unwrap();
     assert!(!third.load(&manifest).await.unwrap().load.from_cache);
 }
@@ -191,12 +222,18 @@ async fn compiled_components_are_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifest_must_agree_with_the_component() {
     let dir = tempfile::tempdir().unwrap();
-    let m = trex_tests::install(dir.path(), "a", "dedup_exact", &trex_tests::manifest("not-dedup", "data-tool", "dedup_exact", ""));
+    let m = trex_tests::install(
+        dir.path(),
+        "a",
+        "dedup_exact",
+        &trex_tests::manifest("not-dedup", "data-tool", "dedup_exact", ""),
+    );
     let mut host = PluginHost::new(test_config(dir.path().join("s"))).unwrap();
     let err = host.load(&m).await.unwrap_err().to_string();
     assert!(err.contains("describe() says its name is `dedup-exact`") && err.contains("`not-dedup`"), "{err}");
 
-    let text = trex_tests::manifest("dedup-exact", "data-tool", "dedup_exact", "").replace("api-version = \"0.1.0\"", "api-version = \"0.3.0\"");
+    let text = trex_tests::manifest("dedup-exact", "data-tool", "dedup_exact", "")
+        .replace("api-version = \"0.1.0\"", "api-version = \"0.3.0\"");
     let m = trex_tests::install(dir.path(), "b", "dedup_exact", &text);
     let err = host.load(&m).await.unwrap_err().to_string();
     assert!(err.contains("API 0.3.0") && err.contains("API 0.1.0"), "{err}");

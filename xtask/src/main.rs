@@ -17,6 +17,7 @@ commands:
   test            build the plugins and run the whole test suite (what CI runs)
   ci              check formatting, clippy, docs, then `test`
   bench-plugins   build in release mode and run the plugin-host benchmark
+  gen-unit-data   regenerate the synthetic unit-conversion example data (seeded, deterministic)
 ";
 
 fn main() -> Result<()> {
@@ -27,6 +28,7 @@ fn main() -> Result<()> {
         Some("test") => test(),
         Some("ci") => ci(),
         Some("bench-plugins") => bench_plugins(),
+        Some("gen-unit-data") => gen_unit_data(),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             Ok(())
@@ -91,7 +93,11 @@ fn build_plugins() -> Result<()> {
         let text = std::fs::read_to_string(&manifest)?;
         let wasm = text
             .lines()
-            .find_map(|l| l.trim().strip_prefix("wasm").map(|r| r.trim_start().trim_start_matches('=').trim().trim_matches('"').to_string()))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("wasm")
+                    .map(|r| r.trim_start().trim_start_matches('=').trim().trim_matches('"').to_string())
+            })
             .with_context(|| format!("{}: no `wasm` field", manifest.display()))?;
         let from = built.join(&wasm);
         std::fs::copy(&from, dir.join(&wasm)).with_context(|| {
@@ -107,7 +113,7 @@ fn demo(extra: &[String]) -> Result<()> {
     build_plugins()?;
     let mut cmd = cargo();
     cmd.current_dir(root()).args(["run", "--release", "--quiet", "-p", "trex-core", "--bin", "trex-host", "--"]);
-    cmd.args(["--plugins", "plugins", "pipeline", "examples/pipelines/support-faq/pipeline.toml"]);
+    cmd.args(["--plugins", "plugins", "pipeline", "examples/pipelines/unit-conversion/pipeline.toml"]);
     cmd.args(extra);
     run(&mut cmd)
 }
@@ -123,14 +129,106 @@ fn ci() -> Result<()> {
     run(cargo().current_dir(root()).args(["fmt", "--all", "--check"]))?;
     run(cargo().current_dir(root().join("plugins")).args(["fmt", "--all", "--check"]))?;
     run(cargo().current_dir(root()).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    run(cargo()
-        .current_dir(root().join("plugins"))
-        .args(["clippy", "--release", "--target", "wasm32-wasip2", "--", "-D", "warnings"]))?;
+    run(cargo().current_dir(root().join("plugins")).args([
+        "clippy",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo().current_dir(root()).env("RUSTDOCFLAGS", "-D warnings").args(["doc", "--workspace", "--no-deps"]))?;
     test()
 }
 
 fn bench_plugins() -> Result<()> {
     build_plugins()?;
-    run(cargo().current_dir(root()).args(["run", "--release", "-p", "trex-core", "--bin", "trex-host", "--", "--plugins", "plugins", "bench", "plugins"]))
+    run(cargo().current_dir(root()).args([
+        "run",
+        "--release",
+        "-p",
+        "trex-core",
+        "--bin",
+        "trex-host",
+        "--",
+        "--plugins",
+        "plugins",
+        "bench",
+        "plugins",
+    ]))
+}
+
+/// SplitMix64, so the example data needs no dependency and never changes between machines.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Write the synthetic unit-conversion data set used by the demo pipeline. The data is
+/// generated, not collected: see examples/pipelines/unit-conversion/README.md.
+fn gen_unit_data() -> Result<()> {
+    // (from, to, factor)
+    const UNITS: &[(&str, &str, f64)] = &[
+        ("km", "m", 1000.0),
+        ("m", "cm", 100.0),
+        ("cm", "mm", 10.0),
+        ("kg", "g", 1000.0),
+        ("g", "mg", 1000.0),
+        ("l", "ml", 1000.0),
+        ("h", "min", 60.0),
+        ("min", "s", 60.0),
+        ("day", "h", 24.0),
+        ("week", "day", 7.0),
+    ];
+    const PHRASES: &[&str] =
+        &["Convert {v} {a} to {b}.", "How many {b} are in {v} {a}?", "Express {v} {a} in {b}.", "{v} {a} = ? {b}"];
+    let mut rng = Rng(20261126);
+    let example = |rng: &mut Rng, id: String| {
+        let (a, b, f) = UNITS[rng.below(UNITS.len() as u64) as usize];
+        let v = 1 + rng.below(99);
+        let phrase = PHRASES[rng.below(PHRASES.len() as u64) as usize];
+        let prompt = phrase.replace("{v}", &v.to_string()).replace("{a}", a).replace("{b}", b);
+        let answer = format!("{} {b}", v as f64 * f);
+        format!("{{\"id\":\"{id}\",\"prompt\":\"{prompt}\",\"response\":\"{answer}\",\"tags\":[\"{a}-to-{b}\"]}}")
+    };
+    let dir = root().join("examples/pipelines/unit-conversion/data");
+    std::fs::create_dir_all(&dir)?;
+    let mut train = Vec::new();
+    for i in 0..600 {
+        let line = example(&mut rng, format!("train-{i}"));
+        train.push(line.clone());
+        // Realistic noise for the recipe to clean: repeats, spacing and case variants, and
+        // records a scraper might produce.
+        match rng.below(20) {
+            0 | 1 => train.push(line.replace(&format!("train-{i}"), &format!("train-{i}-dup"))),
+            2 => train.push(
+                line.replace(&format!("train-{i}"), &format!("train-{i}-var"))
+                    .replace("Convert", "convert ")
+                    .replace("?", " ?"),
+            ),
+            3 => train.push(format!("{{\"id\":\"train-{i}-bad\",\"prompt\":\"Convert it.\"}}")),
+            4 => train.push(format!(
+                "{{\"id\":\"train-{i}-long\",\"prompt\":\"{}\",\"response\":\"?\"}}",
+                "Please help me with this conversion. ".repeat(40)
+            )),
+            _ => {}
+        }
+    }
+    let validation: Vec<String> = (0..150).map(|i| example(&mut rng, format!("val-{i}"))).collect();
+    std::fs::write(dir.join("train.jsonl"), train.join("\n") + "\n")?;
+    std::fs::write(dir.join("validation.jsonl"), validation.join("\n") + "\n")?;
+    eprintln!("wrote {} train and {} validation records to {}", train.len(), validation.len(), dir.display());
+    Ok(())
 }

@@ -87,12 +87,18 @@ pub struct ResearcherSession<'h> {
 
 impl std::fmt::Debug for ResearcherSession<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResearcherSession").field("plugin", &self.plugin.manifest.name).field("broken", &self.broken).finish()
+        f.debug_struct("ResearcherSession")
+            .field("plugin", &self.plugin.manifest.name)
+            .field("broken", &self.broken)
+            .finish()
     }
 }
 
 /// Stop waiting well after the epoch deadline should have fired (a host import that hangs).
-async fn with_backstop<T>(plugin: &LoadedPlugin, fut: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+async fn with_backstop<T>(
+    plugin: &LoadedPlugin,
+    fut: impl Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
     let backstop = Duration::from_millis(plugin.limits.timeout_ms) + Duration::from_secs(5);
     match tokio::time::timeout(backstop, fut).await {
         Ok(r) => r,
@@ -128,11 +134,15 @@ fn context(state: &StoreState) -> String {
 fn classify(plugin: &LoadedPlugin, state: &StoreState, err: wasmtime::Error) -> PluginError {
     let name = plugin.manifest.name.clone();
     let ctx = context(state);
-    if state.cancel.load(std::sync::atomic::Ordering::Relaxed) && matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+    if state.cancel.load(std::sync::atomic::Ordering::Relaxed)
+        && matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt))
+    {
         return PluginError::Cancelled { plugin: name };
     }
     match err.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => return PluginError::Timeout { plugin: name, limit_ms: plugin.limits.timeout_ms, context: ctx },
+        Some(Trap::Interrupt) => {
+            return PluginError::Timeout { plugin: name, limit_ms: plugin.limits.timeout_ms, context: ctx };
+        }
         Some(Trap::OutOfFuel) => {
             return PluginError::Fuel { plugin: name, fuel: plugin.limits.fuel.unwrap_or(u64::MAX), context: ctx };
         }
@@ -155,7 +165,11 @@ fn classify(plugin: &LoadedPlugin, state: &StoreState, err: wasmtime::Error) -> 
 /// Turn an error the plugin returned into a [`PluginError`].
 fn reported(plugin: &LoadedPlugin, state: &StoreState, e: types::PluginError) -> PluginError {
     if state.output_limit_hit {
-        return PluginError::Output { plugin: plugin.manifest.name.clone(), limit_mib: plugin.limits.output_mib, context: String::new() };
+        return PluginError::Output {
+            plugin: plugin.manifest.name.clone(),
+            limit_mib: plugin.limits.output_mib,
+            context: String::new(),
+        };
     }
     PluginError::Reported { plugin: plugin.manifest.name.clone(), message: e.message, field: e.field }
 }
@@ -194,7 +208,12 @@ impl PluginHost {
         if info.name != m.name {
             return Err(contract(
                 plugin,
-                format!("describe() says its name is `{}`, but {} says `{}`", info.name, m.manifest_path.display(), m.name),
+                format!(
+                    "describe() says its name is `{}`, but {} says `{}`",
+                    info.name,
+                    m.manifest_path.display(),
+                    m.name
+                ),
             ));
         }
         if info.api_version != m.api_version {
@@ -222,7 +241,11 @@ impl PluginHost {
     }
 
     /// Check `config` against plugin `name`'s config type; returns it with defaults filled in.
-    pub async fn validate_config(&self, name: &str, config: &serde_json::Value) -> Result<serde_json::Value, PluginError> {
+    pub async fn validate_config(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+    ) -> Result<serde_json::Value, PluginError> {
         let plugin = self.plugins.get(name).ok_or_else(|| PluginError::NotFound {
             name: name.into(),
             kind: "any".into(),
@@ -250,7 +273,8 @@ impl PluginHost {
         };
         let result = with_backstop(plugin, fut).await.map_err(|e| classify(plugin, store.data(), e))?;
         let normalized = result.map_err(|e| reported(plugin, store.data(), e))?;
-        serde_json::from_str(&normalized).map_err(|e| contract(plugin, format!("validate-config returned invalid JSON: {e}")))
+        serde_json::from_str(&normalized)
+            .map_err(|e| contract(plugin, format!("validate-config returned invalid JSON: {e}")))
     }
 
     /// Stream `input` (JSON objects as text) through data tool `name`.
@@ -266,7 +290,8 @@ impl PluginHost {
         let started = Instant::now();
         let records_in = input.len() as u64;
         let mut store = self.new_store(plugin, env)?;
-        let reader = store.data_mut().table.push(HostReader::new(input)).map_err(|e| PluginError::Host(e.to_string()))?;
+        let reader =
+            store.data_mut().table.push(HostReader::new(input)).map_err(|e| PluginError::Host(e.to_string()))?;
         let writer = store
             .data_mut()
             .table
@@ -282,7 +307,8 @@ impl PluginHost {
         let result = with_backstop(plugin, fut).await.map_err(|e| classify(plugin, store.data(), e))?;
         let stats = result.map_err(|e| reported(plugin, store.data(), e))?;
         let writer = wasmtime::component::Resource::<HostWriter>::new_own(writer_rep);
-        let records = store.data_mut().table.delete(writer).map_err(|e| PluginError::Host(e.to_string()))?.into_records();
+        let records =
+            store.data_mut().table.delete(writer).map_err(|e| PluginError::Host(e.to_string()))?.into_records();
         Ok(DataToolRun {
             records_in,
             records_out: records.len() as u64,
@@ -306,10 +332,13 @@ impl PluginHost {
         let KindPre::Evaluator(pre) = &plugin.pre else { unreachable!("expect() checked the kind") };
         let mut store = self.new_store(plugin, env)?;
         self.arm(&mut store, plugin)?;
-        let bindings = with_backstop(plugin, pre.instantiate_async(&mut store)).await.map_err(|e| classify(plugin, store.data(), e))?;
+        let bindings = with_backstop(plugin, pre.instantiate_async(&mut store))
+            .await
+            .map_err(|e| classify(plugin, store.data(), e))?;
         let api = bindings.trex_plugin_evaluator_api();
         let text = to_json_text(config);
-        let mut results: Vec<evaluator::exports::trex::plugin::evaluator_api::ExampleResult> = Vec::with_capacity(items.len());
+        let mut results: Vec<evaluator::exports::trex::plugin::evaluator_api::ExampleResult> =
+            Vec::with_capacity(items.len());
         for (i, chunk) in items.chunks(batch_size.max(1)).enumerate() {
             let batch: Vec<_> = chunk
                 .iter()
@@ -325,11 +354,17 @@ impl PluginHost {
                 .map_err(|e| classify(plugin, store.data(), e))?
                 .map_err(|e| reported(plugin, store.data(), e))?;
             if r.len() != chunk.len() {
-                return Err(contract(plugin, format!("evaluate() returned {} results for a batch of {} (batch {i})", r.len(), chunk.len())));
+                return Err(contract(
+                    plugin,
+                    format!("evaluate() returned {} results for a batch of {} (batch {i})", r.len(), chunk.len()),
+                ));
             }
             for (res, item) in r.iter().zip(chunk) {
                 if res.id != item.id {
-                    return Err(contract(plugin, format!("evaluate() returned result `{}` where `{}` was expected", res.id, item.id)));
+                    return Err(contract(
+                        plugin,
+                        format!("evaluate() returned result `{}` where `{}` was expected", res.id, item.id),
+                    ));
                 }
                 if !res.score.is_finite() {
                     return Err(contract(plugin, format!("evaluate() returned a non-finite score for `{}`", res.id)));
@@ -348,7 +383,13 @@ impl PluginHost {
         Ok(EvalReport {
             results: results
                 .into_iter()
-                .map(|r| ExampleResult { id: r.id, score: r.score, passed: r.passed, tags: r.tags, explanation: r.explanation })
+                .map(|r| ExampleResult {
+                    id: r.id,
+                    score: r.score,
+                    passed: r.passed,
+                    tags: r.tags,
+                    explanation: r.explanation,
+                })
                 .collect(),
             score: agg.score,
             passed: agg.passed,
@@ -373,7 +414,8 @@ impl PluginHost {
         let task_text = serde_json::to_string(task).map_err(|e| PluginError::Host(e.to_string()))?;
         let fut = async {
             let b = pre.instantiate_async(&mut store).await?;
-            let opened = b.trex_plugin_researcher_api().session().call_open(&mut store, &config_text, &task_text).await?;
+            let opened =
+                b.trex_plugin_researcher_api().session().call_open(&mut store, &config_text, &task_text).await?;
             Ok((b, opened))
         };
         let (bindings, opened) = with_backstop(plugin, fut).await.map_err(|e| classify(plugin, store.data(), e))?;
@@ -396,7 +438,11 @@ impl ResearcherSession<'_> {
 
     /// Ask for up to `max` proposals. Each proposal is checked against the `Proposal` schema;
     /// the ones that fail come back as errors next to the valid ones.
-    pub async fn propose(&mut self, context: &ResearchContext, max: u32) -> Result<Vec<Result<Proposal, String>>, PluginError> {
+    pub async fn propose(
+        &mut self,
+        context: &ResearchContext,
+        max: u32,
+    ) -> Result<Vec<Result<Proposal, String>>, PluginError> {
         self.check_usable()?;
         let text = serde_json::to_string(context).map_err(|e| PluginError::Host(e.to_string()))?;
         self.host.arm(&mut self.store, self.plugin)?;
@@ -411,12 +457,18 @@ impl ResearcherSession<'_> {
             }
         };
         if raw.len() > max as usize {
-            return Err(contract(self.plugin, format!("propose() returned {} proposals, more than the {max} asked for", raw.len())));
+            return Err(contract(
+                self.plugin,
+                format!("propose() returned {} proposals, more than the {max} asked for", raw.len()),
+            ));
         }
         Ok(raw
             .iter()
             .enumerate()
-            .map(|(i, p)| serde_json::from_str::<Proposal>(p).map_err(|e| format!("proposal {i} does not match the Proposal schema: {e}")))
+            .map(|(i, p)| {
+                serde_json::from_str::<Proposal>(p)
+                    .map_err(|e| format!("proposal {i} does not match the Proposal schema: {e}"))
+            })
             .collect())
     }
 

@@ -37,7 +37,8 @@ impl EngineHandle {
             .consume_fuel(true)
             .cranelift_opt_level(OptLevel::Speed)
             .parallel_compilation(true);
-        let engine = Engine::new(&config).map_err(|e| PluginError::Host(format!("cannot create the wasm engine: {e:#}")))?;
+        let engine =
+            Engine::new(&config).map_err(|e| PluginError::Host(format!("cannot create the wasm engine: {e:#}")))?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.weak();
         let ticker_stop = stop.clone();

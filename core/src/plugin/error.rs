@@ -91,7 +91,9 @@ pub enum PluginError {
         context: String,
     },
     /// A data tool wrote more than its output limit.
-    #[error("plugin `{plugin}` exceeded its output limit of {limit_mib} MiB; raise [limits] output-mib in its plugin.toml if the output is expected{context}")]
+    #[error(
+        "plugin `{plugin}` exceeded its output limit of {limit_mib} MiB; raise [limits] output-mib in its plugin.toml if the output is expected{context}"
+    )]
     Output {
         /// Plugin name.
         plugin: String,

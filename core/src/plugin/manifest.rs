@@ -163,9 +163,7 @@ impl Manifest {
         let bad = |message: String| PluginError::Manifest { path: path.to_path_buf(), message };
         let raw: RawManifest = toml::from_str(text).map_err(|e| bad(e.to_string().trim_end().to_string()))?;
 
-        if raw.name.is_empty()
-            || !raw.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
+        if raw.name.is_empty() || !raw.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
             return Err(bad(format!(
                 "field `name`: `{}` is not a valid plugin name (use lowercase letters, digits and `-`)",
                 raw.name

@@ -217,7 +217,8 @@ impl PluginHost {
         evaluator::Evaluator::add_to_linker::<StoreState, HostData>(&mut evaluator_linker, |s| s).map_err(host_err)?;
         let mut researcher_linker = Linker::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_async(&mut researcher_linker).map_err(host_err)?;
-        researcher::Researcher::add_to_linker::<StoreState, HostData>(&mut researcher_linker, |s| s).map_err(host_err)?;
+        researcher::Researcher::add_to_linker::<StoreState, HostData>(&mut researcher_linker, |s| s)
+            .map_err(host_err)?;
         Ok(Self {
             engine,
             data_tool_linker,
@@ -241,11 +242,8 @@ impl PluginHost {
                 dir.display()
             ))
         })?;
-        let mut folders: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.join("plugin.toml").is_file())
-            .collect();
+        let mut folders: Vec<PathBuf> =
+            entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("plugin.toml").is_file()).collect();
         folders.sort();
         for folder in folders {
             if let Err(error) = host.load(&folder.join("plugin.toml")).await {
@@ -281,9 +279,10 @@ impl PluginHost {
             path: manifest.wasm.clone(),
             message: format!("{e} (build the standard plugins with `cargo xtask build-plugins`)"),
         })?;
-        let (component, source) = self.engine.compile(&bytes, self.config.cache_dir.as_deref()).map_err(|message| {
-            PluginError::Load { plugin: name.clone(), path: manifest.wasm.clone(), message }
-        })?;
+        let (component, source) = self
+            .engine
+            .compile(&bytes, self.config.cache_dir.as_deref())
+            .map_err(|message| PluginError::Load { plugin: name.clone(), path: manifest.wasm.clone(), message })?;
         let load = LoadStats { load_time: started.elapsed(), from_cache: matches!(source, CompileSource::Cache) };
         let pre = self.link(&manifest, &component)?;
         let granted = manifest.capabilities.intersect(&self.config.grant);
@@ -332,8 +331,12 @@ impl PluginHost {
         };
         Ok(match kind {
             PluginKind::DataTool => KindPre::DataTool(data_tool::DataToolPre::new(instance_pre).map_err(wrong_world)?),
-            PluginKind::Evaluator => KindPre::Evaluator(evaluator::EvaluatorPre::new(instance_pre).map_err(wrong_world)?),
-            PluginKind::Researcher => KindPre::Researcher(researcher::ResearcherPre::new(instance_pre).map_err(wrong_world)?),
+            PluginKind::Evaluator => {
+                KindPre::Evaluator(evaluator::EvaluatorPre::new(instance_pre).map_err(wrong_world)?)
+            }
+            PluginKind::Researcher => {
+                KindPre::Researcher(researcher::ResearcherPre::new(instance_pre).map_err(wrong_world)?)
+            }
         })
     }
 
@@ -348,12 +351,12 @@ impl PluginHost {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        if plugin.granted.dataset {
-            if let Some(dir) = &env.dataset_dir {
-                wasi.preopened_dir(dir, "/data", FsPerms::ReadOnly).map_err(|e| {
-                    PluginError::Host(format!("cannot mount dataset folder {} for `{name}`: {e}", dir.display()))
-                })?;
-            }
+        if plugin.granted.dataset
+            && let Some(dir) = &env.dataset_dir
+        {
+            wasi.preopened_dir(dir, "/data", FsPerms::ReadOnly).map_err(|e| {
+                PluginError::Host(format!("cannot mount dataset folder {} for `{name}`: {e}", dir.display()))
+            })?;
         }
         if plugin.granted.scratch {
             let dir = env.scratch_dir.clone().unwrap_or_else(|| self.config.scratch_root.join(name));
@@ -411,8 +414,12 @@ impl PluginHost {
         match self.plugins.get(name) {
             Some(p) if p.manifest.kind == kind => Ok(p),
             found => {
-                let available: Vec<&str> =
-                    self.plugins.values().filter(|p| p.manifest.kind == kind).map(|p| p.manifest.name.as_str()).collect();
+                let available: Vec<&str> = self
+                    .plugins
+                    .values()
+                    .filter(|p| p.manifest.kind == kind)
+                    .map(|p| p.manifest.name.as_str())
+                    .collect();
                 let mut hint = match found {
                     Some(p) => format!(" (`{name}` is {} plugin)", with_article(p.manifest.kind)),
                     None => String::new(),

@@ -47,10 +47,7 @@ impl HostWriter {
         for (i, record) in batch.iter().enumerate() {
             if !record.trim_start().starts_with('{') || serde_json::from_str::<IgnoredAny>(record).is_err() {
                 let preview: String = record.chars().take(80).collect();
-                return Err(format!(
-                    "record {} of the batch is not a JSON object: {preview}",
-                    self.records.len() + i
-                ));
+                return Err(format!("record {} of the batch is not a JSON object: {preview}", self.records.len() + i));
             }
         }
         self.bytes += batch_bytes;

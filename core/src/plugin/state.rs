@@ -148,7 +148,9 @@ impl llm::Host for StoreState {
                 )));
             }
             LlmAccess::NotConfigured => {
-                return Ok(Err("no LLM configured: start trex-host with an [llm] section in its config to enable llm.chat".into()));
+                return Ok(Err(
+                    "no LLM configured: start trex-host with an [llm] section in its config to enable llm.chat".into(),
+                ));
             }
             LlmAccess::Client(c) => c.clone(),
         };
@@ -197,7 +199,11 @@ impl records::HostReader for StoreState {
 }
 
 impl records::HostWriter for StoreState {
-    async fn write(&mut self, writer: Resource<HostWriter>, batch: Vec<String>) -> wasmtime::Result<Result<(), String>> {
+    async fn write(
+        &mut self,
+        writer: Resource<HostWriter>,
+        batch: Vec<String>,
+    ) -> wasmtime::Result<Result<(), String>> {
         let writer = self.table.get_mut(&writer)?;
         let result = writer.append(batch);
         if result.is_err() && writer.limit_hit() {

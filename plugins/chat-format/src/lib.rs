@@ -72,7 +72,11 @@ impl DataTool for ChatFormat {
     const NAME: &'static str = "chat-format";
     const DESCRIPTION: &'static str = "Turn prompt/response records or chat transcripts into training examples with a chat template (chatml, llama3 or plain); the loss is later taken on the completion only.";
 
-    fn run(config: Config, input: &mut RecordReader<'_>, output: &mut RecordWriter<'_>) -> Result<RunStats, PluginError> {
+    fn run(
+        config: Config,
+        input: &mut RecordReader<'_>,
+        output: &mut RecordWriter<'_>,
+    ) -> Result<RunStats, PluginError> {
         let mut stats = RunStats::default();
         let mut prompt_chars = 0u64;
         let mut kept = 0u64;
@@ -88,7 +92,7 @@ impl DataTool for ChatFormat {
                     out["completion_text"] = completion_text.into();
                     output.push(&out)?;
                 }
-                Err(problem) => stats.bad_record(config.on_bad_record, &format!("record {}: {problem}", input.records_read()))?,
+                Err(problem) => stats.bad_record(config.on_bad_record, input.records_read(), &problem)?,
             }
         }
         if kept > 0 {
@@ -121,8 +125,9 @@ fn to_example(config: &Config, record: &Record) -> Result<TrainingExample, Strin
             _ => return Err(format!("`{}` must end with an assistant turn", config.messages_field)),
         }
     } else {
-        let prompt = string_field(record, &config.prompt_field)
-            .ok_or_else(|| format!("missing string field `{}` (or `{}`)", config.prompt_field, config.messages_field))?;
+        let prompt = string_field(record, &config.prompt_field).ok_or_else(|| {
+            format!("missing string field `{}` (or `{}`)", config.prompt_field, config.messages_field)
+        })?;
         let response = [config.response_field.as_str(), "completion", "answer"]
             .iter()
             .find_map(|f| string_field(record, f))
@@ -132,10 +137,10 @@ fn to_example(config: &Config, record: &Record) -> Result<TrainingExample, Strin
     if messages.is_empty() {
         return Err("the conversation has no turn before the assistant's answer".into());
     }
-    if let Some(system) = &config.system {
-        if messages.first().is_none_or(|m| m.role != "system") {
-            messages.insert(0, ChatMessage { role: "system".into(), content: system.clone() });
-        }
+    if let Some(system) = &config.system
+        && messages.first().is_none_or(|m| m.role != "system")
+    {
+        messages.insert(0, ChatMessage { role: "system".into(), content: system.clone() });
     }
     Ok(TrainingExample { id, messages, completion, tags })
 }

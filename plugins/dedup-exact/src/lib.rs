@@ -30,15 +30,20 @@ impl DataTool for DedupExact {
     const NAME: &'static str = "dedup-exact";
     const DESCRIPTION: &'static str = "Drop exact duplicates (by chosen fields or the whole record, optionally case- and whitespace-insensitive), keeping the first occurrence.";
 
-    fn run(config: Config, input: &mut RecordReader<'_>, output: &mut RecordWriter<'_>) -> Result<RunStats, PluginError> {
+    fn run(
+        config: Config,
+        input: &mut RecordReader<'_>,
+        output: &mut RecordWriter<'_>,
+    ) -> Result<RunStats, PluginError> {
         let mut stats = RunStats::default();
         let mut seen: HashSet<u128> = HashSet::new();
         while let Some(raw) = input.next_raw() {
             let key = if config.fields.is_empty() {
                 if config.normalize { normalize(&raw) } else { raw.clone() }
             } else {
-                let record: Record = serde_json::from_str(&raw)
-                    .map_err(|e| PluginError::new(format!("record {} is not a JSON object: {e}", input.records_read())))?;
+                let record: Record = serde_json::from_str(&raw).map_err(|e| {
+                    PluginError::new(format!("record {} is not a JSON object: {e}", input.records_read()))
+                })?;
                 let mut key = String::new();
                 for f in &config.fields {
                     match record.get(f) {

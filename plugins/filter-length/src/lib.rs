@@ -51,9 +51,14 @@ struct FilterLength;
 impl DataTool for FilterLength {
     type Config = Config;
     const NAME: &'static str = "filter-length";
-    const DESCRIPTION: &'static str = "Keep records whose text length (characters or words over chosen fields) lies in [min, max].";
+    const DESCRIPTION: &'static str =
+        "Keep records whose text length (characters or words over chosen fields) lies in [min, max].";
 
-    fn run(config: Config, input: &mut RecordReader<'_>, output: &mut RecordWriter<'_>) -> Result<RunStats, PluginError> {
+    fn run(
+        config: Config,
+        input: &mut RecordReader<'_>,
+        output: &mut RecordWriter<'_>,
+    ) -> Result<RunStats, PluginError> {
         if config.min > config.max {
             return Err(PluginError::field("min", format!("min ({}) is larger than max ({})", config.min, config.max)));
         }
@@ -63,7 +68,11 @@ impl DataTool for FilterLength {
             let record: Record = serde_json::from_str(&raw)
                 .map_err(|e| PluginError::new(format!("record {} is not a JSON object: {e}", input.records_read())))?;
             let Some(len) = measure(&config, &record) else {
-                stats.bad_record(config.on_bad_record, &format!("none of the fields {:?}", config.fields))?;
+                stats.bad_record(
+                    config.on_bad_record,
+                    input.records_read(),
+                    &format!("none of the fields {:?}", config.fields),
+                )?;
                 continue;
             };
             if len < config.min {

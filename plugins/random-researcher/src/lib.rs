@@ -96,14 +96,20 @@ impl Researcher for RandomResearcher {
     const DESCRIPTION: &'static str = "Sample training recipes uniformly from the task's search space (log-uniform learning rate), sometimes adding a declared data step. Seeded and deterministic; needs no LLM.";
 
     fn open(config: Config, task: TaskBrief) -> Result<Self, PluginError> {
-        for (name, p) in [("data_step_probability", config.data_step_probability), ("continue_probability", config.continue_probability)] {
+        for (name, p) in [
+            ("data_step_probability", config.data_step_probability),
+            ("continue_probability", config.continue_probability),
+        ] {
             if !(0.0..=1.0).contains(&p) {
                 return Err(PluginError::field(name, format!("must be within [0, 1], got {p}")));
             }
         }
         let lr = &task.search_space.learning_rate;
         if !(lr.min > 0.0 && lr.min <= lr.max) {
-            return Err(PluginError::field("search_space.learning_rate", format!("needs 0 < min <= max, got [{}, {}]", lr.min, lr.max)));
+            return Err(PluginError::field(
+                "search_space.learning_rate",
+                format!("needs 0 < min <= max, got [{}, {}]", lr.min, lr.max),
+            ));
         }
         let seed = task.seed ^ config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         Ok(Self { rng: SplitMix(seed), space: task.search_space, config, observed: 0 })

@@ -41,7 +41,7 @@ pub type Record = serde_json::Map<String, serde_json::Value>;
 ///             match record.get("text").and_then(|t| t.as_str()) {
 ///                 Some(text) if text.chars().count() <= config.max_chars => output.push(&record)?,
 ///                 Some(_) => stats.drop_record("too-long"),
-///                 None => stats.bad_record(config.on_bad_record, "missing string field `text`")?,
+///                 None => stats.bad_record(config.on_bad_record, input.records_read(), "missing string field `text`")?,
 ///             }
 ///         }
 ///         Ok(stats)
@@ -59,7 +59,11 @@ pub trait DataTool: 'static {
     const DESCRIPTION: &'static str;
 
     /// Stream `input` into `output`.
-    fn run(config: Self::Config, input: &mut RecordReader<'_>, output: &mut RecordWriter<'_>) -> Result<RunStats, PluginError>;
+    fn run(
+        config: Self::Config,
+        input: &mut RecordReader<'_>,
+        output: &mut RecordWriter<'_>,
+    ) -> Result<RunStats, PluginError>;
 }
 
 /// Statistics a data tool returns: records dropped by reason, and named metrics.
@@ -78,14 +82,18 @@ impl RunStats {
         *self.dropped.entry(reason.to_string()).or_default() += 1;
     }
 
-    /// Apply the bad-record policy: count and go on (`skip`), or fail with `problem`.
-    pub fn bad_record(&mut self, policy: OnBadRecord, problem: &str) -> Result<(), PluginError> {
+    /// Apply the bad-record policy to record number `record` (1-based): count it under
+    /// `bad-record: <problem>` and go on (`skip`), or fail naming the record (`fail`).
+    /// Keep `problem` free of per-record details so that drops group by cause.
+    pub fn bad_record(&mut self, policy: OnBadRecord, record: u64, problem: &str) -> Result<(), PluginError> {
         match policy {
             OnBadRecord::Skip => {
                 self.drop_record(&format!("bad-record: {problem}"));
                 Ok(())
             }
-            OnBadRecord::Fail => Err(PluginError::new(format!("bad record: {problem} (set `on_bad_record = \"skip\"` to drop such records instead)"))),
+            OnBadRecord::Fail => Err(PluginError::new(format!(
+                "record {record}: {problem} (set `on_bad_record = \"skip\"` to drop such records instead)"
+            ))),
         }
     }
 }
@@ -155,7 +163,8 @@ impl<'a> RecordWriter<'a> {
 
     /// Write one record (anything that serializes to a JSON object).
     pub fn push<T: Serialize + ?Sized>(&mut self, record: &T) -> Result<(), PluginError> {
-        let text = serde_json::to_string(record).map_err(|e| PluginError::new(format!("record does not serialize: {e}")))?;
+        let text =
+            serde_json::to_string(record).map_err(|e| PluginError::new(format!("record does not serialize: {e}")))?;
         self.push_raw(text)
     }
 
@@ -194,7 +203,11 @@ pub fn __validate<T: DataTool>(config: String) -> Result<String, wit_types::Plug
 }
 
 #[doc(hidden)]
-pub fn __run<T: DataTool>(config: String, input: &records::Reader, output: &records::Writer) -> Result<wit::RunStats, wit_types::PluginError> {
+pub fn __run<T: DataTool>(
+    config: String,
+    input: &records::Reader,
+    output: &records::Writer,
+) -> Result<wit::RunStats, wit_types::PluginError> {
     super::install_panic_hook();
     let config = super::parse_config::<T::Config>(&config)?;
     let mut reader = RecordReader::new(input);

@@ -142,7 +142,10 @@ pub fn __validate<T: Evaluator>(config: String) -> Result<String, wit_types::Plu
 }
 
 #[doc(hidden)]
-pub fn __evaluate<T: Evaluator>(config: String, items: Vec<wit::EvalItem>) -> Result<Vec<wit::ExampleResult>, wit_types::PluginError> {
+pub fn __evaluate<T: Evaluator>(
+    config: String,
+    items: Vec<wit::EvalItem>,
+) -> Result<Vec<wit::ExampleResult>, wit_types::PluginError> {
     super::install_panic_hook();
     let config = super::parse_config::<T::Config>(&config)?;
     let items = items
@@ -157,12 +160,20 @@ pub fn __evaluate<T: Evaluator>(config: String, items: Vec<wit::EvalItem>) -> Re
 }
 
 #[doc(hidden)]
-pub fn __aggregate<T: Evaluator>(config: String, results: Vec<wit::ExampleResult>) -> Result<wit::AggregateResult, wit_types::PluginError> {
+pub fn __aggregate<T: Evaluator>(
+    config: String,
+    results: Vec<wit::ExampleResult>,
+) -> Result<wit::AggregateResult, wit_types::PluginError> {
     super::install_panic_hook();
     let config = super::parse_config::<T::Config>(&config)?;
     let results: Vec<ExampleResult> = results.into_iter().map(from_wit).collect();
     let agg = T::aggregate(&config, &results)?;
-    Ok(wit::AggregateResult { score: agg.score, passed: agg.passed, total: agg.total, metrics: super::metrics(&agg.metrics) })
+    Ok(wit::AggregateResult {
+        score: agg.score,
+        passed: agg.passed,
+        total: agg.total,
+        metrics: super::metrics(&agg.metrics),
+    })
 }
 
 /// Export an [`Evaluator`] implementation as this component's `evaluator` world.

@@ -161,10 +161,7 @@ fn install_panic_hook() {
             } else {
                 "(non-string panic payload)".to_string()
             };
-            let location = info
-                .location()
-                .map(|l| format!(" at {}:{}", l.file(), l.line()))
-                .unwrap_or_default();
+            let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
             wit_host::log(LogLevel::Error, &format!("panicked{location}: {message}"));
         }));
     });

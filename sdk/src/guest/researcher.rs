@@ -89,7 +89,10 @@ impl<T: Researcher> wit::GuestSession for __Session<T> {
         let proposals = self.0.borrow_mut().propose(context, max)?;
         proposals
             .iter()
-            .map(|p| serde_json::to_string(p).map_err(|e| PluginError::new(format!("proposal does not serialize: {e}")).into()))
+            .map(|p| {
+                serde_json::to_string(p)
+                    .map_err(|e| PluginError::new(format!("proposal does not serialize: {e}")).into())
+            })
             .collect()
     }
 
@@ -111,7 +114,6 @@ pub fn __validate<T: Researcher>(config: String) -> Result<String, wit_types::Pl
     super::install_panic_hook();
     super::validate_config::<T::Config>(&config).map_err(Into::into)
 }
-
 
 /// Export a [`Researcher`] implementation as this component's `researcher` world.
 #[macro_export]

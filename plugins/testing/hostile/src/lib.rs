@@ -29,7 +29,11 @@ impl DataTool for Hostile {
     const NAME: &'static str = "hostile";
     const DESCRIPTION: &'static str = "Misbehaves on request; for containment tests only.";
 
-    fn run(config: Config, input: &mut RecordReader<'_>, output: &mut RecordWriter<'_>) -> Result<RunStats, PluginError> {
+    fn run(
+        config: Config,
+        input: &mut RecordReader<'_>,
+        output: &mut RecordWriter<'_>,
+    ) -> Result<RunStats, PluginError> {
         match config.attack.as_str() {
             "echo" => {
                 while let Some(r) = input.next_raw() {
@@ -82,7 +86,8 @@ impl DataTool for Hostile {
             }
             "connect" => {
                 let addr = format!("127.0.0.1:{}", config.port);
-                std::net::TcpStream::connect(&addr).map_err(|e| PluginError::new(format!("cannot connect to {addr}: {e}")))?;
+                std::net::TcpStream::connect(&addr)
+                    .map_err(|e| PluginError::new(format!("cannot connect to {addr}: {e}")))?;
                 output.push(&serde_json::json!({ "connected": addr }))?;
             }
             "sleep" => std::thread::sleep(std::time::Duration::from_millis(config.millis)),
