@@ -76,10 +76,10 @@ impl RandomResearcher {
             ..defaults
         };
         let mut data_recipe = DataRecipe::default();
-        if self.rng.unit() < self.config.data_step_probability {
-            if let Some(step) = self.rng.pick(&s.data_steps).cloned() {
-                data_recipe.steps.push(step);
-            }
+        if self.rng.unit() < self.config.data_step_probability
+            && let Some(step) = self.rng.pick(&s.data_steps).cloned()
+        {
+            data_recipe.steps.push(step);
         }
         let rationale = format!(
             "random sample: lr {learning_rate:.2e}, rank {lora_rank}, {} epoch(s){}",
