@@ -1,4 +1,15 @@
-//! The trex plugin SDK.
+//! The trex plugin SDK: the contract between the trex host and its WebAssembly plugins.
+//!
+//! - [`types`]: the JSON documents that cross the boundary (recipes, proposals, research
+//!   contexts, outcomes), each with a JSON Schema, each rejecting unknown fields.
+//! - [`guest`] (feature `guest`, on by default): what a plugin author writes against: the
+//!   [`guest::DataTool`], [`guest::Evaluator`] and [`guest::Researcher`] traits, the
+//!   `export_*!` macros, and the host functions (`log`, `progress`, `cancelled`, `chat`).
+//! - `wit/trex.wit`: the WIT package `trex:plugin@0.1.0`, the single source of truth for the
+//!   ABI; both the guest bindings here and the host bindings in `trex-core` are generated from it.
+//!
+//! API Boundary: this crate is a semver boundary. The host adapts to it, never the reverse; it
+//! depends on nothing in `trex-core` or `trex-kernels`, and never exposes `anyhow`.
 
 #[cfg(feature = "guest")]
 extern crate self as trex_sdk;
@@ -12,3 +23,8 @@ pub mod types;
 pub mod __private {
     pub use wit_bindgen;
 }
+
+/// The README's plugin example, compiled as a doctest so it cannot rot.
+#[cfg(all(doctest, feature = "guest"))]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

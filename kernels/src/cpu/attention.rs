@@ -1,0 +1,210 @@
+//! Causal grouped-query attention for one sequence, forward and backward.
+//!
+//! Layouts: `q` is [seq, heads·head_dim] (the output of the query projection), `k` and `v` are
+//! [seq, kv_heads·head_dim]; query head `h` reads key/value head `h / (heads / kv_heads)`. The
+//! forward pass keeps the attention probabilities ([heads, seq, seq]) for the backward pass.
+//! Heads run in parallel; each head's products go through the `gemm` crate on one thread.
+
+use rayon::prelude::*;
+
+use super::matmul::{Trans, matmul_serial};
+use crate::Real;
+
+/// The dimensions of one attention call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    /// Query positions (and key positions, for training: the whole sequence).
+    pub seq: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (divides `heads`).
+    pub kv_heads: usize,
+    /// Dimension per head.
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    fn group(&self) -> usize {
+        assert!(
+            self.kv_heads > 0 && self.heads.is_multiple_of(self.kv_heads),
+            "attention: {} heads cannot share {} key/value heads",
+            self.heads,
+            self.kv_heads
+        );
+        self.heads / self.kv_heads
+    }
+}
+
+/// Copy head `h` of a [seq, n_heads·d] buffer into a contiguous [seq, d] buffer.
+fn gather<T: Real>(src: &[T], seq: usize, n_heads: usize, d: usize, h: usize, dst: &mut [T]) {
+    for t in 0..seq {
+        dst[t * d..(t + 1) * d].copy_from_slice(&src[(t * n_heads + h) * d..(t * n_heads + h + 1) * d]);
+    }
+}
+
+/// `out = softmax(scale·q·kᵀ + causal mask)·v`; `probs` receives the [heads, seq, seq]
+/// probabilities (zero above the diagonal).
+pub fn attention_forward<T: Real>(shape: AttentionShape, q: &[T], k: &[T], v: &[T], out: &mut [T], probs: &mut [T]) {
+    let AttentionShape { seq, heads, kv_heads, head_dim: d } = shape;
+    let group = shape.group();
+    assert_eq!(q.len(), seq * heads * d, "attention: q is not [seq, heads·head_dim]");
+    assert_eq!(k.len(), seq * kv_heads * d, "attention: k is not [seq, kv_heads·head_dim]");
+    assert_eq!(v.len(), k.len(), "attention: v and k differ in size");
+    assert_eq!(out.len(), q.len());
+    assert_eq!(probs.len(), heads * seq * seq);
+    let scale = T::from_f64(1.0 / (d as f64).sqrt()).expect("finite");
+    let per_head: Vec<Vec<T>> = probs
+        .par_chunks_mut(seq * seq)
+        .enumerate()
+        .map(|(h, p)| {
+            let g = h / group;
+            let mut qh = vec![T::zero(); seq * d];
+            let mut kh = vec![T::zero(); seq * d];
+            let mut vh = vec![T::zero(); seq * d];
+            gather(q, seq, heads, d, h, &mut qh);
+            gather(k, seq, kv_heads, d, g, &mut kh);
+            gather(v, seq, kv_heads, d, g, &mut vh);
+            matmul_serial(Trans::N, Trans::T, seq, seq, d, scale, &qh, &kh, T::zero(), p);
+            for i in 0..seq {
+                let row = &mut p[i * seq..(i + 1) * seq];
+                let max = row[..=i].iter().copied().fold(T::neg_infinity(), T::max);
+                let mut sum = T::zero();
+                for x in &mut row[..=i] {
+                    *x = (*x - max).exp();
+                    sum = sum + *x;
+                }
+                let inv = sum.recip();
+                row[..=i].iter_mut().for_each(|x| *x = *x * inv);
+                row[i + 1..].iter_mut().for_each(|x| *x = T::zero());
+            }
+            let mut oh = vec![T::zero(); seq * d];
+            matmul_serial(Trans::N, Trans::N, seq, d, seq, T::one(), p, &vh, T::zero(), &mut oh);
+            oh
+        })
+        .collect();
+    for (h, oh) in per_head.iter().enumerate() {
+        for t in 0..seq {
+            out[(t * heads + h) * d..(t * heads + h + 1) * d].copy_from_slice(&oh[t * d..(t + 1) * d]);
+        }
+    }
+}
+
+/// Gradients of [`attention_forward`] with respect to `q`, `k` and `v` (overwritten).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward<T: Real>(
+    shape: AttentionShape,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    probs: &[T],
+    dout: &[T],
+    dq: &mut [T],
+    dk: &mut [T],
+    dv: &mut [T],
+) {
+    let AttentionShape { seq, heads, kv_heads, head_dim: d } = shape;
+    let group = shape.group();
+    assert_eq!(dout.len(), seq * heads * d);
+    assert!(dq.len() == q.len() && dk.len() == k.len() && dv.len() == v.len());
+    let scale = T::from_f64(1.0 / (d as f64).sqrt()).expect("finite");
+    // Per query head: (dq_h, dk_h, dv_h), each [seq, d]; dk/dv are summed per key/value head below.
+    let grads: Vec<(Vec<T>, Vec<T>, Vec<T>)> = (0..heads)
+        .into_par_iter()
+        .map(|h| {
+            let g = h / group;
+            let p = &probs[h * seq * seq..(h + 1) * seq * seq];
+            let mut qh = vec![T::zero(); seq * d];
+            let mut kh = vec![T::zero(); seq * d];
+            let mut vh = vec![T::zero(); seq * d];
+            let mut doh = vec![T::zero(); seq * d];
+            gather(q, seq, heads, d, h, &mut qh);
+            gather(k, seq, kv_heads, d, g, &mut kh);
+            gather(v, seq, kv_heads, d, g, &mut vh);
+            gather(dout, seq, heads, d, h, &mut doh);
+            // dV = Pᵀ·dO ; dP = dO·Vᵀ
+            let mut dvh = vec![T::zero(); seq * d];
+            matmul_serial(Trans::T, Trans::N, seq, d, seq, T::one(), p, &doh, T::zero(), &mut dvh);
+            let mut ds = vec![T::zero(); seq * seq];
+            matmul_serial(Trans::N, Trans::T, seq, seq, d, T::one(), &doh, &vh, T::zero(), &mut ds);
+            // dS = P∘(dP − rowsum(dP∘P)), then fold in the softmax scale.
+            for i in 0..seq {
+                let (pr, dr) = (&p[i * seq..(i + 1) * seq], &mut ds[i * seq..(i + 1) * seq]);
+                let dot = pr[..=i].iter().zip(&dr[..=i]).map(|(&a, &b)| a * b).sum::<T>();
+                for j in 0..=i {
+                    dr[j] = pr[j] * (dr[j] - dot) * scale;
+                }
+                dr[i + 1..].iter_mut().for_each(|x| *x = T::zero());
+            }
+            let mut dqh = vec![T::zero(); seq * d];
+            matmul_serial(Trans::N, Trans::N, seq, d, seq, T::one(), &ds, &kh, T::zero(), &mut dqh);
+            let mut dkh = vec![T::zero(); seq * d];
+            matmul_serial(Trans::T, Trans::N, seq, d, seq, T::one(), &ds, &qh, T::zero(), &mut dkh);
+            (dqh, dkh, dvh)
+        })
+        .collect();
+    dk.iter_mut().for_each(|x| *x = T::zero());
+    dv.iter_mut().for_each(|x| *x = T::zero());
+    for (h, (dqh, dkh, dvh)) in grads.iter().enumerate() {
+        let g = h / group;
+        for t in 0..seq {
+            dq[(t * heads + h) * d..(t * heads + h + 1) * d].copy_from_slice(&dqh[t * d..(t + 1) * d]);
+            let kv = (t * kv_heads + g) * d;
+            for i in 0..d {
+                dk[kv + i] = dk[kv + i] + dkh[t * d + i];
+                dv[kv + i] = dv[kv + i] + dvh[t * d + i];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::testing::*;
+
+    fn naive(shape: AttentionShape, q: &[f64], k: &[f64], v: &[f64]) -> Vec<f64> {
+        let AttentionShape { seq, heads, kv_heads, head_dim: d } = shape;
+        let group = heads / kv_heads;
+        let mut out = vec![0.0; seq * heads * d];
+        for h in 0..heads {
+            let g = h / group;
+            for i in 0..seq {
+                let scores: Vec<f64> = (0..=i)
+                    .map(|j| {
+                        (0..d).map(|c| q[(i * heads + h) * d + c] * k[(j * kv_heads + g) * d + c]).sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                for (j, s) in scores.iter().enumerate() {
+                    let p = (s - max).exp() / z;
+                    for c in 0..d {
+                        out[(i * heads + h) * d + c] += p * v[(j * kv_heads + g) * d + c];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn forward_matches_naive_and_backward_matches_finite_differences() {
+        let shape = AttentionShape { seq: 5, heads: 4, kv_heads: 2, head_dim: 3 };
+        let (nq, nk) = (5 * 4 * 3, 5 * 2 * 3);
+        let (q, k, v, up) = (random(nq, 1), random(nk, 2), random(nk, 3), random(nq, 4));
+        let fwd = |q: &[f64], k: &[f64], v: &[f64]| {
+            let mut out = vec![0.0; nq];
+            let mut probs = vec![0.0; 4 * 25];
+            attention_forward(shape, q, k, v, &mut out, &mut probs);
+            (out, probs)
+        };
+        let (out, probs) = fwd(&q, &k, &v);
+        assert_close(&out, &naive(shape, &q, &k, &v), 1e-12, "forward");
+        let (mut dq, mut dk, mut dv) = (vec![0.0; nq], vec![0.0; nk], vec![0.0; nk]);
+        attention_backward(shape, &q, &k, &v, &probs, &up, &mut dq, &mut dk, &mut dv);
+        assert_close(&dq, &numeric_grad(&q, |q| dot(&fwd(q, &k, &v).0, &up)), 1e-7, "dq");
+        assert_close(&dk, &numeric_grad(&k, |k| dot(&fwd(&q, k, &v).0, &up)), 1e-7, "dk");
+        assert_close(&dv, &numeric_grad(&v, |v| dot(&fwd(&q, &k, v).0, &up)), 1e-7, "dv");
+    }
+}

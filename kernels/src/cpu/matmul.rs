@@ -1,0 +1,174 @@
+//! Matrix products through the `gemm` crate (multi-threaded with rayon).
+
+use crate::Real;
+
+/// Whether an operand is used as stored or transposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trans {
+    /// As stored.
+    N,
+    /// Transposed.
+    T,
+}
+
+/// `c = beta * c + alpha * op(a) · op(b)` with `op(a)`: m×k, `op(b)`: k×n, `c`: m×n, all
+/// row-major and contiguous. `a` is stored m×k (`N`) or k×m (`T`); `b` is k×n (`N`) or n×k (`T`).
+/// When `beta` is zero, `c` is overwritten (its old contents are never read).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul<T: Real>(
+    ta: Trans,
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    b: &[T],
+    beta: T,
+    c: &mut [T],
+) {
+    let threads = if m * n * k >= 1 << 18 { rayon::current_num_threads() } else { 1 };
+    gemm_strided(ta, tb, m, n, k, alpha, a, b, beta, c, threads);
+}
+
+/// Like [`matmul`] but on the calling thread only (for use inside a parallel loop).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_serial<T: Real>(
+    ta: Trans,
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    b: &[T],
+    beta: T,
+    c: &mut [T],
+) {
+    gemm_strided(ta, tb, m, n, k, alpha, a, b, beta, c, 1);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_strided<T: Real>(
+    ta: Trans,
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    b: &[T],
+    beta: T,
+    c: &mut [T],
+    threads: usize,
+) {
+    assert!(a.len() >= m * k, "matmul: a has {} elements, needs {}", a.len(), m * k);
+    assert!(b.len() >= k * n, "matmul: b has {} elements, needs {}", b.len(), k * n);
+    assert!(c.len() >= m * n, "matmul: c has {} elements, needs {}", c.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for x in &mut c[..m * n] {
+            *x = if beta == T::zero() { T::zero() } else { *x * beta };
+        }
+        return;
+    }
+    // Strides in elements: (column stride, row stride) of op(x) as an m×k / k×n matrix.
+    let (a_cs, a_rs) = match ta {
+        Trans::N => (1isize, k as isize),
+        Trans::T => (m as isize, 1isize),
+    };
+    let (b_cs, b_rs) = match tb {
+        Trans::N => (1isize, n as isize),
+        Trans::T => (k as isize, 1isize),
+    };
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let read_dst = beta != T::zero();
+    // `gemm` computes dst = alpha * dst + beta * lhs·rhs (its naming: alpha scales dst).
+    let dst_scale = if read_dst { beta } else { T::zero() };
+    #[allow(unsafe_code)]
+    // SAFETY: the asserts above check that `a`, `b` and `c` hold at least m·k, k·n and m·n
+    // elements. With the strides chosen above, every element `gemm` touches is at offset
+    // i·rs + j·cs < rows·cols of its own slice: op(a) is m×k with (cs, rs) = (1, k) or (m, 1),
+    // op(b) is k×n with (1, n) or (k, 1), and c is m×n with (1, n). `c` is a unique borrow, so
+    // it cannot alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            read_dst,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            dst_scale,
+            alpha,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::testing::{assert_close, random};
+
+    fn naive(ta: Trans, tb: Trans, m: usize, n: usize, k: usize, a: &[f64], b: &[f64]) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    let x = if ta == Trans::N { a[i * k + p] } else { a[p * m + i] };
+                    let y = if tb == Trans::N { b[p * n + j] } else { b[j * k + p] };
+                    c[i * n + j] += x * y;
+                }
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn every_transpose_combination_matches_naive() {
+        for (m, n, k) in [(1, 1, 1), (3, 5, 7), (17, 9, 33), (64, 70, 48)] {
+            for ta in [Trans::N, Trans::T] {
+                for tb in [Trans::N, Trans::T] {
+                    let a = random(m * k, 1);
+                    let b = random(k * n, 2);
+                    let mut c = random(m * n, 3);
+                    let c0 = c.clone();
+                    matmul(ta, tb, m, n, k, 0.5, &a, &b, 2.0, &mut c);
+                    let want: Vec<f64> =
+                        naive(ta, tb, m, n, k, &a, &b).iter().zip(&c0).map(|(p, c)| 0.5 * p + 2.0 * c).collect();
+                    assert_close(&c, &want, 1e-12, &format!("{ta:?}{tb:?} {m}x{n}x{k}"));
+                    let mut c = vec![f64::NAN; m * n];
+                    matmul(ta, tb, m, n, k, 1.0, &a, &b, 0.0, &mut c);
+                    assert_close(&c, &naive(ta, tb, m, n, k, &a, &b), 1e-12, "beta = 0 ignores old contents");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_large_parallel_matches_f64() {
+        let (m, n, k) = (96, 130, 200);
+        let a = random(m * k, 4);
+        let b = random(k * n, 5);
+        let want = naive(Trans::N, Trans::T, m, n, k, &a, &b);
+        let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+        let b32: Vec<f32> = b.iter().map(|&x| x as f32).collect();
+        let mut c = vec![0f32; m * n];
+        matmul(Trans::N, Trans::T, m, n, k, 1.0, &a32, &b32, 0.0, &mut c);
+        let c64: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+        assert_close(&c64, &want, 1e-4, "f32");
+    }
+}

@@ -1,0 +1,16 @@
+//! CPU backend: rayon for parallelism, the `gemm` crate for matrix products.
+
+mod attention;
+mod elementwise;
+mod matmul;
+mod norm;
+mod rope;
+
+pub use attention::{AttentionShape, attention_backward, attention_forward};
+pub use elementwise::{add_assign, cross_entropy, scale, swiglu_backward, swiglu_forward};
+pub use matmul::{Trans, matmul, matmul_serial};
+pub use norm::{rms_norm_backward, rms_norm_forward};
+pub use rope::{RopeLayout, RopeTable, rope_backward, rope_forward};
+
+#[cfg(test)]
+pub(crate) mod testing;
