@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod llm;
+pub mod model;
 pub mod pipeline;
 pub mod plugin;
 pub mod report;

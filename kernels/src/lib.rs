@@ -15,7 +15,15 @@ pub mod cpu;
 
 /// The float types the ops are generic over (`f32` for training, `f64` for checks).
 pub trait Real:
-    num_traits::Float + num_traits::FromPrimitive + Copy + Send + Sync + std::fmt::Debug + std::iter::Sum + 'static
+    num_traits::Float
+    + num_traits::FromPrimitive
+    + Copy
+    + Default
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + std::iter::Sum
+    + 'static
 {
 }
 

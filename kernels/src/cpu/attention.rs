@@ -157,6 +157,67 @@ pub fn attention_backward<T: Real>(
     }
 }
 
+/// Attention for `new` query positions that continue a sequence of `past` cached positions
+/// (generation): `q` is [new, heads·head_dim]; `k` and `v` hold all `past + new` positions
+/// ([past + new, kv_heads·head_dim]); query `i` sees keys `0..=past + i`. No probabilities are
+/// kept (there is no backward pass in generation).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_cached<T: Real>(
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    past: usize,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    out: &mut [T],
+) {
+    let d = head_dim;
+    let shape = AttentionShape { seq: 0, heads, kv_heads, head_dim };
+    let group = shape.group();
+    let new = q.len() / (heads * d);
+    let total = past + new;
+    assert_eq!(k.len(), total * kv_heads * d, "attention_cached: k must hold past + new positions");
+    assert_eq!(v.len(), k.len());
+    assert_eq!(out.len(), q.len());
+    let scale = T::from_f64(1.0 / (d as f64).sqrt()).expect("finite");
+    let per_head: Vec<Vec<T>> = (0..heads)
+        .into_par_iter()
+        .map(|h| {
+            let g = h / group;
+            let mut qh = vec![T::zero(); new * d];
+            let mut kh = vec![T::zero(); total * d];
+            let mut vh = vec![T::zero(); total * d];
+            gather(q, new, heads, d, h, &mut qh);
+            gather(k, total, kv_heads, d, g, &mut kh);
+            gather(v, total, kv_heads, d, g, &mut vh);
+            let mut p = vec![T::zero(); new * total];
+            matmul_serial(Trans::N, Trans::T, new, total, d, scale, &qh, &kh, T::zero(), &mut p);
+            for i in 0..new {
+                let visible = past + i + 1;
+                let row = &mut p[i * total..(i + 1) * total];
+                let max = row[..visible].iter().copied().fold(T::neg_infinity(), T::max);
+                let mut sum = T::zero();
+                for x in &mut row[..visible] {
+                    *x = (*x - max).exp();
+                    sum = sum + *x;
+                }
+                let inv = sum.recip();
+                row[..visible].iter_mut().for_each(|x| *x = *x * inv);
+                row[visible..].iter_mut().for_each(|x| *x = T::zero());
+            }
+            let mut oh = vec![T::zero(); new * d];
+            matmul_serial(Trans::N, Trans::N, new, d, total, T::one(), &p, &vh, T::zero(), &mut oh);
+            oh
+        })
+        .collect();
+    for (h, oh) in per_head.iter().enumerate() {
+        for t in 0..new {
+            out[(t * heads + h) * d..(t * heads + h + 1) * d].copy_from_slice(&oh[t * d..(t + 1) * d]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +267,17 @@ mod tests {
         assert_close(&dq, &numeric_grad(&q, |q| dot(&fwd(q, &k, &v).0, &up)), 1e-7, "dq");
         assert_close(&dk, &numeric_grad(&k, |k| dot(&fwd(&q, k, &v).0, &up)), 1e-7, "dk");
         assert_close(&dv, &numeric_grad(&v, |v| dot(&fwd(&q, &k, v).0, &up)), 1e-7, "dv");
+    }
+
+    #[test]
+    fn cached_attention_continues_the_full_pass() {
+        let shape = AttentionShape { seq: 6, heads: 4, kv_heads: 2, head_dim: 3 };
+        let (q, k, v) = (random(6 * 12, 1), random(6 * 6, 2), random(6 * 6, 3));
+        let mut full = vec![0.0; 6 * 12];
+        attention_forward(shape, &q, &k, &v, &mut full, &mut vec![0.0; 4 * 36]);
+        // The last 2 positions, with 4 cached before them.
+        let mut tail = vec![0.0; 2 * 12];
+        attention_cached(4, 2, 3, 4, &q[4 * 12..], &k, &v, &mut tail);
+        assert_close(&tail, &full[4 * 12..], 1e-12, "cached");
     }
 }

@@ -6,7 +6,7 @@ mod matmul;
 mod norm;
 mod rope;
 
-pub use attention::{AttentionShape, attention_backward, attention_forward};
+pub use attention::{AttentionShape, attention_backward, attention_cached, attention_forward};
 pub use elementwise::{add_assign, cross_entropy, scale, swiglu_backward, swiglu_forward};
 pub use matmul::{Trans, matmul, matmul_serial};
 pub use norm::{rms_norm_backward, rms_norm_forward};

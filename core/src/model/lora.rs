@@ -1,0 +1,134 @@
+//! LoRA adapters: per layer and target, `A` [rank, in] and `B` [out, rank]; the adapted layer
+//! computes `x·Wᵀ + (alpha/rank)·(dropout(x)·Aᵀ)·Bᵀ`, as Hugging Face PEFT does.
+
+use trex_kernels::Real;
+use trex_sdk::types::LoraTarget;
+
+use super::LlamaConfig;
+
+/// Index of a target in per-layer arrays (block order q, k, v, o, gate, up, down).
+pub fn target_index(t: LoraTarget) -> usize {
+    LoraTarget::ALL.iter().position(|&x| x == t).expect("every target is in ALL")
+}
+
+/// `(out, in)` of a target's base weight.
+pub fn target_dims(config: &LlamaConfig, t: LoraTarget) -> (usize, usize) {
+    let (d, f) = (config.hidden, config.intermediate);
+    let (q, kv) = (config.heads * config.head_dim, config.kv_heads * config.head_dim);
+    match t {
+        LoraTarget::QProj => (q, d),
+        LoraTarget::KProj | LoraTarget::VProj => (kv, d),
+        LoraTarget::OProj => (d, q),
+        LoraTarget::GateProj | LoraTarget::UpProj => (f, d),
+        LoraTarget::DownProj => (d, f),
+    }
+}
+
+/// One adapted layer's low-rank pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraPair<T> {
+    /// [rank, in]
+    pub a: Vec<T>,
+    /// [out, rank]
+    pub b: Vec<T>,
+}
+
+/// A LoRA adapter over a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraAdapter<T> {
+    /// Rank.
+    pub rank: usize,
+    /// Alpha (the update is scaled by alpha / rank).
+    pub alpha: f64,
+    /// Dropout probability on the adapter input during training.
+    pub dropout: f64,
+    /// Adapted targets.
+    pub targets: Vec<LoraTarget>,
+    /// `layers[l][target_index(t)]`.
+    pub layers: Vec<[Option<LoraPair<T>>; 7]>,
+}
+
+impl<T: Real> LoraAdapter<T> {
+    /// A fresh adapter as PEFT initializes one: `A` uniform in ±1/sqrt(in) (Kaiming-uniform with
+    /// a = sqrt(5)), `B` zero, so the adapted model starts equal to the base model.
+    pub fn new(config: &LlamaConfig, rank: usize, alpha: f64, dropout: f64, targets: &[LoraTarget], seed: u64) -> Self {
+        let mut rng = SplitMix(seed ^ 0x5EED_0F_10AA);
+        let layers = (0..config.layers)
+            .map(|_| {
+                let mut slots: [Option<LoraPair<T>>; 7] = Default::default();
+                for &t in targets {
+                    let (out, inp) = target_dims(config, t);
+                    let bound = 1.0 / (inp as f64).sqrt();
+                    let a = (0..rank * inp)
+                        .map(|_| T::from_f64((rng.unit() * 2.0 - 1.0) * bound).expect("finite"))
+                        .collect();
+                    slots[target_index(t)] = Some(LoraPair { a, b: vec![T::zero(); out * rank] });
+                }
+                slots
+            })
+            .collect();
+        let mut targets = targets.to_vec();
+        targets.sort();
+        targets.dedup();
+        Self { rank, alpha, dropout, targets, layers }
+    }
+
+    /// `alpha / rank`.
+    pub fn scale(&self) -> T {
+        T::from_f64(self.alpha / self.rank as f64).expect("finite")
+    }
+
+    /// Zeros shaped like this adapter (for gradients and optimizer moments).
+    pub fn zeros_like(&self) -> Self {
+        let mut z = self.clone();
+        z.for_each_mut(|v| v.iter_mut().for_each(|x| *x = T::zero()));
+        z
+    }
+
+    /// Visit every parameter buffer in a fixed order.
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut Vec<T>)) {
+        for layer in &mut self.layers {
+            for pair in layer.iter_mut().flatten() {
+                f(&mut pair.a);
+                f(&mut pair.b);
+            }
+        }
+    }
+
+    /// Visit every parameter buffer in the same order as [`LoraAdapter::for_each_mut`].
+    pub fn for_each(&self, mut f: impl FnMut(&[T])) {
+        for layer in &self.layers {
+            for pair in layer.iter().flatten() {
+                f(&pair.a);
+                f(&pair.b);
+            }
+        }
+    }
+
+    /// Number of trainable parameters.
+    pub fn parameters(&self) -> usize {
+        let mut n = 0;
+        self.for_each(|v| n += v.len());
+        n
+    }
+}
+
+/// SplitMix64: seeded randomness for initialization and dropout masks.
+#[derive(Debug, Clone)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
