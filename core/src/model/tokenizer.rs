@@ -48,6 +48,22 @@ impl Tokenizer {
         Ok(t)
     }
 
+    /// Write `tokenizer.json` and `tokenizer_config.json` into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        let path = dir.join("tokenizer.json");
+        self.inner.save(&path, false).map_err(|e| tok_err(&path, e))?;
+        let token = |id: Option<u32>| id.map(|i| self.decode(&[i], false));
+        let config = serde_json::json!({
+            "bos_token": token(self.bos),
+            "eos_token": token(self.eos.first().copied()),
+            "add_bos_token": self.add_bos,
+            "chat_template": self.chat_template,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        });
+        let path = dir.join("tokenizer_config.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&config).expect("json")).map_err(|e| tok_err(&path, e))
+    }
+
     /// Encode text; special tokens written in the text (e.g. `<|im_start|>`) become their ids.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let enc = self.inner.encode(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default();

