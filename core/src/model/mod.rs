@@ -202,7 +202,8 @@ pub struct Weights<T> {
 }
 
 impl<T: Real> Weights<T> {
-    /// Random weights (normal-ish, std ≈ 0.02 scaled), seeded: for tests and speed benchmarks.
+    /// Random weights (bell-shaped, std 1/sqrt(fan-in); embeddings std 1), seeded: for tests
+    /// and speed benchmarks.
     pub fn random(config: &LlamaConfig, seed: u64) -> Self {
         let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let mut next = move |scale: f64| -> T {
@@ -222,7 +223,9 @@ impl<T: Real> Weights<T> {
         let kv = config.kv_heads * config.head_dim;
         let mut mat = |n: usize, fan_in: usize| (0..n).map(|_| next(1.0 / (fan_in as f64).sqrt())).collect::<Vec<T>>();
         let ones = |n: usize| vec![T::one(); n];
-        let embed = mat(config.vocab * d, d);
+        // Unit-scale embeddings: with a frozen, tied, normalized head, small embeddings would cap
+        // the logits (and so how confident a trained adapter can make the model).
+        let embed = mat(config.vocab * d, 1);
         let layers = (0..config.layers)
             .map(|_| LayerWeights {
                 attn_norm: ones(d),
@@ -237,7 +240,7 @@ impl<T: Real> Weights<T> {
                 down: mat(d * f, f),
             })
             .collect();
-        let lm_head = (!config.tie_embeddings).then(|| mat(config.vocab * d, d));
+        let lm_head = (!config.tie_embeddings).then(|| mat(config.vocab * d, 1));
         Self { embed, layers, final_norm: ones(d), lm_head }
     }
 

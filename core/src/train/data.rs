@@ -15,8 +15,11 @@ pub struct Example {
     pub id: String,
     /// The prompt, chat template applied.
     pub prompt: String,
-    /// The completion, including the end-of-turn marker the model should learn to emit.
+    /// The completion the model should learn.
     pub completion: String,
+    /// Append the tokenizer's end-of-sequence id after the completion (false when the
+    /// completion text already carries its end-of-turn marker).
+    pub add_eos: bool,
 }
 
 /// An example as token ids, with per-position targets.
@@ -52,9 +55,8 @@ pub fn parse_record(record: &serde_json::Value, tokenizer: &Tokenizer) -> Result
         _ => None,
     };
     if let (Some(prompt), Some(completion)) = (text(record, "prompt_text"), text(record, "completion_text")) {
-        return Ok((id, Example { id: String::new(), prompt, completion }));
+        return Ok((id, Example { id: String::new(), prompt, completion, add_eos: false }));
     }
-    let eos_text = tokenizer.eos.first().map(|&e| tokenizer.decode(&[e], false)).unwrap_or_default();
     let (messages, completion): (Vec<ChatMessage>, String) = if let Some(raw) = record.get("messages") {
         let mut messages: Vec<ChatMessage> = serde_json::from_value(raw.clone())
             .map_err(|e| format!("field `messages` is not a list of {{role, content}}: {e}"))?;
@@ -79,7 +81,7 @@ pub fn parse_record(record: &serde_json::Value, tokenizer: &Tokenizer) -> Result
         return Err("the conversation has no turn before the answer".into());
     }
     let prompt = tokenizer.apply_chat_template(&messages, true)?;
-    Ok((id, Example { id: String::new(), prompt, completion: format!("{completion}{eos_text}") }))
+    Ok((id, Example { id: String::new(), prompt, completion, add_eos: true }))
 }
 
 /// Read JSON-lines training records from `path`.
@@ -112,6 +114,11 @@ pub fn tokenize(examples: &[Example], tokenizer: &Tokenizer, max_len: usize) -> 
         .map(|e| {
             let mut prompt = tokenizer.encode(&e.prompt);
             let mut completion = tokenizer.encode_continuation(&e.completion);
+            if e.add_eos
+                && let Some(&eos) = tokenizer.eos.first()
+            {
+                completion.push(eos);
+            }
             let mut truncated = false;
             if prompt.len() + completion.len() > max_len {
                 truncated = true;

@@ -166,6 +166,33 @@ pub fn load_adapter(dir: &Path, config: &LlamaConfig) -> Result<LoraAdapter<f32>
     Ok(adapter)
 }
 
+/// Parse a comma-separated list of PEFT module names.
+pub fn parse_targets(list: &str) -> Result<Vec<LoraTarget>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|m| {
+            target_from_name(m).ok_or_else(|| {
+                format!(
+                    "unknown target module `{m}` (use q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)"
+                )
+            })
+        })
+        .collect()
+}
+
+/// A seeded adapter whose `B` is non-zero too (so it changes the model): for tests and goldens.
+pub fn random_adapter(config: &LlamaConfig, rank: usize, targets: &[LoraTarget], seed: u64) -> LoraAdapter<f32> {
+    let mut adapter = LoraAdapter::<f32>::new(config, rank, 2.0 * rank as f64, 0.0, targets, seed);
+    let mut rng = crate::model::lora::SplitMix(seed.wrapping_add(1));
+    for layer in &mut adapter.layers {
+        for pair in layer.iter_mut().flatten() {
+            pair.b.iter_mut().for_each(|x| *x = ((rng.unit() - 0.5) * 0.02) as f32);
+        }
+    }
+    adapter
+}
+
 /// `W + (alpha/rank)·B·A` for every adapted weight: a plain model that needs no adapter.
 pub fn merge(weights: &Weights<f32>, adapter: &LoraAdapter<f32>) -> Weights<f32> {
     use trex_kernels::cpu::{Trans, matmul};

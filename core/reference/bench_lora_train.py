@@ -1,0 +1,51 @@
+"""PyTorch + PEFT baseline for `trex-host bench train`: LoRA training tokens/s on a Llama-shaped
+model with random weights (the speed does not depend on the values).
+
+Run with the same shape, batch, sequence length, rank and targets as the trex side, on the same
+machine, in the same session:
+
+    python core/reference/bench_lora_train.py --seq 512 --batch 2 --rank 16 --steps 4 --threads 2
+
+Prints one JSON line: tokens/s (median over the timed steps), peak RSS in MiB.
+"""
+import argparse, json, resource, statistics, time
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+p = argparse.ArgumentParser()
+p.add_argument("--seq", type=int, default=512)
+p.add_argument("--batch", type=int, default=2)
+p.add_argument("--rank", type=int, default=16)
+p.add_argument("--steps", type=int, default=4)
+p.add_argument("--warmup", type=int, default=1)
+p.add_argument("--threads", type=int, default=2)
+p.add_argument("--completion-fraction", type=float, default=1.0, help="fraction of positions with a label (the rest are -100)")
+a = p.parse_args()
+torch.set_num_threads(a.threads)
+torch.manual_seed(0)
+cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                  num_key_value_heads=3, vocab_size=49152, rms_norm_eps=1e-5, rope_theta=100000.0,
+                  max_position_embeddings=8192, tie_word_embeddings=True)
+model = LlamaForCausalLM(cfg)
+model = get_peft_model(model, LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0,
+                                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+ids = torch.randint(0, cfg.vocab_size, (a.batch, a.seq))
+labels = ids.clone()
+cut = int(a.seq * (1 - a.completion_fraction))
+labels[:, :cut] = -100
+times = []
+for step in range(a.warmup + a.steps):
+    t = time.perf_counter()
+    out = model(input_ids=ids, labels=labels)
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad()
+    if step >= a.warmup:
+        times.append(time.perf_counter() - t)
+tok = a.batch * a.seq
+print(json.dumps({"impl": "pytorch+peft", "torch": torch.__version__, "tokens_per_s": tok / statistics.median(times),
+                  "step_s_min": min(times), "step_s_max": max(times),
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
