@@ -139,6 +139,7 @@ pub async fn plugins(plugins_dir: &Path, repeat: usize) -> Result<()> {
     let batch = records(10_000);
     let bytes: usize = batch.iter().map(String::len).sum();
     let echo_cfg = serde_json::json!({"attack": "echo"});
+    let dedup_cfg = serde_json::json!({"fields": ["prompt", "completion"]});
     let (mut echo, mut dedup, mut native) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..repeat {
         let input = batch.clone();
@@ -148,7 +149,7 @@ pub async fn plugins(plugins_dir: &Path, repeat: usize) -> Result<()> {
         anyhow::ensure!(run.records_out == 10_000, "echo lost records");
         let input = batch.clone();
         let t = Instant::now();
-        let run = host.run_data_tool("dedup-exact", &cfg, input, &env).await?;
+        let run = host.run_data_tool("dedup-exact", &dedup_cfg, input, &env).await?;
         dedup.push(t.elapsed());
         anyhow::ensure!(run.records_out == 9_000, "dedup-exact kept {} of 10000, expected 9000", run.records_out);
         let input = batch.clone();
@@ -300,5 +301,34 @@ pub fn train(opts: &TrainBench) -> Result<()> {
         gemm,
         peak_rss_mib()
     );
+    Ok(())
+}
+
+/// Greedy generation tokens/s with the real SmolLM2-135M-Instruct, `prompts` prompts of the
+/// same shape as the reference script's, each forced to `new` tokens, unbatched and batched.
+pub fn generate(prompts: usize, new: usize) -> Result<()> {
+    use crate::generate::{GenerationConfig, generate};
+    use crate::model::{BaseModel, Llama};
+    let path = crate::assets::fetch_smollm2().map_err(anyhow::Error::msg)?;
+    let base = BaseModel::load(&path)?;
+    let texts: Vec<String> = (0..prompts)
+        .map(|i| {
+            let m =
+                trex_sdk::types::ChatMessage { role: "user".into(), content: format!("Convert {} km to m.", i + 3) };
+            base.tokenizer.apply_chat_template(&[m], true).map_err(anyhow::Error::msg)
+        })
+        .collect::<Result<_>>()?;
+    let mut tokenizer = base.tokenizer.clone();
+    // Force exactly `new` tokens, as the reference does with min_new_tokens.
+    tokenizer.eos.clear();
+    let model = Llama::new(base.config.clone(), base.weights);
+    for batch in [1, prompts] {
+        let config = GenerationConfig { max_new_tokens: new, batch_size: batch, ..GenerationConfig::default() };
+        generate(&model, &tokenizer, None, &texts[..batch.min(texts.len())], &config, |_| {});
+        let t = Instant::now();
+        let out = generate(&model, &tokenizer, None, &texts, &config, |_| {});
+        let tokens: usize = out.iter().map(|g| g.tokens).sum();
+        println!("| trex | {batch} | {prompts} | {new} | {:.1} |", tokens as f64 / t.elapsed().as_secs_f64());
+    }
     Ok(())
 }

@@ -219,6 +219,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 7)]
         repeat: usize,
     },
+    /// Greedy generation tokens/s with SmolLM2-135M-Instruct, unbatched and batched.
+    /// Compare with `python core/reference/bench_generate.py` on the same machine.
+    Generate {
+        /// Prompts.
+        #[arg(long, default_value_t = 8)]
+        prompts: usize,
+        /// New tokens per prompt.
+        #[arg(long, default_value_t = 32)]
+        new: usize,
+    },
     /// LoRA training tokens/s on the SmolLM2-135M shape (random weights), all seven targets.
     /// Compare with `python core/reference/bench_lora_train.py` on the same machine.
     Train {
@@ -392,6 +402,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 steps: *steps,
                 completion_fraction: *completion_fraction,
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Generate { prompts, new }) => {
+            println!("| impl | batch | prompts | new tokens each | generated tokens/s |");
+            println!("|---|---|---|---|---|");
+            trex_core::bench::generate(*prompts, *new)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Plugins { repeat }) => {

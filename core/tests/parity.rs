@@ -27,7 +27,12 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
-fn check_logits(model: &Llama<f32>, adapter: Option<&trex_core::model::LoraAdapter<f32>>, golden: &serde_json::Value, tokenizer: &trex_core::model::Tokenizer) {
+fn check_logits(
+    model: &Llama<f32>,
+    adapter: Option<&trex_core::model::LoraAdapter<f32>>,
+    golden: &serde_json::Value,
+    tokenizer: &trex_core::model::Tokenizer,
+) {
     let vocab = model.config.vocab;
     for p in golden["prompts"].as_array().unwrap() {
         let want_ids = ids(&p["ids"]);
@@ -65,7 +70,8 @@ fn tokenizer_matches_the_reference() {
 fn logits_match_the_reference_with_and_without_an_adapter() {
     let base = smollm2();
     let tokenizer = base.tokenizer.clone();
-    let adapter = peft::random_adapter(&base.config, 4, &[LoraTarget::QProj, LoraTarget::VProj, LoraTarget::DownProj], 7);
+    let adapter =
+        peft::random_adapter(&base.config, 4, &[LoraTarget::QProj, LoraTarget::VProj, LoraTarget::DownProj], 7);
     let model = Llama::new(base.config.clone(), base.weights);
     check_logits(&model, None, &golden("logits.json"), &tokenizer);
     check_logits(&model, Some(&adapter), &golden("logits_adapter.json"), &tokenizer);
