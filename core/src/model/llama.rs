@@ -108,6 +108,10 @@ struct LoraCtx<'a, T> {
     scale: T,
 }
 
+/// What the backward pass of one adapted projection needs: the adapter pair, what the forward
+/// pass saved, where its gradients go, and the scale.
+type LoraBackward<'a, T> = (&'a LoraPair<T>, &'a LoraSaved<T>, &'a mut LoraPair<T>, T);
+
 /// The saved LoRA state of projection `i`, with its index.
 fn lo<T>(i: usize, s: &LayerSaved<T>) -> Option<(usize, &LoraSaved<T>)> {
     s.lora[i].as_ref().map(|x| (i, x))
@@ -189,7 +193,7 @@ impl<T: Real> Llama<T> {
         w: &[T],
         out: usize,
         inp: usize,
-        lora: Option<(&LoraPair<T>, &LoraSaved<T>, &mut LoraPair<T>, T)>,
+        lora: Option<LoraBackward<'_, T>>,
         dx: &mut [T],
         accumulate: bool,
     ) {

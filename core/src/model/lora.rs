@@ -52,7 +52,7 @@ impl<T: Real> LoraAdapter<T> {
     /// A fresh adapter as PEFT initializes one: `A` uniform in ±1/sqrt(in) (Kaiming-uniform with
     /// a = sqrt(5)), `B` zero, so the adapted model starts equal to the base model.
     pub fn new(config: &LlamaConfig, rank: usize, alpha: f64, dropout: f64, targets: &[LoraTarget], seed: u64) -> Self {
-        let mut rng = SplitMix(seed ^ 0x5EED_0F_10AA);
+        let mut rng = SplitMix(seed ^ 0x005E_ED0F_10AA);
         let layers = (0..config.layers)
             .map(|_| {
                 let mut slots: [Option<LoraPair<T>>; 7] = Default::default();

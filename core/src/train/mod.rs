@@ -112,7 +112,7 @@ pub fn check_recipe(r: &TrainRecipe) -> Result<(), TrainError> {
     if !(0.0..1.0).contains(&r.lora_dropout) {
         return bad("lora_dropout must be in [0, 1)");
     }
-    if !(r.epochs > 0.0) {
+    if r.epochs.is_nan() || r.epochs <= 0.0 {
         return bad("epochs must be positive");
     }
     if r.batch_size == 0 || r.grad_accumulation == 0 || r.max_seq_len < 2 {

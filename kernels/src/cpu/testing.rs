@@ -15,7 +15,8 @@ pub fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
     let mut worst = (0usize, 0.0f64);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs() / w.abs().max(1.0);
-        if !(err <= worst.1) {
+        // NaN counts as the worst error.
+        if err.is_nan() || err > worst.1 {
             worst = (i, err);
         }
     }
