@@ -31,6 +31,77 @@ pub fn matmul<T: Real>(
     gemm_strided(ta, tb, m, n, k, alpha, a, b, beta, c, threads);
 }
 
+/// [`matmul`] on strided operands, on the calling thread: `lda`, `ldb`, `ldc` are the row
+/// strides (in elements) of `a`, `b` and `c` as stored. Lets callers multiply a head's columns
+/// of a [tokens, heads·head_dim] matrix, or write into a block of a larger matrix, without copies.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_strided<T: Real>(
+    ta: Trans,
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    lda: usize,
+    b: &[T],
+    ldb: usize,
+    beta: T,
+    c: &mut [T],
+    ldc: usize,
+) {
+    let (a_rows, a_cols) = if ta == Trans::N { (m, k) } else { (k, m) };
+    let (b_rows, b_cols) = if tb == Trans::N { (k, n) } else { (n, k) };
+    let need = |rows: usize, cols: usize, ld: usize| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ld + cols };
+    assert!(lda >= a_cols && ldb >= b_cols && ldc >= n, "matmul_strided: a row stride is shorter than its row");
+    assert!(a.len() >= need(a_rows, a_cols, lda), "matmul_strided: a is too short");
+    assert!(b.len() >= need(b_rows, b_cols, ldb), "matmul_strided: b is too short");
+    assert!(c.len() >= need(m, n, ldc), "matmul_strided: c is too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m {
+            for x in &mut c[i * ldc..i * ldc + n] {
+                *x = if beta == T::zero() { T::zero() } else { *x * beta };
+            }
+        }
+        return;
+    }
+    let (a_cs, a_rs) = if ta == Trans::N { (1isize, lda as isize) } else { (lda as isize, 1isize) };
+    let (b_cs, b_rs) = if tb == Trans::N { (1isize, ldb as isize) } else { (ldb as isize, 1isize) };
+    let read_dst = beta != T::zero();
+    let dst_scale = if read_dst { beta } else { T::zero() };
+    #[allow(unsafe_code)]
+    // SAFETY: the asserts above check that every element `gemm` addresses lies in its slice:
+    // op(a) is m×k and element (i, p) sits at i·rs + p·cs ≤ (rows−1)·ld + cols − 1 < a.len(),
+    // likewise for b (k×n) and c (m×n, row stride ldc ≥ n so rows do not overlap). `c` is a
+    // unique borrow, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            read_dst,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            dst_scale,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
 /// Like [`matmul`] but on the calling thread only (for use inside a parallel loop).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_serial<T: Real>(
@@ -153,6 +224,33 @@ mod tests {
                     let mut c = vec![f64::NAN; m * n];
                     matmul(ta, tb, m, n, k, 1.0, &a, &b, 0.0, &mut c);
                     assert_close(&c, &naive(ta, tb, m, n, k, &a, &b), 1e-12, "beta = 0 ignores old contents");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strided_operands_match_contiguous() {
+        // Multiply column blocks of wider matrices and write into a block of a larger one.
+        let (m, n, k) = (5, 4, 3);
+        let (lda, ldb, ldc) = (7, 9, 6);
+        for ta in [Trans::N, Trans::T] {
+            for tb in [Trans::N, Trans::T] {
+                let (ar, ac) = if ta == Trans::N { (m, k) } else { (k, m) };
+                let (br, bc) = if tb == Trans::N { (k, n) } else { (n, k) };
+                let a_wide = random(ar * lda, 1);
+                let b_wide = random(br * ldb, 2);
+                let a: Vec<f64> = (0..ar).flat_map(|r| a_wide[r * lda..r * lda + ac].to_vec()).collect();
+                let b: Vec<f64> = (0..br).flat_map(|r| b_wide[r * ldb..r * ldb + bc].to_vec()).collect();
+                let mut c_wide = random(m * ldc, 3);
+                let before = c_wide.clone();
+                matmul_strided(ta, tb, m, n, k, 1.0, &a_wide, lda, &b_wide, ldb, 1.0, &mut c_wide, ldc);
+                let want = naive(ta, tb, m, n, k, &a, &b);
+                for i in 0..m {
+                    for j in 0..ldc {
+                        let expect = if j < n { before[i * ldc + j] + want[i * n + j] } else { before[i * ldc + j] };
+                        assert!((c_wide[i * ldc + j] - expect).abs() < 1e-12, "{ta:?}{tb:?} ({i},{j})");
+                    }
                 }
             }
         }

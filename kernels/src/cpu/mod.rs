@@ -8,7 +8,7 @@ mod rope;
 
 pub use attention::{AttentionShape, attention_backward, attention_cached, attention_forward};
 pub use elementwise::{add_assign, cross_entropy, scale, swiglu_backward, swiglu_forward};
-pub use matmul::{Trans, matmul, matmul_serial};
+pub use matmul::{Trans, matmul, matmul_serial, matmul_strided};
 pub use norm::{rms_norm_backward, rms_norm_forward};
 pub use rope::{RopeLayout, RopeTable, rope_backward, rope_forward};
 
