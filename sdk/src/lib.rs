@@ -16,6 +16,7 @@ extern crate self as trex_sdk;
 
 #[cfg(feature = "guest")]
 pub mod guest;
+pub mod rng;
 pub mod types;
 
 #[cfg(feature = "guest")]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use trex_sdk::rng::SplitMix64;
 
 const HELP: &str = "\
 cargo xtask <command>
@@ -169,23 +170,6 @@ fn bench_plugins() -> Result<()> {
     ]))
 }
 
-/// SplitMix64, so the example data needs no dependency and never changes between machines.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Write the synthetic unit-conversion data set used by the demo pipeline. The data is
 /// generated, not collected: see examples/pipelines/unit-conversion/README.md.
 fn gen_unit_data() -> Result<()> {
@@ -204,8 +188,8 @@ fn gen_unit_data() -> Result<()> {
     ];
     const PHRASES: &[&str] =
         &["Convert {v} {a} to {b}.", "How many {b} are in {v} {a}?", "Express {v} {a} in {b}.", "{v} {a} = ? {b}"];
-    let mut rng = Rng(20261126);
-    let example = |rng: &mut Rng, id: String| {
+    let mut rng = SplitMix64(20261126);
+    let example = |rng: &mut SplitMix64, id: String| {
         let (a, b, f) = UNITS[rng.below(UNITS.len() as u64) as usize];
         let v = 1 + rng.below(99);
         let phrase = PHRASES[rng.below(PHRASES.len() as u64) as usize];

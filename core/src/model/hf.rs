@@ -214,20 +214,26 @@ pub(super) fn export_dir(
     if let Some(head) = &weights.lm_head {
         tensors.push(("lm_head.weight".into(), head, vec![config.vocab, d]));
     }
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> =
-        tensors.into_iter().map(|(n, v, s)| (n, v.iter().flat_map(|x| x.to_le_bytes()).collect(), s)).collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, b, s)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).expect("sizes agree"),
-            )
-        })
-        .collect();
     let path = dir.join("model.safetensors");
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    safetensors::serialize_to_file(views, Some(meta), &path).map_err(|e| io(&path, &e))?;
+    write_safetensors(&path, &tensors).map_err(|e| io(&path, &e))?;
     tokenizer.save(dir)
+}
+
+/// Write `f32` tensors (name, values, shape) to a safetensors file, tagged `format: pt` so that
+/// PyTorch-side loaders accept it.
+pub(crate) fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, &[f32], Vec<usize>)],
+) -> Result<(), safetensors::SafeTensorError> {
+    let bytes: Vec<Vec<u8>> =
+        tensors.iter().map(|(_, v, _)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, _, shape), b)| {
+            Ok((name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)?))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(meta), path)
 }

@@ -313,6 +313,11 @@ pub fn read_safetensors_file(path: &Path) -> Result<std::collections::BTreeMap<S
     hf::read_safetensors(&[path.to_path_buf()])
 }
 
+/// Write `f32` tensors (name, values, shape) to a safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &[(String, &[f32], Vec<usize>)]) -> Result<(), ModelError> {
+    hf::write_safetensors(path, tensors).map_err(|e| ModelError::Io { path: path.into(), message: e.to_string() })
+}
+
 /// Write a model as a Hugging Face directory (`config.json`, `model.safetensors`,
 /// `tokenizer.json`, `tokenizer_config.json`) that transformers can load.
 pub fn export_hf_dir(

@@ -65,30 +65,18 @@ pub fn save_adapter(dir: &Path, adapter: &LoraAdapter<f32>, base_model: &str) ->
     });
     let cfg_path = dir.join("adapter_config.json");
     std::fs::write(&cfg_path, serde_json::to_string_pretty(&config).expect("json")).map_err(|e| io(&cfg_path, &e))?;
-    let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+    let mut tensors: Vec<(String, &[f32], Vec<usize>)> = Vec::new();
     for (l, layer) in adapter.layers.iter().enumerate() {
         for &t in &adapter.targets {
             let Some(pair) = &layer[target_index(t)] else { continue };
             let r = adapter.rank;
             let (out, inp) = (pair.b.len() / r, pair.a.len() / r);
-            let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-            tensors.push((format!("{}.lora_A.weight", module_path(l, t)), bytes(&pair.a), vec![r, inp]));
-            tensors.push((format!("{}.lora_B.weight", module_path(l, t)), bytes(&pair.b), vec![out, r]));
+            tensors.push((format!("{}.lora_A.weight", module_path(l, t)), &pair.a, vec![r, inp]));
+            tensors.push((format!("{}.lora_B.weight", module_path(l, t)), &pair.b, vec![out, r]));
         }
     }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, b, s)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).expect("sizes agree"),
-            )
-        })
-        .collect();
     let path = dir.join("adapter_model.safetensors");
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    safetensors::serialize_to_file(views, Some(meta), &path).map_err(|e| io(&path, &e))
+    crate::model::write_safetensors(&path, &tensors).map_err(|e| io(&path, &e))
 }
 
 /// Read a PEFT adapter for a model of shape `config`.

@@ -42,12 +42,22 @@ fn gather<T: Real>(src: &[T], seq: usize, n_heads: usize, d: usize, h: usize, ds
     }
 }
 
+/// Write each head's [rows, d] output into its columns of `out` ([rows, heads·d]).
+fn scatter_heads<T: Real>(per_head: &[Vec<T>], rows: usize, heads: usize, d: usize, out: &mut [T]) {
+    for (h, oh) in per_head.iter().enumerate() {
+        for t in 0..rows {
+            out[(t * heads + h) * d..(t * heads + h + 1) * d].copy_from_slice(&oh[t * d..(t + 1) * d]);
+        }
+    }
+}
+
 /// Rows of queries processed together; each block only computes the key columns it can see,
 /// so the masked upper triangle of the score matrix is (mostly) never computed.
 const BLOCK: usize = 64;
 
-/// Softmax of row `i` over columns `0..=i` (in place), zeros after.
-fn causal_softmax_row<T: Real>(row: &mut [T], i: usize) {
+/// Softmax of a score row over its first `visible` columns (in place), zeros after.
+fn causal_softmax_row<T: Real>(row: &mut [T], visible: usize) {
+    let i = visible - 1;
     let max = row[..=i].iter().copied().fold(T::neg_infinity(), T::max);
     let mut sum = T::zero();
     for x in &mut row[..=i] {
@@ -97,7 +107,7 @@ pub fn attention_forward<T: Real>(shape: AttentionShape, q: &[T], k: &[T], v: &[
                     seq,
                 );
                 for i in r0..r1 {
-                    causal_softmax_row(&mut p[i * seq..(i + 1) * seq], i);
+                    causal_softmax_row(&mut p[i * seq..(i + 1) * seq], i + 1);
                 }
                 matmul_strided(
                     Trans::N,
@@ -118,11 +128,7 @@ pub fn attention_forward<T: Real>(shape: AttentionShape, q: &[T], k: &[T], v: &[
             oh
         })
         .collect();
-    for (h, oh) in per_head.iter().enumerate() {
-        for t in 0..seq {
-            out[(t * heads + h) * d..(t * heads + h + 1) * d].copy_from_slice(&oh[t * d..(t + 1) * d]);
-        }
-    }
+    scatter_heads(&per_head, seq, heads, d, out);
 }
 
 /// Gradients of [`attention_forward`] with respect to `q`, `k` and `v` (overwritten).
@@ -284,28 +290,14 @@ pub fn attention_cached<T: Real>(
             let mut p = vec![T::zero(); new * total];
             matmul_serial(Trans::N, Trans::T, new, total, d, scale, &qh, &kh, T::zero(), &mut p);
             for i in 0..new {
-                let visible = past + i + 1;
-                let row = &mut p[i * total..(i + 1) * total];
-                let max = row[..visible].iter().copied().fold(T::neg_infinity(), T::max);
-                let mut sum = T::zero();
-                for x in &mut row[..visible] {
-                    *x = (*x - max).exp();
-                    sum = sum + *x;
-                }
-                let inv = sum.recip();
-                row[..visible].iter_mut().for_each(|x| *x = *x * inv);
-                row[visible..].iter_mut().for_each(|x| *x = T::zero());
+                causal_softmax_row(&mut p[i * total..(i + 1) * total], past + i + 1);
             }
             let mut oh = vec![T::zero(); new * d];
             matmul_serial(Trans::N, Trans::N, new, d, total, T::one(), &p, &vh, T::zero(), &mut oh);
             oh
         })
         .collect();
-    for (h, oh) in per_head.iter().enumerate() {
-        for t in 0..new {
-            out[(t * heads + h) * d..(t * heads + h + 1) * d].copy_from_slice(&oh[t * d..(t + 1) * d]);
-        }
-    }
+    scatter_heads(&per_head, new, heads, d, out);
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@ pub enum Trans {
 
 /// `c = beta * c + alpha * op(a) · op(b)` with `op(a)`: m×k, `op(b)`: k×n, `c`: m×n, all
 /// row-major and contiguous. `a` is stored m×k (`N`) or k×m (`T`); `b` is k×n (`N`) or n×k (`T`).
-/// When `beta` is zero, `c` is overwritten (its old contents are never read).
+/// When `beta` is zero, `c` is overwritten (its old contents are never read). Large products
+/// use every rayon thread.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul<T: Real>(
     ta: Trans,
@@ -28,7 +29,26 @@ pub fn matmul<T: Real>(
     c: &mut [T],
 ) {
     let threads = if m * n * k >= 1 << 18 { rayon::current_num_threads() } else { 1 };
-    gemm_strided(ta, tb, m, n, k, alpha, a, b, beta, c, threads);
+    let (lda, ldb) = (if ta == Trans::N { k } else { m }, if tb == Trans::N { n } else { k });
+    gemm_checked(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, n, threads);
+}
+
+/// Like [`matmul`] but on the calling thread only (for use inside a parallel loop).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_serial<T: Real>(
+    ta: Trans,
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    b: &[T],
+    beta: T,
+    c: &mut [T],
+) {
+    let (lda, ldb) = (if ta == Trans::N { k } else { m }, if tb == Trans::N { n } else { k });
+    gemm_checked(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, n, 1);
 }
 
 /// [`matmul`] on strided operands, on the calling thread: `lda`, `ldb`, `ldc` are the row
@@ -50,13 +70,44 @@ pub fn matmul_strided<T: Real>(
     c: &mut [T],
     ldc: usize,
 ) {
+    gemm_checked(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 1);
+}
+
+/// The one call into the `gemm` crate, with every bound it relies on checked first.
+#[allow(clippy::too_many_arguments)]
+fn gemm_checked<T: Real>(
+    ta: Trans,
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    lda: usize,
+    b: &[T],
+    ldb: usize,
+    beta: T,
+    c: &mut [T],
+    ldc: usize,
+    threads: usize,
+) {
     let (a_rows, a_cols) = if ta == Trans::N { (m, k) } else { (k, m) };
     let (b_rows, b_cols) = if tb == Trans::N { (k, n) } else { (n, k) };
     let need = |rows: usize, cols: usize, ld: usize| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ld + cols };
-    assert!(lda >= a_cols && ldb >= b_cols && ldc >= n, "matmul_strided: a row stride is shorter than its row");
-    assert!(a.len() >= need(a_rows, a_cols, lda), "matmul_strided: a is too short");
-    assert!(b.len() >= need(b_rows, b_cols, ldb), "matmul_strided: b is too short");
-    assert!(c.len() >= need(m, n, ldc), "matmul_strided: c is too short");
+    assert!(lda >= a_cols && ldb >= b_cols && ldc >= n, "matmul: a row stride is shorter than its row");
+    assert!(
+        a.len() >= need(a_rows, a_cols, lda),
+        "matmul: a has {} elements, needs {}",
+        a.len(),
+        need(a_rows, a_cols, lda)
+    );
+    assert!(
+        b.len() >= need(b_rows, b_cols, ldb),
+        "matmul: b has {} elements, needs {}",
+        b.len(),
+        need(b_rows, b_cols, ldb)
+    );
+    assert!(c.len() >= need(m, n, ldc), "matmul: c has {} elements, needs {}", c.len(), need(m, n, ldc));
     if m == 0 || n == 0 {
         return;
     }
@@ -68,9 +119,12 @@ pub fn matmul_strided<T: Real>(
         }
         return;
     }
+    // (column stride, row stride) of op(x) as stored.
     let (a_cs, a_rs) = if ta == Trans::N { (1isize, lda as isize) } else { (lda as isize, 1isize) };
     let (b_cs, b_rs) = if tb == Trans::N { (1isize, ldb as isize) } else { (ldb as isize, 1isize) };
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     let read_dst = beta != T::zero();
+    // `gemm` computes dst = alpha * dst + beta * lhs·rhs (its naming: alpha scales dst).
     let dst_scale = if read_dst { beta } else { T::zero() };
     #[allow(unsafe_code)]
     // SAFETY: the asserts above check that every element `gemm` addresses lies in its slice:
@@ -85,93 +139,6 @@ pub fn matmul_strided<T: Real>(
             c.as_mut_ptr(),
             1,
             ldc as isize,
-            read_dst,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            dst_scale,
-            alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
-/// Like [`matmul`] but on the calling thread only (for use inside a parallel loop).
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_serial<T: Real>(
-    ta: Trans,
-    tb: Trans,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: T,
-    a: &[T],
-    b: &[T],
-    beta: T,
-    c: &mut [T],
-) {
-    gemm_strided(ta, tb, m, n, k, alpha, a, b, beta, c, 1);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn gemm_strided<T: Real>(
-    ta: Trans,
-    tb: Trans,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: T,
-    a: &[T],
-    b: &[T],
-    beta: T,
-    c: &mut [T],
-    threads: usize,
-) {
-    assert!(a.len() >= m * k, "matmul: a has {} elements, needs {}", a.len(), m * k);
-    assert!(b.len() >= k * n, "matmul: b has {} elements, needs {}", b.len(), k * n);
-    assert!(c.len() >= m * n, "matmul: c has {} elements, needs {}", c.len(), m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        for x in &mut c[..m * n] {
-            *x = if beta == T::zero() { T::zero() } else { *x * beta };
-        }
-        return;
-    }
-    // Strides in elements: (column stride, row stride) of op(x) as an m×k / k×n matrix.
-    let (a_cs, a_rs) = match ta {
-        Trans::N => (1isize, k as isize),
-        Trans::T => (m as isize, 1isize),
-    };
-    let (b_cs, b_rs) = match tb {
-        Trans::N => (1isize, n as isize),
-        Trans::T => (k as isize, 1isize),
-    };
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    let read_dst = beta != T::zero();
-    // `gemm` computes dst = alpha * dst + beta * lhs·rhs (its naming: alpha scales dst).
-    let dst_scale = if read_dst { beta } else { T::zero() };
-    #[allow(unsafe_code)]
-    // SAFETY: the asserts above check that `a`, `b` and `c` hold at least m·k, k·n and m·n
-    // elements. With the strides chosen above, every element `gemm` touches is at offset
-    // i·rs + j·cs < rows·cols of its own slice: op(a) is m×k with (cs, rs) = (1, k) or (m, 1),
-    // op(b) is k×n with (1, n) or (k, 1), and c is m×n with (1, n). `c` is a unique borrow, so
-    // it cannot alias `a` or `b`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
             read_dst,
             a.as_ptr(),
             a_cs,

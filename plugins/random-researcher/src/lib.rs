@@ -5,6 +5,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use trex_sdk::guest::{PluginError, Researcher};
+use trex_sdk::rng::SplitMix64;
 use trex_sdk::types::{DataRecipe, Outcome, Proposal, ResearchContext, SearchSpace, TaskBrief, TrainRecipe};
 
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
@@ -24,30 +25,13 @@ impl Default for Config {
     }
 }
 
-/// SplitMix64: small, fast, and good enough to sample a handful of hyperparameters.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
-        if items.is_empty() { None } else { items.get((self.next_u64() % items.len() as u64) as usize) }
-    }
+/// Picks one element of a slice.
+fn pick<'a, T>(rng: &mut SplitMix64, items: &'a [T]) -> Option<&'a T> {
+    if items.is_empty() { None } else { items.get(rng.below(items.len() as u64) as usize) }
 }
 
 struct RandomResearcher {
-    rng: SplitMix,
+    rng: SplitMix64,
     space: SearchSpace,
     config: Config,
     observed: u64,
@@ -64,20 +48,20 @@ impl RandomResearcher {
             lr.min + u * (lr.max - lr.min)
         };
         let defaults = TrainRecipe::default();
-        let lora_rank = self.rng.pick(&s.lora_rank).copied().unwrap_or(defaults.lora_rank);
+        let lora_rank = pick(&mut self.rng, &s.lora_rank).copied().unwrap_or(defaults.lora_rank);
         let train_recipe = TrainRecipe {
             learning_rate,
             lora_rank,
             lora_alpha: 2.0 * lora_rank as f32,
-            epochs: self.rng.pick(&s.epochs).copied().unwrap_or(defaults.epochs),
-            targets: self.rng.pick(&s.targets).cloned().unwrap_or(defaults.targets.clone()),
+            epochs: pick(&mut self.rng, &s.epochs).copied().unwrap_or(defaults.epochs),
+            targets: pick(&mut self.rng, &s.targets).cloned().unwrap_or(defaults.targets.clone()),
             continue_from_parent: self.rng.unit() < self.config.continue_probability,
             seed: self.rng.next_u64() % 1_000_000,
             ..defaults
         };
         let mut data_recipe = DataRecipe::default();
         if self.rng.unit() < self.config.data_step_probability
-            && let Some(step) = self.rng.pick(&s.data_steps).cloned()
+            && let Some(step) = pick(&mut self.rng, &s.data_steps).cloned()
         {
             data_recipe.steps.push(step);
         }
@@ -112,7 +96,7 @@ impl Researcher for RandomResearcher {
             ));
         }
         let seed = task.seed ^ config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        Ok(Self { rng: SplitMix(seed), space: task.search_space, config, observed: 0 })
+        Ok(Self { rng: SplitMix64(seed), space: task.search_space, config, observed: 0 })
     }
 
     fn propose(&mut self, _context: ResearchContext, max: u32) -> Result<Vec<Proposal>, PluginError> {
