@@ -62,6 +62,8 @@ pub fn standard_plugins(dir: &Path) -> PathBuf {
         ("chat-format", "chat_format"),
         ("filter-length", "filter_length"),
         ("dedup-exact", "dedup_exact"),
+        ("dedup-near", "dedup_near"),
+        ("clean-text", "clean_text"),
         ("exact-match", "exact_match"),
         ("random-researcher", "random_researcher"),
     ] {

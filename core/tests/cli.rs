@@ -25,6 +25,8 @@ fn plugins_list_shows_the_standard_plugins() {
         ("chat-format", "data-tool"),
         ("filter-length", "data-tool"),
         ("dedup-exact", "data-tool"),
+        ("dedup-near", "data-tool"),
+        ("clean-text", "data-tool"),
         ("exact-match", "evaluator"),
         ("random", "researcher"),
     ] {
@@ -34,7 +36,7 @@ fn plugins_list_shows_the_standard_plugins() {
     let (ok, out, _) = run(trex_host(&plugins).args(["plugins", "list", "--json"]));
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["plugins"].as_array().unwrap().len(), 5);
+    assert_eq!(v["plugins"].as_array().unwrap().len(), 7);
 }
 
 #[test]
@@ -61,7 +63,7 @@ fn validate_reports_every_problem_and_fails() {
     let (ok, out, _) = run(trex_host(&plugins).args(["plugins", "validate"]).arg(&plugins));
     assert!(!ok);
     assert!(out.contains("typo/plugin.toml") && out.contains("unknown field `timeout`"), "{out}");
-    assert!(out.contains("5 passed, 1 failed"), "{out}");
+    assert!(out.contains("7 passed, 1 failed"), "{out}");
 }
 
 #[test]
