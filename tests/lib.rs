@@ -64,6 +64,7 @@ pub fn standard_plugins(dir: &Path) -> PathBuf {
         ("dedup-exact", "dedup_exact"),
         ("dedup-near", "dedup_near"),
         ("clean-text", "clean_text"),
+        ("load-bfcl", "load_bfcl"),
         ("exact-match", "exact_match"),
         ("random-researcher", "random_researcher"),
     ] {

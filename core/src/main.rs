@@ -608,14 +608,10 @@ fn train_command(args: &TrainArgs) -> Result<()> {
     let mut adapter = match &args.continue_from {
         Some(dir) => {
             let a = train::peft::load_adapter(dir, &base.config)?;
-            if a.rank != recipe.lora_rank as usize
-                || a.targets != {
-                    let mut t = targets.clone();
-                    t.sort();
-                    t.dedup();
-                    t
-                }
-            {
+            let mut wanted = targets.clone();
+            wanted.sort();
+            wanted.dedup();
+            if a.rank != recipe.lora_rank as usize || a.targets != wanted {
                 eprintln!(
                     "note: continuing from {} keeps its rank {} and targets; the recipe's rank and targets are ignored",
                     dir.display(),

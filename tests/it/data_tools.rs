@@ -124,3 +124,38 @@ async fn clean_text_normalizes_scrubs_and_filters() {
         .to_string();
     assert!(err.contains("field `include`") && err.contains("invalid regular expression"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_bfcl_reads_the_granted_dataset_folder() {
+    let (_dir, host) = host().await;
+    let env = CallEnv { dataset_dir: Some(trex_tests::root().join("tests/fixtures/bfcl")), ..CallEnv::default() };
+    let config = json!({"questions": "BFCL_v4_simple_python.json"});
+    let passthrough = vec![json!({"keep": "me"}).to_string()];
+    let run = host.run_data_tool("load-bfcl", &config, passthrough, &env).await.unwrap();
+    assert_eq!(run.records_out, 4, "one passed-through record and three questions");
+    assert_eq!(run.dropped["bad-record: multi-turn questions are not converted"], 1);
+    let first: serde_json::Value = serde_json::from_str(&run.records[1]).unwrap();
+    assert_eq!(first["id"], "simple_python_0");
+    assert_eq!(first["tags"], json!(["simple_python"]));
+    assert_eq!(first["messages"][0]["role"], "system");
+    assert!(first["messages"][0]["content"].as_str().unwrap().contains("calculate_triangle_area"));
+    assert_eq!(
+        first["messages"][1]["content"],
+        "Find the area of a triangle with a base of 10 units and height of 5 units."
+    );
+    // The optional `unit` (acceptable: "units" or omitted) takes its first real value.
+    let completion: serde_json::Value = serde_json::from_str(first["completion"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        completion,
+        json!([{"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5, "unit": "units"}}])
+    );
+    let third: serde_json::Value = serde_json::from_str(&run.records[3]).unwrap();
+    let completion: serde_json::Value = serde_json::from_str(third["completion"].as_str().unwrap()).unwrap();
+    assert_eq!(completion, json!([{"name": "math.hypot", "arguments": {"x": 4, "y": 5, "z": 0}}]));
+    // Without a dataset folder the sandbox has nothing at /data.
+    let err = host.run_data_tool("load-bfcl", &config, vec![], &CallEnv::default()).await.unwrap_err().to_string();
+    assert!(
+        err.contains("load-bfcl") && err.contains("cannot read /data/possible_answer/BFCL_v4_simple_python.json"),
+        "{err}"
+    );
+}

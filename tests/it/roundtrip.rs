@@ -187,7 +187,10 @@ async fn wrong_kind_and_unknown_name_say_what_exists() {
         "{err}"
     );
     let err = host.run_data_tool("dedup", &json!({}), vec![], &CallEnv::default()).await.unwrap_err().to_string();
-    assert!(err.contains("available: chat-format, clean-text, dedup-exact, dedup-near, filter-length"), "{err}");
+    assert!(
+        err.contains("available: chat-format, clean-text, dedup-exact, dedup-near, filter-length, load-bfcl"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
