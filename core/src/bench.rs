@@ -215,8 +215,12 @@ pub fn train_flops_per_token(config: &crate::model::LlamaConfig, seq: usize, ran
     let linear = d * q + 2.0 * d * kv + q * d + 3.0 * d * f;
     let lora_io = (q + d) + 2.0 * (kv + d) + (d + q) + 2.0 * (f + d) + (d + f);
     let r = rank as f64;
-    // Attention per token: q·kᵀ and p·v over the whole square (4·seq·q) forward, twice that backward.
-    let attention = 12.0 * seq as f64 * q;
+    // Attention per token: q·kᵀ and p·v over the key columns the blocked kernel computes
+    // (each 64-row query block up to its last row), 4·cols·q forward and twice that backward.
+    let block = 64;
+    let computed: usize = (0..seq).step_by(block).map(|r0| (r0 + block).min(seq) * ((r0 + block).min(seq) - r0)).sum();
+    let cols = computed as f64 / seq.max(1) as f64;
+    let attention = 12.0 * cols * q;
     let per_layer = 4.0 * linear + attention + 8.0 * r * lora_io;
     let head = 4.0 * config.vocab as f64 * d * with_loss;
     config.layers as f64 * per_layer + head

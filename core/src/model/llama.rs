@@ -7,6 +7,7 @@
 //! have a target (completion tokens), in chunks, so prompt tokens cost nothing there.
 
 use trex_kernels::Real;
+use trex_kernels::cpu::flush_denormals;
 use trex_kernels::cpu::{
     AttentionShape, RopeLayout, RopeTable, Trans, add_assign, attention_backward, attention_cached, attention_forward,
     cross_entropy, matmul, rms_norm_backward, rms_norm_forward, rope_backward, rope_forward, swiglu_backward,
@@ -253,6 +254,7 @@ impl<T: Real> Llama<T> {
         let ctx = LoraCtx { adapter, scale: adapter.scale() };
         let lora = Some(&ctx);
         let mut rng = SplitMix(dropout_seed);
+        flush_denormals();
 
         // Forward, keeping what the backward pass needs.
         let mut x = self.embed(&batch.tokens);
@@ -506,6 +508,7 @@ impl<T: Real> Llama<T> {
         let (qd, kvd) = (c.heads * hd, c.kv_heads * hd);
         let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
         let n = tokens.len();
+        flush_denormals();
         let ctx = adapter.map(|a| LoraCtx { adapter: a, scale: a.scale() });
         let lora = ctx.as_ref();
         let eps = T::from_f64(c.rms_eps).expect("finite");

@@ -50,12 +50,15 @@ pub fn cross_entropy<T: Real>(logits: &mut [T], targets: &[i64], vocab: usize, g
             let t = t as usize;
             assert!(t < vocab, "cross_entropy: target {t} is outside the vocabulary of {vocab}");
             let max = row.iter().copied().fold(T::neg_infinity(), T::max);
+            // The target's logit relative to the max, taken before exponentiating: exp() of a
+            // very negative value underflows to zero and its log would be -inf.
+            let target_logit = row[t] - max;
             let mut sum = T::zero();
             for x in row.iter_mut() {
                 *x = (*x - max).exp();
                 sum = sum + *x;
             }
-            let loss = sum.ln() - (row[t].ln());
+            let loss = sum.ln() - target_logit;
             let inv = sum.recip();
             for x in row.iter_mut() {
                 *x = *x * inv * grad_scale;
@@ -132,5 +135,15 @@ mod tests {
         let num: Vec<f64> = numeric_grad(&logits, naive).iter().map(|x| 0.5 * x).collect();
         assert_close(&g, &num, 1e-7, "dlogits");
         assert!(g[vocab..2 * vocab].iter().all(|&x| x == 0.0), "ignored row has zero gradient");
+    }
+
+    #[test]
+    fn cross_entropy_stays_finite_for_very_unlikely_targets() {
+        // The target's probability underflows f32 (logit gap 200): the loss must be the gap.
+        let mut logits = vec![0f32, 200.0, -5.0];
+        let (loss, n) = cross_entropy(&mut logits, &[0], 3, 1.0);
+        assert_eq!(n, 1);
+        assert!((loss - 200.0).abs() < 1e-3, "{loss}");
+        assert!(logits.iter().all(|x| x.is_finite()));
     }
 }
