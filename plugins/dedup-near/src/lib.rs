@@ -12,7 +12,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use trex_sdk::guest::{DataTool, PluginError, Record, RecordReader, RecordWriter, RunStats};
+use trex_sdk::guest::{DataTool, PluginError, Record, RecordReader, RecordWriter, RunStats, text_fields};
 use trex_sdk::rng::SplitMix64;
 use trex_sdk::types::OnBadRecord;
 
@@ -66,28 +66,7 @@ impl Default for Config {
 struct DedupNear;
 
 fn text_of(config: &Config, record: &Record) -> Option<String> {
-    let mut out = String::new();
-    let mut found = false;
-    for f in &config.fields {
-        match record.get(f) {
-            Some(serde_json::Value::String(s)) => {
-                found = true;
-                out.push_str(s);
-                out.push('\n');
-            }
-            Some(serde_json::Value::Array(turns)) => {
-                found = true;
-                for t in turns {
-                    if let Some(c) = t.get("content").and_then(|c| c.as_str()) {
-                        out.push_str(c);
-                        out.push('\n');
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    found.then_some(out)
+    text_fields(record, &config.fields).map(|pieces| pieces.join("\n"))
 }
 
 fn hash64<T: Hash + ?Sized>(x: &T) -> u64 {
@@ -166,9 +145,7 @@ impl DataTool for DedupNear {
         let mut kept: Vec<Vec<u64>> = Vec::new();
         let mut stats = RunStats::default();
         let mut candidates_checked = 0u64;
-        while let Some(raw) = input.next_raw() {
-            let record: Record = serde_json::from_str(&raw)
-                .map_err(|e| PluginError::new(format!("record {} is not a JSON object: {e}", input.records_read())))?;
+        while let Some((raw, record)) = input.next_with_raw()? {
             let Some(text) = text_of(&config, &record) else {
                 stats.bad_record(
                     config.on_bad_record,

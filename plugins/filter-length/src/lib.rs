@@ -5,7 +5,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use trex_sdk::guest::{DataTool, PluginError, Record, RecordReader, RecordWriter, RunStats};
+use trex_sdk::guest::{DataTool, PluginError, Record, RecordReader, RecordWriter, RunStats, text_fields};
 use trex_sdk::types::OnBadRecord;
 
 /// How length is counted.
@@ -64,9 +64,7 @@ impl DataTool for FilterLength {
         }
         let mut stats = RunStats::default();
         let (mut total, mut kept) = (0u64, 0u64);
-        while let Some(raw) = input.next_raw() {
-            let record: Record = serde_json::from_str(&raw)
-                .map_err(|e| PluginError::new(format!("record {} is not a JSON object: {e}", input.records_read())))?;
+        while let Some((raw, record)) = input.next_with_raw()? {
             let Some(len) = measure(&config, &record) else {
                 stats.bad_record(
                     config.on_bad_record,
@@ -93,26 +91,16 @@ impl DataTool for FilterLength {
 }
 
 fn measure(config: &Config, record: &Record) -> Option<usize> {
-    let mut found = false;
-    let mut len = 0;
-    let count = |s: &str| match config.unit {
-        Unit::Chars => s.chars().count(),
-        Unit::Words => s.split_whitespace().count(),
-    };
-    for field in &config.fields {
-        match record.get(field) {
-            Some(serde_json::Value::String(s)) => {
-                found = true;
-                len += count(s);
-            }
-            Some(serde_json::Value::Array(turns)) => {
-                found = true;
-                len += turns.iter().filter_map(|t| t.get("content").and_then(|c| c.as_str())).map(count).sum::<usize>();
-            }
-            _ => {}
-        }
-    }
-    found.then_some(len)
+    let pieces = text_fields(record, &config.fields)?;
+    Some(
+        pieces
+            .iter()
+            .map(|s| match config.unit {
+                Unit::Chars => s.chars().count(),
+                Unit::Words => s.split_whitespace().count(),
+            })
+            .sum(),
+    )
 }
 
 trex_sdk::export_data_tool!(FilterLength);

@@ -66,6 +66,28 @@ pub trait DataTool: 'static {
     ) -> Result<RunStats, PluginError>;
 }
 
+/// The text of a record's `fields`, in order: string fields as they are, and for a chat
+/// transcript (a list of `{role, content}` turns) the content of each turn. `None` when the
+/// record has none of the fields.
+pub fn text_fields<'r>(record: &'r Record, fields: &[String]) -> Option<Vec<&'r str>> {
+    let mut out = Vec::new();
+    let mut found = false;
+    for f in fields {
+        match record.get(f) {
+            Some(serde_json::Value::String(s)) => {
+                found = true;
+                out.push(s.as_str());
+            }
+            Some(serde_json::Value::Array(turns)) => {
+                found = true;
+                out.extend(turns.iter().filter_map(|t| t.get("content").and_then(|c| c.as_str())));
+            }
+            _ => {}
+        }
+    }
+    found.then_some(out)
+}
+
 /// Statistics a data tool returns: records dropped by reason, and named metrics.
 /// The host counts records in and out itself.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -137,6 +159,15 @@ impl<'a> RecordReader<'a> {
         serde_json::from_str(&raw)
             .map(Some)
             .map_err(|e| PluginError::new(format!("record {} is not a JSON object: {e}", self.index)))
+    }
+
+    /// The next record both as its original text and parsed, for tools that inspect a record
+    /// and then pass it on unchanged.
+    pub fn next_with_raw(&mut self) -> Result<Option<(String, Record)>, PluginError> {
+        let Some(raw) = self.next_raw() else { return Ok(None) };
+        let record = serde_json::from_str(&raw)
+            .map_err(|e| PluginError::new(format!("record {} is not a JSON object: {e}", self.index)))?;
+        Ok(Some((raw, record)))
     }
 
     /// How many records have been taken so far.

@@ -26,7 +26,7 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
 pub use crate::types::PluginKind;
-pub use data_tool::{DataTool, Record, RecordReader, RecordWriter, RunStats};
+pub use data_tool::{DataTool, Record, RecordReader, RecordWriter, RunStats, text_fields};
 pub use evaluator::{Aggregate, EvalItem, Evaluator, ExampleResult};
 pub use researcher::Researcher;
 
