@@ -9,4 +9,5 @@ pub mod model;
 pub mod pipeline;
 pub mod plugin;
 pub mod report;
+pub mod search;
 pub mod train;

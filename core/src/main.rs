@@ -116,6 +116,42 @@ enum Command {
         name: String,
     },
 
+    /// Search over fine-tuning experiments for a task (the main job).
+    ///
+    /// The Researcher plugin proposes experiments (a data recipe + a training recipe); the
+    /// strategy picks which node of the experiment tree to expand; each node builds its data
+    /// with data-tool plugins, trains a LoRA adapter, answers the validation split and is scored
+    /// by the task's evaluator, and its failures are clustered for the next proposal. When the
+    /// budget is spent, the best node is scored once on the held-out test split.
+    ///
+    /// Everything is journaled in the run folder: `trex-host resume RUN` continues a killed
+    /// run, `trex-host show RUN` prints the tree.
+    ///
+    /// Example:
+    ///
+    ///   trex-host --plugins ./plugins search examples/tasks/unit-conversion --nodes 4 --minutes 8
+    #[command(verbatim_doc_comment)]
+    Search(Box<SearchArgs>),
+
+    /// Continue a stopped or killed search: finished nodes are kept, an interrupted node runs
+    /// again, and the search goes on within what is left of its budget.
+    Resume {
+        /// The run folder (printed when the search started).
+        run_dir: PathBuf,
+        /// Nodes run at once (default: as the run began).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+
+    /// Print a run's experiment tree with scores (also while it runs).
+    Show {
+        /// The run folder.
+        run_dir: PathBuf,
+        /// Print the whole run (task, settings, every node with its result) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Benchmarks that print tables (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -144,6 +180,69 @@ struct TrainArgs {
     /// Also write the base model with the adapter merged in, as a Hugging Face folder (OUT/merged).
     #[arg(long)]
     merge: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct SearchArgs {
+    /// The task: a task.toml file or the folder holding one.
+    task: PathBuf,
+    /// How the next node to expand is chosen.
+    #[arg(long, value_enum, default_value = "mcts")]
+    strategy: trex_core::search::tree::Strategy,
+    /// Researcher plugin (default: the task's, else `heuristic`).
+    #[arg(long)]
+    researcher: Option<String>,
+    /// Seed of the strategy and the Researcher.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Nodes run at once, within one budget.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Budget: experiments (overrides the task's [budget]).
+    #[arg(long)]
+    nodes: Option<u64>,
+    /// Budget: wall-clock minutes; no node starts when the time left would not cover a typical one.
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Budget: tokens trained on.
+    #[arg(long)]
+    train_tokens: Option<u64>,
+    /// Budget: LLM tokens spent by plugins.
+    #[arg(long)]
+    llm_tokens: Option<u64>,
+    /// Run folder [default: runs/<task>-<strategy>-s<seed>-<unix time>].
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Base model (overrides the task's base_model).
+    #[arg(long)]
+    model: Option<String>,
+    /// MCTS: UCT exploration constant.
+    #[arg(long, default_value_t = 1.0)]
+    exploration: f64,
+    /// MCTS: progressive widening allows ceil(k * visits^alpha) children; this is k.
+    #[arg(long, default_value_t = 1.0)]
+    widening_k: f64,
+    /// MCTS: progressive widening exponent alpha.
+    #[arg(long, default_value_t = 0.5)]
+    widening_alpha: f64,
+    /// MCTS: reward of a failed node.
+    #[arg(long, default_value_t = -0.5, allow_hyphen_values = true)]
+    failure_reward: f64,
+    /// Approximate token budget of the Researcher's context.
+    #[arg(long, default_value_t = 3000)]
+    context_tokens: usize,
+    /// OpenAI-compatible server root, e.g. https://api.openai.com/v1 (overrides the task's [llm]).
+    #[arg(long, requires = "llm_model")]
+    llm_base_url: Option<String>,
+    /// Model name for the LLM server.
+    #[arg(long, requires = "llm_base_url")]
+    llm_model: Option<String>,
+    /// Environment variable holding the LLM API key (the key never leaves the host).
+    #[arg(long)]
+    llm_api_key_env: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -388,6 +487,79 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Search(args) => {
+            let settings = trex_core::search::Settings {
+                strategy: args.strategy,
+                seed: args.seed,
+                workers: args.workers.max(1),
+                budget: trex_core::search::task::Budget {
+                    nodes: args.nodes,
+                    wall_minutes: args.minutes,
+                    train_tokens: args.train_tokens,
+                    llm_tokens: args.llm_tokens,
+                },
+                mcts: trex_core::search::tree::MctsParams {
+                    exploration: args.exploration,
+                    widening_k: args.widening_k,
+                    widening_alpha: args.widening_alpha,
+                    failure_reward: args.failure_reward,
+                },
+                memory: trex_core::search::memory::MemoryParams {
+                    token_budget: args.context_tokens,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let llm = match (&args.llm_base_url, &args.llm_model) {
+                (Some(base_url), Some(model)) => Some(trex_core::llm::OpenAiConfig {
+                    base_url: base_url.clone(),
+                    model: model.clone(),
+                    api_key_env: args.llm_api_key_env.clone(),
+                    timeout_s: 120.0,
+                    max_retries: 2,
+                    backoff_ms: 500,
+                    json_schema: true,
+                }),
+                _ => None,
+            };
+            let req = trex_core::search::run::SearchRequest {
+                task: args.task.clone(),
+                plugins: cli.plugins.clone(),
+                host: host_config(&cli)?,
+                settings,
+                researcher: args.researcher.clone(),
+                model: args.model.clone(),
+                llm,
+                run_dir: args.run_dir.clone(),
+            };
+            let (run_dir, summary) = trex_core::search::run::search(req).await.map_err(anyhow::Error::msg)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                let view = trex_core::search::run::view(&run_dir).map_err(anyhow::Error::msg)?;
+                print!("{}", trex_core::search::run::render_tree(&view));
+                print!("{}", trex_core::search::run::render_summary(&run_dir, &summary));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume { run_dir, workers } => {
+            let summary = trex_core::search::run::resume(run_dir, &cli.plugins, host_config(&cli)?, *workers)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let view = trex_core::search::run::view(run_dir).map_err(anyhow::Error::msg)?;
+            print!("{}", trex_core::search::run::render_tree(&view));
+            print!("{}", trex_core::search::run::render_summary(run_dir, &summary));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { run_dir, json } => {
+            let view = trex_core::search::run::view(run_dir).map_err(anyhow::Error::msg)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print!("{}", trex_core::search::run::render_tree(&view));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Train { seq, batch, rank, steps, completion_fraction }) => {

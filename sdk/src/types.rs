@@ -270,6 +270,10 @@ pub struct TaskBrief {
     /// Seed the Researcher should use for its own randomness.
     #[serde(default)]
     pub seed: u64,
+    /// The task's starting experiment: what a Researcher expanding the root (the untouched base
+    /// model) usually proposes first, or varies.
+    #[serde(default)]
+    pub start: Option<Proposal>,
 }
 
 /// A proposed experiment: a data recipe plus a training recipe.
@@ -309,6 +313,10 @@ pub struct NodeSummary {
     /// One-line lesson learned from this node (or its error when it failed).
     #[serde(default)]
     pub lesson: String,
+    /// Numbers measured while the node ran: `first_loss`, `final_loss`, `train_tokens`,
+    /// `train_examples`, `dropped_records`, `seconds`, ...
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
 }
 
 /// A cluster of failures that share an evaluator tag or an error pattern.

@@ -122,6 +122,7 @@ fn context() -> ResearchContext {
             score: Some(0.1),
             reward: Some(0.0),
             lesson: String::new(),
+            metrics: Default::default(),
         },
         parent_path: vec![],
         siblings: vec![],
@@ -142,6 +143,7 @@ async fn random_researcher_is_seeded_and_stays_in_the_space() {
         metric: "accuracy".into(),
         search_space: SearchSpace::default(),
         seed: 7,
+        start: None,
     };
     let env = CallEnv::default();
     let mut a = host.open_researcher("random", &json!({}), &task, &env).await.unwrap();

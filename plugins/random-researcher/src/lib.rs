@@ -32,6 +32,10 @@ fn pick<'a, T>(rng: &mut SplitMix64, items: &'a [T]) -> Option<&'a T> {
 
 struct RandomResearcher {
     rng: SplitMix64,
+    /// The task's starting data recipe: sampled proposals build on it.
+    base_data: DataRecipe,
+    /// The task's starting training recipe: fields the space does not cover come from it.
+    base_train: TrainRecipe,
     space: SearchSpace,
     config: Config,
     observed: u64,
@@ -47,7 +51,7 @@ impl RandomResearcher {
         } else {
             lr.min + u * (lr.max - lr.min)
         };
-        let defaults = TrainRecipe::default();
+        let defaults = self.base_train.clone();
         let lora_rank = pick(&mut self.rng, &s.lora_rank).copied().unwrap_or(defaults.lora_rank);
         let train_recipe = TrainRecipe {
             learning_rate,
@@ -59,7 +63,7 @@ impl RandomResearcher {
             seed: self.rng.next_u64() % 1_000_000,
             ..defaults
         };
-        let mut data_recipe = DataRecipe::default();
+        let mut data_recipe = self.base_data.clone();
         if self.rng.unit() < self.config.data_step_probability
             && let Some(step) = pick(&mut self.rng, &s.data_steps).cloned()
         {
@@ -68,7 +72,11 @@ impl RandomResearcher {
         let rationale = format!(
             "random sample: lr {learning_rate:.2e}, rank {lora_rank}, {} epoch(s){}",
             train_recipe.epochs,
-            data_recipe.steps.first().map(|s| format!(", plus data step `{}`", s.plugin)).unwrap_or_default()
+            data_recipe
+                .steps
+                .get(self.base_data.steps.len())
+                .map(|s| format!(", plus data step `{}`", s.plugin))
+                .unwrap_or_default()
         );
         Proposal { data_recipe, train_recipe, rationale }
     }
@@ -96,7 +104,9 @@ impl Researcher for RandomResearcher {
             ));
         }
         let seed = task.seed ^ config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        Ok(Self { rng: SplitMix64(seed), space: task.search_space, config, observed: 0 })
+        let (base_data, base_train) =
+            task.start.map(|p| (p.data_recipe, p.train_recipe)).unwrap_or_default();
+        Ok(Self { rng: SplitMix64(seed), base_data, base_train, space: task.search_space, config, observed: 0 })
     }
 
     fn propose(&mut self, _context: ResearchContext, max: u32) -> Result<Vec<Proposal>, PluginError> {

@@ -1,0 +1,686 @@
+//! The search: a tree of experiments grown by a Researcher plugin under a strategy (MCTS or a
+//! baseline), each node run by the [`executor`], every event journaled so a killed run resumes
+//! without losing or repeating a finished node.
+
+pub mod analysis;
+pub mod executor;
+pub mod journal;
+pub mod memory;
+pub mod run;
+pub mod task;
+pub mod tree;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde::{Deserialize, Serialize};
+use trex_sdk::rng::SplitMix64;
+use trex_sdk::types::{Outcome, PluginKind, Proposal};
+
+use crate::llm::TokenMeter;
+use crate::plugin::{CallEnv, ResearcherSession};
+use executor::{Lab, Split, describe};
+use journal::{Event, Journal};
+use memory::MemoryParams;
+use task::{Budget, Task};
+use tree::{Cost, MctsParams, Node, NodeResult, NodeStatus, Strategy, Tree};
+
+/// How a search runs (fixed for the life of a run; stored in its journal).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Node-selection strategy.
+    pub strategy: Strategy,
+    /// Seed for the strategy and the Researcher.
+    pub seed: u64,
+    /// Nodes run at once.
+    pub workers: usize,
+    /// Limits.
+    pub budget: Budget,
+    /// MCTS constants.
+    pub mcts: MctsParams,
+    /// Researcher context limits.
+    pub memory: MemoryParams,
+    /// Rounds without a valid proposal before a node is no longer expanded.
+    pub max_rejections: u32,
+    /// Leave the Researcher's bad-case analysis out of its context (an ablation).
+    #[serde(default)]
+    pub hide_bad_cases: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Mcts,
+            seed: 0,
+            workers: 1,
+            budget: Budget::default(),
+            mcts: MctsParams::default(),
+            memory: MemoryParams::default(),
+            max_rejections: 3,
+            hide_bad_cases: false,
+        }
+    }
+}
+
+/// What a finished search reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchSummary {
+    /// Why it stopped.
+    pub reason: String,
+    /// The best node by validation score.
+    pub best: u64,
+    /// Base model's validation score.
+    pub base_validation: f64,
+    /// Best node's validation score.
+    pub best_validation: f64,
+    /// Base model's test score.
+    pub base_test: f64,
+    /// Best node's test score.
+    pub best_test: f64,
+    /// Normalized gain on the test split.
+    pub test_gain: f64,
+    /// The best adapter's folder (none when the base model stayed best).
+    pub adapter: Option<PathBuf>,
+    /// Experiments run.
+    pub nodes: usize,
+    /// Experiments failed.
+    pub failed: usize,
+    /// Proposals refused.
+    pub rejected: usize,
+    /// Search seconds (all sessions).
+    pub seconds: f64,
+    /// Tokens trained on.
+    pub train_tokens: u64,
+    /// LLM tokens spent.
+    pub llm_tokens: u64,
+}
+
+/// A run's state, rebuilt from its journal.
+#[derive(Debug, Default)]
+pub struct RunState {
+    /// The tree.
+    pub tree: Tree,
+    /// Nodes the Researcher had nothing left for.
+    pub exhausted: BTreeSet<u64>,
+    /// Rejected proposals so far.
+    pub rejected: usize,
+    /// Consecutive rejections per node.
+    pub rejections: BTreeMap<u64, u32>,
+    /// Search seconds before this session.
+    pub t_offset: f64,
+    /// LLM tokens spent before this session.
+    pub llm_tokens: u64,
+    /// The final event, once written.
+    pub final_event: Option<Event>,
+    /// The finished event, once written.
+    pub finished: Option<String>,
+}
+
+impl RunState {
+    /// Replay journal entries.
+    pub fn replay(entries: &[journal::Entry]) -> Result<RunState, String> {
+        let mut s = RunState::default();
+        for (i, e) in entries.iter().enumerate() {
+            s.t_offset = s.t_offset.max(e.t);
+            let bad = |m: &str| Err(format!("journal entry {}: {m}", i + 1));
+            match &e.event {
+                Event::Start { .. } | Event::Session { .. } => {}
+                Event::Created { node, parent, proposal, llm_tokens } => {
+                    if *node as usize != s.tree.nodes.len() {
+                        return bad("node ids are out of order");
+                    }
+                    s.llm_tokens += llm_tokens;
+                    s.tree.nodes.push(Node {
+                        id: *node,
+                        parent: *parent,
+                        proposal: proposal.clone(),
+                        status: NodeStatus::Pending,
+                        result: None,
+                        error: None,
+                        lesson: String::new(),
+                        failed_cost: Cost::default(),
+                    });
+                    if let Some(p) = parent {
+                        s.rejections.remove(p);
+                    }
+                }
+                Event::Started { node } => match s.tree.nodes.get_mut(*node as usize) {
+                    Some(n) => n.status = NodeStatus::Running,
+                    None => return bad("a started node was never created"),
+                },
+                Event::Done { node, result, lesson } => match s.tree.nodes.get_mut(*node as usize) {
+                    Some(n) => {
+                        n.status = NodeStatus::Done;
+                        n.result = Some((**result).clone());
+                        n.lesson = lesson.clone();
+                    }
+                    None => return bad("a finished node was never created"),
+                },
+                Event::Failed { node, error, lesson, cost } => match s.tree.nodes.get_mut(*node as usize) {
+                    Some(n) => {
+                        n.status = NodeStatus::Failed;
+                        n.error = Some(error.clone());
+                        n.lesson = lesson.clone();
+                        n.failed_cost = cost.clone();
+                    }
+                    None => return bad("a failed node was never created"),
+                },
+                Event::Rejected { parent, llm_tokens, .. } => {
+                    s.rejected += 1;
+                    s.llm_tokens += llm_tokens;
+                    *s.rejections.entry(*parent).or_default() += 1;
+                }
+                Event::Exhausted { node } => {
+                    s.exhausted.insert(*node);
+                }
+                Event::Final { .. } => s.final_event = Some(e.event.clone()),
+                Event::Finished { reason } => s.finished = Some(reason.clone()),
+            }
+        }
+        Ok(s)
+    }
+
+    /// Tokens trained on so far.
+    pub fn train_tokens(&self) -> u64 {
+        self.tree
+            .nodes
+            .iter()
+            .map(|n| n.result.as_ref().map_or(n.failed_cost.train_tokens, |r| r.cost.train_tokens))
+            .sum()
+    }
+}
+
+/// The one-line lesson of a finished node.
+pub fn lesson(proposal: &Proposal, result: &NodeResult, parent_score: Option<f64>) -> String {
+    let mut s = format!("{}: score {:.3}", describe(proposal), result.score);
+    if let Some(p) = parent_score {
+        s.push_str(&format!(" ({:+.3} vs parent)", result.score - p));
+    }
+    if let Some(t) = &result.train {
+        s.push_str(&format!("; loss {:.2}→{:.2}", t.first_loss, t.final_loss));
+        if t.final_loss > 1.0 {
+            s.push_str(", underfitting");
+        } else if t.final_loss < 0.05 {
+            s.push_str(", near-zero training loss (overfitting risk)");
+        }
+    }
+    if let Some(c) = result.bad_cases.first() {
+        s.push_str(&format!("; top failure {} ×{}", c.label, c.count));
+    }
+    s
+}
+
+/// The lesson of a failed node: its error, on one line.
+pub fn failure_lesson(proposal: Option<&Proposal>, error: &str) -> String {
+    let first: String = error.lines().next().unwrap_or("").chars().take(200).collect();
+    match proposal {
+        Some(p) => format!("{}: failed: {first}", describe(p)),
+        None => format!("failed: {first}"),
+    }
+}
+
+/// Check a proposal against the task's search space and the plugins; returns it with data-step
+/// configs normalized, or why it is refused.
+pub async fn check_proposal(lab: &Lab, mut p: Proposal) -> Result<Proposal, String> {
+    let task = &lab.task;
+    let space = &task.search_space;
+    let r = &p.train_recipe;
+    crate::train::check_recipe(r).map_err(|e| e.to_string())?;
+    let lr = &space.learning_rate;
+    if !(r.learning_rate >= lr.min * (1.0 - 1e-6) && r.learning_rate <= lr.max * (1.0 + 1e-6)) {
+        return Err(format!(
+            "learning_rate {:.3e} is outside the search space [{:.1e}, {:.1e}]",
+            r.learning_rate, lr.min, lr.max
+        ));
+    }
+    let start = &task.start.train_recipe;
+    if !space.lora_rank.is_empty() && !space.lora_rank.contains(&r.lora_rank) && r.lora_rank != start.lora_rank {
+        return Err(format!("lora_rank {} is not one of {:?}", r.lora_rank, space.lora_rank));
+    }
+    let max_epochs = space.epochs.iter().copied().fold(start.epochs, f32::max);
+    if r.epochs > max_epochs * 1.0001 {
+        return Err(format!("epochs {} is more than the search space allows ({max_epochs})", r.epochs));
+    }
+    if !space.targets.is_empty() {
+        let allowed: BTreeSet<_> = space.targets.iter().flatten().chain(&start.targets).collect();
+        if let Some(t) = r.targets.iter().find(|t| !allowed.contains(t)) {
+            return Err(format!("target {} is not in the search space", t.module_name()));
+        }
+    }
+    let longest = start.max_seq_len.max(2048);
+    if r.max_seq_len > longest {
+        return Err(format!("max_seq_len {} is more than {longest}", r.max_seq_len));
+    }
+    let allowed: BTreeSet<&str> =
+        task.start.data_recipe.steps.iter().chain(&space.data_steps).map(|s| s.plugin.as_str()).collect();
+    for (i, step) in p.data_recipe.steps.iter_mut().enumerate() {
+        if !allowed.contains(step.plugin.as_str()) {
+            return Err(format!(
+                "data step {} uses plugin `{}`, which the task does not offer (offered: {})",
+                i + 1,
+                step.plugin,
+                allowed.iter().copied().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        lab.host.expect(&step.plugin, PluginKind::DataTool).map_err(|e| format!("data step {}: {e}", i + 1))?;
+        step.config = lab
+            .host
+            .validate_config(&step.plugin, &step.config)
+            .await
+            .map_err(|e| format!("data step {} (`{}`): {e}", i + 1, step.plugin))?;
+    }
+    Ok(p)
+}
+
+/// A search over one task, in one run folder.
+pub struct Search<'a> {
+    lab: &'a Lab,
+    settings: Settings,
+    journal: Journal,
+    state: RunState,
+    meter: Arc<TokenMeter>,
+    session_started: Instant,
+    researcher: ResearcherSession<'a>,
+}
+
+impl std::fmt::Debug for Search<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Search").field("settings", &self.settings).finish()
+    }
+}
+
+type NodeFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Result<NodeResult, (String, Cost)>)> + 'a>>;
+
+impl<'a> Search<'a> {
+    /// Start (or continue) a search: opens the Researcher and tells it every finished node.
+    pub async fn new(
+        lab: &'a Lab,
+        settings: Settings,
+        journal: Journal,
+        state: RunState,
+        meter: Arc<TokenMeter>,
+    ) -> Result<Search<'a>, String> {
+        let task = &lab.task;
+        let mut researcher = lab
+            .host
+            .open_researcher(
+                &task.researcher.plugin,
+                &task.researcher.config,
+                &task.brief(settings.seed),
+                &CallEnv::default(),
+            )
+            .await
+            .map_err(|e| format!("opening the Researcher: {e}"))?;
+        for n in state.tree.nodes.iter().filter(|n| matches!(n.status, NodeStatus::Done | NodeStatus::Failed)) {
+            if n.id != 0 {
+                researcher.observe(&Outcome { node: n.summary() }).await.map_err(|e| format!("Researcher: {e}"))?;
+            }
+        }
+        Ok(Search { lab, settings, journal, state, meter, session_started: Instant::now(), researcher })
+    }
+
+    fn now(&self) -> f64 {
+        self.state.t_offset + self.session_started.elapsed().as_secs_f64()
+    }
+
+    fn log(&mut self, event: Event) -> Result<(), String> {
+        let t = self.now();
+        self.journal.append(t, event).map_err(|e| e.to_string())
+    }
+
+    fn base_score(&self) -> Option<f64> {
+        self.state.tree.nodes.first().and_then(Node::score)
+    }
+
+    /// Why no further node may start, if a budget says so.
+    fn spent(&self, in_flight: usize) -> Option<String> {
+        let b = &self.settings.budget;
+        let created = self.state.tree.nodes.len().saturating_sub(1) as u64;
+        if let Some(n) = b.nodes
+            && created >= n
+        {
+            return Some(format!("node budget spent ({n} experiments)"));
+        }
+        if let Some(m) = b.wall_minutes {
+            let limit = m * 60.0;
+            let durations: Vec<f64> = self
+                .state
+                .tree
+                .nodes
+                .iter()
+                .skip(1)
+                .filter_map(|n| n.result.as_ref().map(|r| r.cost.seconds))
+                .collect();
+            let typical =
+                if durations.is_empty() { 0.0 } else { durations.iter().sum::<f64>() / durations.len() as f64 };
+            let waits = if in_flight > 0 { typical } else { 0.0 };
+            if self.now() + typical.max(waits) > limit {
+                return Some(format!(
+                    "wall-time budget: {:.0} s of {limit:.0} s used, a node takes about {typical:.0} s",
+                    self.now()
+                ));
+            }
+        }
+        if let Some(t) = b.train_tokens
+            && self.state.train_tokens() >= t
+        {
+            return Some(format!("training-token budget spent ({} of {t})", self.state.train_tokens()));
+        }
+        if b.llm_tokens.is_some() && self.meter.exhausted() {
+            return Some(format!("LLM-token budget spent ({} tokens)", self.meter.spent()));
+        }
+        None
+    }
+
+    fn notes(&self) -> BTreeMap<String, f64> {
+        let mut notes = BTreeMap::new();
+        let b = &self.settings.budget;
+        if let Some(n) = b.nodes {
+            notes.insert("nodes_left".into(), n.saturating_sub(self.state.tree.nodes.len() as u64 - 1) as f64);
+        }
+        if let Some(m) = b.wall_minutes {
+            notes.insert("seconds_left".into(), (m * 60.0 - self.now()).max(0.0).round());
+        }
+        if let Some(base) = self.base_score() {
+            notes.insert("base_score".into(), base);
+        }
+        notes.insert("reference_score".into(), self.lab.task.reference_score);
+        if let Some(best) = self.state.tree.best().and_then(Node::score) {
+            notes.insert("best_score".into(), best);
+        }
+        notes
+    }
+
+    /// Ask the Researcher for a child of `parent`; `None` when it gave nothing usable.
+    async fn propose(&mut self, parent: u64) -> Result<Option<u64>, String> {
+        let mut ctx = memory::context(&self.state.tree, parent, self.notes(), &self.settings.memory);
+        if self.settings.hide_bad_cases {
+            ctx.bad_cases.clear();
+        }
+        let before = self.meter.spent();
+        let proposals = self.researcher.propose(&ctx, 1).await;
+        let llm_tokens = self.meter.spent() - before;
+        let outcome = match proposals {
+            Err(e) => Err(format!("the Researcher failed: {e}")),
+            Ok(list) => match list.into_iter().next() {
+                None => Err("the Researcher returned no proposal".into()),
+                Some(Err(e)) => Err(e),
+                Some(Ok(p)) => match check_proposal(self.lab, p).await {
+                    Err(e) => Err(e),
+                    Ok(p) => {
+                        let duplicate = self.state.tree.children(parent).find(|c| {
+                            c.proposal
+                                .as_ref()
+                                .is_some_and(|q| q.data_recipe == p.data_recipe && q.train_recipe == p.train_recipe)
+                        });
+                        match duplicate {
+                            Some(d) => Err(format!("the same experiment already ran as node {}", d.id)),
+                            None => Ok(p),
+                        }
+                    }
+                },
+            },
+        };
+        match outcome {
+            Ok(p) => {
+                let id = self.state.tree.nodes.len() as u64;
+                self.log(Event::Created { node: id, parent: Some(parent), proposal: Some(p.clone()), llm_tokens })?;
+                self.state.rejections.remove(&parent);
+                self.state.tree.nodes.push(Node {
+                    id,
+                    parent: Some(parent),
+                    proposal: Some(p),
+                    status: NodeStatus::Pending,
+                    result: None,
+                    error: None,
+                    lesson: String::new(),
+                    failed_cost: Cost { llm_tokens, ..Cost::default() },
+                });
+                Ok(Some(id))
+            }
+            Err(error) => {
+                self.lab.say(format!("  proposal for node {parent} refused: {error}"));
+                self.log(Event::Rejected { parent, error, llm_tokens })?;
+                self.state.rejected += 1;
+                let count = self.state.rejections.entry(parent).or_default();
+                *count += 1;
+                if *count >= self.settings.max_rejections {
+                    self.state.exhausted.insert(parent);
+                    self.log(Event::Exhausted { node: parent })?;
+                    self.lab.say(format!(
+                        "  node {parent} is no longer expanded: {} proposals in a row were refused",
+                        self.settings.max_rejections
+                    ));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn start_node(&mut self, id: u64) -> Result<NodeFuture<'a>, String> {
+        self.log(Event::Started { node: id })?;
+        self.state.tree.nodes[id as usize].status = NodeStatus::Running;
+        let node = &self.state.tree.nodes[id as usize];
+        let lab = self.lab;
+        let proposal = node.proposal.clone();
+        let parent_adapter = node
+            .parent
+            .and_then(|p| self.state.tree.nodes[p as usize].result.as_ref())
+            .and_then(|r| r.adapter.as_ref())
+            .map(|a| lab.run_dir.join(a));
+        let base = self.base_score();
+        match (proposal, base) {
+            (Some(p), Some(base)) => {
+                lab.say(format!("node {id} (from {}): {}", node.parent.unwrap_or(0), describe(&p)));
+                if !p.rationale.is_empty() {
+                    lab.say(format!("  why: {}", p.rationale));
+                }
+                Ok(Box::pin(async move { (id, lab.run_node(id, &p, parent_adapter, base).await) }))
+            }
+            _ => {
+                lab.say("node 0: scoring the base model on the validation split");
+                Ok(Box::pin(async move {
+                    let started = Instant::now();
+                    let r = async {
+                        let scoring = lab.score(None, Split::Validation, None).await?;
+                        let mut r = lab.result_of(0, &scoring, None)?;
+                        r.cost.seconds = started.elapsed().as_secs_f64();
+                        Ok(r)
+                    }
+                    .await;
+                    (id, r.map_err(|e: String| (e, Cost::default())))
+                }))
+            }
+        }
+    }
+
+    async fn finish_node(&mut self, id: u64, outcome: Result<NodeResult, (String, Cost)>) -> Result<(), String> {
+        let node = &self.state.tree.nodes[id as usize];
+        let parent_score = node.parent.and_then(|p| self.state.tree.nodes[p as usize].score());
+        match outcome {
+            Ok(mut result) => {
+                result.cost.llm_tokens = node.failed_cost.llm_tokens;
+                let lesson = match &node.proposal {
+                    Some(p) => lesson(p, &result, parent_score),
+                    None => format!("base model: score {:.3}", result.score),
+                };
+                self.lab.say(format!(
+                    "node {id} done: score {:.3} ({}/{}), gain {:+.3}, {:.0} s",
+                    result.score, result.passed, result.total, result.reward, result.cost.seconds
+                ));
+                self.log(Event::Done { node: id, result: Box::new(result.clone()), lesson: lesson.clone() })?;
+                let n = &mut self.state.tree.nodes[id as usize];
+                n.status = NodeStatus::Done;
+                n.result = Some(result);
+                n.lesson = lesson;
+            }
+            Err((error, mut cost)) => {
+                if id == 0 {
+                    return Err(format!("scoring the base model failed: {error}"));
+                }
+                cost.llm_tokens = node.failed_cost.llm_tokens;
+                let lesson = failure_lesson(node.proposal.as_ref(), &error);
+                self.lab.say(format!("node {id} failed: {error}"));
+                self.log(Event::Failed { node: id, error: error.clone(), lesson: lesson.clone(), cost: cost.clone() })?;
+                let n = &mut self.state.tree.nodes[id as usize];
+                n.status = NodeStatus::Failed;
+                n.error = Some(error);
+                n.lesson = lesson;
+                n.failed_cost = cost;
+            }
+        }
+        if id != 0 {
+            let summary = self.state.tree.nodes[id as usize].summary();
+            if let Err(e) = self.researcher.observe(&Outcome { node: summary }).await {
+                self.lab.say(format!("  the Researcher could not take the outcome in: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Run until a budget is spent or no node is left to expand; then score the best node on
+    /// the test split.
+    pub async fn run(mut self) -> Result<SearchSummary, String> {
+        if self.settings.budget.is_unbounded() {
+            return Err("the search has no budget: set [budget] in the task or pass --nodes / --minutes".into());
+        }
+        if self.state.tree.nodes.is_empty() {
+            self.log(Event::Created { node: 0, parent: None, proposal: None, llm_tokens: 0 })?;
+            self.state.tree.nodes.push(Node {
+                id: 0,
+                parent: None,
+                proposal: None,
+                status: NodeStatus::Pending,
+                result: None,
+                error: None,
+                lesson: String::new(),
+                failed_cost: Cost::default(),
+            });
+        }
+        // Nodes that were pending or running when an earlier session stopped run again first.
+        let mut queue: VecDeque<u64> = self
+            .state
+            .tree
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.status, NodeStatus::Pending | NodeStatus::Running))
+            .map(|n| n.id)
+            .collect();
+        if !queue.is_empty() && self.state.t_offset > 0.0 {
+            self.lab.say(format!("resuming: running again the interrupted node(s) {queue:?}"));
+        }
+        let mut in_flight: FuturesUnordered<NodeFuture<'a>> = FuturesUnordered::new();
+        let mut reason = self.state.finished.clone();
+        // The root must be scored before anything else can be expanded.
+        if queue.front() == Some(&0) {
+            queue.pop_front();
+            let fut = self.start_node(0)?;
+            let (id, r) = fut.await;
+            self.finish_node(id, r).await?;
+        }
+        while reason.is_none() || !in_flight.is_empty() {
+            while reason.is_none() && in_flight.len() < self.settings.workers.max(1) {
+                if let Some(id) = queue.pop_front() {
+                    let fut = self.start_node(id)?;
+                    in_flight.push(fut);
+                    continue;
+                }
+                if let Some(why) = self.spent(in_flight.len()) {
+                    reason = Some(why);
+                    break;
+                }
+                let created = self.state.tree.nodes.len() as u64;
+                let mut rng = SplitMix64(self.settings.seed ^ created.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                match self.state.tree.select(
+                    self.settings.strategy,
+                    &self.settings.mcts,
+                    &self.state.exhausted,
+                    &mut rng,
+                ) {
+                    None => {
+                        if in_flight.is_empty() {
+                            reason = Some("no node left to expand".into());
+                        }
+                        break;
+                    }
+                    Some(parent) => {
+                        if let Some(id) = self.propose(parent).await? {
+                            let fut = self.start_node(id)?;
+                            in_flight.push(fut);
+                        }
+                    }
+                }
+            }
+            match in_flight.next().await {
+                Some((id, r)) => self.finish_node(id, r).await?,
+                None if reason.is_none() => {}
+                None => break,
+            }
+        }
+        let reason = reason.unwrap_or_else(|| "stopped".into());
+        self.finalize(reason).await
+    }
+
+    async fn finalize(mut self, reason: String) -> Result<SearchSummary, String> {
+        let lab = self.lab;
+        let best = self.state.tree.best().cloned().ok_or("no node finished, not even the base model")?;
+        let (base_test, best_test) = match self.state.final_event.clone() {
+            Some(Event::Final { base_test, best_test, .. }) => (base_test, best_test),
+            _ => {
+                lab.say(format!("search stopped: {reason}"));
+                lab.say(format!("scoring the base model and the best node ({}) on the test split", best.id));
+                let base_test = lab.score(None, Split::Test, None).await?.report.score;
+                let best_test = match best.result.as_ref().and_then(|r| r.adapter.as_ref()) {
+                    Some(a) => {
+                        let adapter = lab.load_adapter(a)?;
+                        lab.score(Some(Arc::new(adapter)), Split::Test, None).await?.report.score
+                    }
+                    None => base_test,
+                };
+                let test_gain = executor::normalized_gain(best_test, base_test, lab.task.reference_score);
+                self.log(Event::Final {
+                    best: best.id,
+                    validation: best.score().unwrap_or(0.0),
+                    base_test,
+                    best_test,
+                    test_gain,
+                })?;
+                self.log(Event::Finished { reason: reason.clone() })?;
+                (base_test, best_test)
+            }
+        };
+        let nodes = &self.state.tree.nodes;
+        Ok(SearchSummary {
+            reason,
+            best: best.id,
+            base_validation: self.base_score().unwrap_or(0.0),
+            best_validation: best.score().unwrap_or(0.0),
+            base_test,
+            best_test,
+            test_gain: executor::normalized_gain(best_test, base_test, lab.task.reference_score),
+            adapter: best.result.as_ref().and_then(|r| r.adapter.as_ref()).map(|a| lab.run_dir.join(a)),
+            nodes: nodes.len().saturating_sub(1),
+            failed: nodes.iter().filter(|n| n.status == NodeStatus::Failed).count(),
+            rejected: self.state.rejected,
+            seconds: self.now(),
+            train_tokens: self.state.train_tokens(),
+            llm_tokens: self.meter.spent(),
+        })
+    }
+}
+
+/// Read a run folder's journal: the start event's contents and the replayed state.
+pub fn load_run(run_dir: &std::path::Path) -> Result<(Journal, PathBuf, Task, Settings, String, RunState), String> {
+    let (journal, entries) = Journal::open(run_dir).map_err(|e| e.to_string())?;
+    let Some(Event::Start { task_file, task, settings, model }) = entries.first().map(|e| e.event.clone()) else {
+        return Err(format!("{}: the journal does not begin with a start event", Journal::path_in(run_dir).display()));
+    };
+    let state = RunState::replay(&entries)?;
+    Ok((journal, task_file, *task, *settings, model, state))
+}

@@ -1,0 +1,246 @@
+//! The `search`, `resume` and `show` commands, as library functions the CLI and tests share.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::executor::Lab;
+use super::journal::{Event, Journal};
+use super::task::Task;
+use super::tree::{NodeStatus, Tree};
+use super::{RunState, Search, SearchSummary, Settings, load_run};
+use crate::llm::{OpenAiClient, OpenAiConfig, TokenMeter};
+use crate::plugin::{HostConfig, PluginHost};
+
+/// Where and how to start a search.
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    /// The task file or folder.
+    pub task: PathBuf,
+    /// The plugin folder.
+    pub plugins: PathBuf,
+    /// Host settings (cache, capabilities); its `llm` is filled from the task.
+    pub host: HostConfig,
+    /// Search settings; the budget here overrides the task's limit by limit.
+    pub settings: Settings,
+    /// Override the Researcher plugin.
+    pub researcher: Option<String>,
+    /// Override the task's base model.
+    pub model: Option<String>,
+    /// Override (or supply) the task's LLM settings.
+    pub llm: Option<OpenAiConfig>,
+    /// The run folder (default: `runs/<task>-<strategy>-s<seed>-<unix time>`).
+    pub run_dir: Option<PathBuf>,
+}
+
+async fn open_host(
+    plugins: &Path,
+    mut config: HostConfig,
+    llm: Option<&OpenAiConfig>,
+    meter: &Arc<TokenMeter>,
+) -> Result<PluginHost, String> {
+    if let Some(cfg) = llm {
+        let client = OpenAiClient::new(cfg.clone(), meter.clone()).map_err(|e| e.to_string())?;
+        config.llm = Some(Arc::new(client));
+    }
+    let host = PluginHost::discover(plugins, config).await.map_err(|e| e.to_string())?;
+    for f in host.failures() {
+        tracing::warn!("skipping plugin in {}: {}", f.dir.display(), f.error);
+    }
+    Ok(host)
+}
+
+fn load_model(name: &str) -> Result<crate::model::BaseModel, String> {
+    let path = crate::assets::resolve_model(name)?;
+    crate::model::BaseModel::load(&path).map_err(|e| e.to_string())
+}
+
+/// Start a search and run it to the end of its budget.
+pub async fn search(req: SearchRequest) -> Result<(PathBuf, SearchSummary), String> {
+    let (mut task, task_file) = Task::load(&req.task).map_err(|e| e.to_string())?;
+    if let Some(r) = &req.researcher {
+        if r != &task.researcher.plugin {
+            task.researcher.config = serde_json::json!({});
+        }
+        task.researcher.plugin = r.clone();
+    }
+    if let Some(m) = &req.model {
+        task.base_model = m.clone();
+    }
+    if req.llm.is_some() {
+        task.llm = req.llm.clone();
+    }
+    let mut settings = req.settings.clone();
+    settings.budget = task.budget.overridden_by(&settings.budget);
+    let meter = Arc::new(TokenMeter::new(settings.budget.llm_tokens));
+    let host = open_host(&req.plugins, req.host.clone(), task.llm.as_ref(), &meter).await?;
+    task.validate_with(&host).await.map_err(|e| format!("{}: {e}", task_file.display()))?;
+    if task.researcher.plugin == "llm" && task.llm.is_none() {
+        return Err(format!(
+            "{}: the `llm` Researcher needs an LLM: add an [llm] section (base_url, model, api_key_env) or pass --llm-base-url and --llm-model",
+            task_file.display()
+        ));
+    }
+    let run_dir = req.run_dir.clone().unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        PathBuf::from("runs").join(format!("{}-{}-s{}-{secs}", task.name, settings.strategy.as_str(), settings.seed))
+    });
+    let base = load_model(&task.base_model)?;
+    let mut journal = Journal::create(&run_dir).map_err(|e| e.to_string())?;
+    let task_file = std::fs::canonicalize(&task_file).unwrap_or(task_file);
+    journal
+        .append(
+            0.0,
+            Event::Start {
+                task_file,
+                task: Box::new(task.clone()),
+                settings: Box::new(settings.clone()),
+                model: base.source.display().to_string(),
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    journal.append(0.0, Event::Session { resumed: false }).map_err(|e| e.to_string())?;
+    eprintln!("run folder: {}", run_dir.display());
+    let lab = Lab::open(host, task, base, run_dir.clone())?;
+    let search = Search::new(&lab, settings, journal, RunState::default(), meter).await?;
+    let summary = search.run().await?;
+    Ok((run_dir, summary))
+}
+
+/// Continue a run that was stopped or killed: finished nodes are kept, interrupted ones run
+/// again, and the search goes on within what is left of its budget.
+pub async fn resume(
+    run_dir: &Path,
+    plugins: &Path,
+    host: HostConfig,
+    workers: Option<usize>,
+) -> Result<SearchSummary, String> {
+    let (mut journal, _task_file, mut task, mut settings, model, state) = load_run(run_dir)?;
+    if let Some(w) = workers {
+        settings.workers = w;
+    }
+    let meter = Arc::new(TokenMeter::new(settings.budget.llm_tokens));
+    meter.add(state.llm_tokens);
+    let host = open_host(plugins, host, task.llm.as_ref(), &meter).await?;
+    task.validate_with(&host).await.map_err(|e| format!("the run's task no longer validates: {e}"))?;
+    journal.append(state.t_offset, Event::Session { resumed: true }).map_err(|e| e.to_string())?;
+    let base = load_model(&model)?;
+    let lab = Lab::open(host, task, base, run_dir.to_path_buf())?;
+    let search = Search::new(&lab, settings, journal, state, meter).await?;
+    search.run().await
+}
+
+/// A run as `show` presents it.
+#[derive(Debug, serde::Serialize)]
+pub struct RunView {
+    /// The task.
+    pub task: Task,
+    /// The settings.
+    pub settings: Settings,
+    /// Every node.
+    pub nodes: Vec<super::tree::Node>,
+    /// Proposals refused.
+    pub rejected: usize,
+    /// The final event's figures, once written.
+    #[serde(rename = "final")]
+    pub final_result: Option<serde_json::Value>,
+    /// Why the search stopped, once it has.
+    pub finished: Option<String>,
+    /// Search seconds so far.
+    pub seconds: f64,
+}
+
+/// Read a run folder without changing it.
+pub fn view(run_dir: &Path) -> Result<RunView, String> {
+    let entries = Journal::read(run_dir).map_err(|e| e.to_string())?;
+    let Some(Event::Start { task, settings, .. }) = entries.first().map(|e| e.event.clone()) else {
+        return Err(format!("{}: the journal does not begin with a start event", Journal::path_in(run_dir).display()));
+    };
+    let state = RunState::replay(&entries)?;
+    Ok(RunView {
+        task: *task,
+        settings: *settings,
+        rejected: state.rejected,
+        final_result: state.final_event.map(|e| serde_json::to_value(e).expect("events serialize")),
+        finished: state.finished,
+        seconds: state.t_offset,
+        nodes: state.tree.nodes,
+    })
+}
+
+/// The tree as indented text, one node per line (and an error line under failed nodes).
+pub fn render_tree(view: &RunView) -> String {
+    let tree = Tree { nodes: view.nodes.clone() };
+    let best = tree.best().map(|n| n.id);
+    let mut out = format!(
+        "task {} · strategy {} · seed {} · {} experiments, {} failed, {} proposals refused · {:.0} s\n",
+        view.task.name,
+        view.settings.strategy.as_str(),
+        view.settings.seed,
+        view.nodes.len().saturating_sub(1),
+        view.nodes.iter().filter(|n| n.status == NodeStatus::Failed).count(),
+        view.rejected,
+        view.seconds
+    );
+    fn walk(tree: &Tree, id: u64, depth: usize, best: Option<u64>, out: &mut String) {
+        let n = &tree.nodes[id as usize];
+        let indent = "  ".repeat(depth);
+        let what = match &n.proposal {
+            Some(p) => super::executor::describe(p),
+            None => "base model".into(),
+        };
+        let score = match (&n.result, n.status) {
+            (Some(r), NodeStatus::Done) => {
+                format!("score {:.3} gain {:+.3} {:>4.0} s", r.score, r.reward, r.cost.seconds)
+            }
+            _ => n.status.as_str().to_string(),
+        };
+        let star = if Some(id) == best { " ★" } else { "" };
+        out.push_str(&format!("{indent}#{id} {score}  {what}{star}\n"));
+        if let Some(e) = &n.error {
+            let first: String = e.lines().next().unwrap_or("").chars().take(160).collect();
+            out.push_str(&format!("{indent}   error: {first}\n"));
+        }
+        let kids: Vec<u64> = tree.children(id).map(|c| c.id).collect();
+        for c in kids {
+            walk(tree, c, depth + 1, best, out);
+        }
+    }
+    if !tree.nodes.is_empty() {
+        walk(&tree, 0, 0, best, &mut out);
+    }
+    if let Some(f) = &view.final_result {
+        out.push_str(&format!(
+            "test split: base {:.3}, best node #{} {:.3} (normalized gain {:+.3})\n",
+            f["base_test"].as_f64().unwrap_or(0.0),
+            f["best"],
+            f["best_test"].as_f64().unwrap_or(0.0),
+            f["test_gain"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    if let Some(r) = &view.finished {
+        out.push_str(&format!("stopped: {r}\n"));
+    }
+    out
+}
+
+/// The closing lines of a search.
+pub fn render_summary(run_dir: &Path, s: &SearchSummary) -> String {
+    let mut out = format!(
+        "\nsearch finished ({}) after {} experiments ({} failed, {} proposals refused) in {:.0} s; {} training tokens, {} LLM tokens\n",
+        s.reason, s.nodes, s.failed, s.rejected, s.seconds, s.train_tokens, s.llm_tokens
+    );
+    out.push_str(&format!(
+        "validation: base {:.3} → best node #{} {:.3}\n",
+        s.base_validation, s.best, s.best_validation
+    ));
+    out.push_str(&format!(
+        "test (held out): base {:.3} → {:.3}, normalized gain {:+.3}\n",
+        s.base_test, s.best_test, s.test_gain
+    ));
+    match &s.adapter {
+        Some(a) => out.push_str(&format!("best adapter: {}\n", a.display())),
+        None => out.push_str("no experiment beat the base model on validation; no adapter to use\n"),
+    }
+    out.push_str(&format!("tree: trex-host show {}\n", run_dir.display()));
+    out
+}
