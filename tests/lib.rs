@@ -67,6 +67,8 @@ pub fn standard_plugins(dir: &Path) -> PathBuf {
         ("load-bfcl", "load_bfcl"),
         ("exact-match", "exact_match"),
         ("random-researcher", "random_researcher"),
+        ("heuristic-researcher", "heuristic_researcher"),
+        ("llm-researcher", "llm_researcher"),
     ] {
         let text =
             std::fs::read_to_string(root().join("plugins").join(folder).join("plugin.toml")).expect("read manifest");

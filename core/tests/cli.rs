@@ -37,7 +37,7 @@ fn plugins_list_shows_the_standard_plugins() {
     let (ok, out, _) = run(trex_host(&plugins).args(["plugins", "list", "--json"]));
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["plugins"].as_array().unwrap().len(), 8);
+    assert_eq!(v["plugins"].as_array().unwrap().len(), 10);
 }
 
 #[test]

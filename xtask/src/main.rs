@@ -221,8 +221,27 @@ fn gen_unit_data() -> Result<()> {
         }
     }
     let validation: Vec<String> = (0..150).map(|i| example(&mut rng, format!("val-{i}"))).collect();
+    // The test split (scored once, for the final best node of a search) shares no prompt with
+    // the training or validation splits.
+    let prompt_of = |line: &str| line.split("\"prompt\":\"").nth(1).and_then(|r| r.split('"').next()).map(String::from);
+    let seen: std::collections::BTreeSet<String> =
+        train.iter().chain(&validation).filter_map(|l| prompt_of(l)).collect();
+    let mut test = Vec::new();
+    while test.len() < 100 {
+        let line = example(&mut rng, format!("test-{}", test.len()));
+        if !seen.contains(&prompt_of(&line).unwrap_or_default()) {
+            test.push(line);
+        }
+    }
     std::fs::write(dir.join("train.jsonl"), train.join("\n") + "\n")?;
     std::fs::write(dir.join("validation.jsonl"), validation.join("\n") + "\n")?;
-    eprintln!("wrote {} train and {} validation records to {}", train.len(), validation.len(), dir.display());
+    std::fs::write(dir.join("test.jsonl"), test.join("\n") + "\n")?;
+    eprintln!(
+        "wrote {} train, {} validation and {} test records to {}",
+        train.len(),
+        validation.len(),
+        test.len(),
+        dir.display()
+    );
     Ok(())
 }

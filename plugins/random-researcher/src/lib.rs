@@ -104,8 +104,7 @@ impl Researcher for RandomResearcher {
             ));
         }
         let seed = task.seed ^ config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let (base_data, base_train) =
-            task.start.map(|p| (p.data_recipe, p.train_recipe)).unwrap_or_default();
+        let (base_data, base_train) = task.start.map(|p| (p.data_recipe, p.train_recipe)).unwrap_or_default();
         Ok(Self { rng: SplitMix64(seed), base_data, base_train, space: task.search_space, config, observed: 0 })
     }
 
