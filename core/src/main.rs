@@ -312,6 +312,26 @@ enum PluginsCommand {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// Search efficiency: one search per strategy and seed on a task at equal budget; prints the
+    /// mean normalized gain (validation and test) per strategy. Finished runs are reused and
+    /// interrupted ones resumed, so the command can be re-run after a stop.
+    Search {
+        /// The task (task.toml or its folder).
+        #[arg(default_value = "examples/tasks/unit-conversion")]
+        task: PathBuf,
+        /// Comma-separated strategies.
+        #[arg(long, value_delimiter = ',', default_value = "mcts,greedy,sequential,random")]
+        strategies: Vec<trex_core::search::tree::Strategy>,
+        /// Comma-separated seeds.
+        #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+        seeds: Vec<u64>,
+        /// Experiments per search.
+        #[arg(long, default_value_t = 4)]
+        nodes: u64,
+        /// Folder of the runs, results.json and table.md.
+        #[arg(long, default_value = "runs/bench-search")]
+        out: PathBuf,
+    },
     /// Plugin call overhead against native Rust, and cold versus cached loading.
     Plugins {
         /// Repetitions per measurement.
@@ -560,6 +580,36 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print!("{}", trex_core::search::run::render_tree(&view));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Search { task, strategies, seeds, nodes, out }) => {
+            let req = trex_core::search::run::SearchRequest {
+                task: task.clone(),
+                plugins: cli.plugins.clone(),
+                host: host_config(&cli)?,
+                settings: trex_core::search::Settings {
+                    budget: trex_core::search::task::Budget {
+                        nodes: Some(*nodes),
+                        wall_minutes: Some(1e9),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                researcher: None,
+                model: None,
+                llm: None,
+                run_dir: None,
+            };
+            std::fs::create_dir_all(out)?;
+            let runs = trex_core::search::run::bench_search(req, strategies, seeds, out, |r| {
+                eprintln!(
+                    "{} seed {}: validation gain {:+.3}, test gain {:+.3} ({} experiments, {:.0} s)",
+                    r.strategy, r.seed, r.validation_gain, r.test_gain, r.nodes, r.seconds
+                );
+            })
+            .await
+            .map_err(anyhow::Error::msg)?;
+            print!("{}", trex_core::search::run::bench_table(&runs));
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Train { seq, batch, rank, steps, completion_fraction }) => {

@@ -47,6 +47,9 @@ pub struct Settings {
     pub memory: MemoryParams,
     /// Rounds without a valid proposal before a node is no longer expanded.
     pub max_rejections: u32,
+    /// Proposals asked for per round; the first valid one that is not a repeat is run.
+    #[serde(default = "three")]
+    pub proposals_per_round: u32,
     /// Leave the Researcher's bad-case analysis out of its context (an ablation).
     #[serde(default)]
     pub hide_bad_cases: bool,
@@ -62,9 +65,14 @@ impl Default for Settings {
             mcts: MctsParams::default(),
             memory: MemoryParams::default(),
             max_rejections: 3,
+            proposals_per_round: 3,
             hide_bad_cases: false,
         }
     }
+}
+
+fn three() -> u32 {
+    3
 }
 
 /// What a finished search reports.
@@ -397,6 +405,21 @@ impl<'a> Search<'a> {
         notes
     }
 
+    /// Refuse an experiment that already ran: anywhere in the tree for a fresh adapter (it does
+    /// not depend on its parent), under the same parent for a continued one.
+    fn not_a_repeat(&self, parent: u64, p: Proposal) -> Result<Proposal, String> {
+        let same = self.state.tree.nodes.iter().find(|c| {
+            (c.parent == Some(parent) || !p.train_recipe.continue_from_parent)
+                && c.proposal
+                    .as_ref()
+                    .is_some_and(|q| q.data_recipe == p.data_recipe && q.train_recipe == p.train_recipe)
+        });
+        match same {
+            Some(d) => Err(format!("the same experiment already ran as node {}", d.id)),
+            None => Ok(p),
+        }
+    }
+
     /// Ask the Researcher for a child of `parent`; `None` when it gave nothing usable.
     async fn propose(&mut self, parent: u64) -> Result<Option<u64>, String> {
         let mut ctx = memory::context(&self.state.tree, parent, self.notes(), &self.settings.memory);
@@ -404,29 +427,32 @@ impl<'a> Search<'a> {
             ctx.bad_cases.clear();
         }
         let before = self.meter.spent();
-        let proposals = self.researcher.propose(&ctx, 1).await;
+        let proposals = self.researcher.propose(&ctx, self.settings.proposals_per_round.max(1)).await;
         let llm_tokens = self.meter.spent() - before;
-        let outcome = match proposals {
-            Err(e) => Err(format!("the Researcher failed: {e}")),
-            Ok(list) => match list.into_iter().next() {
-                None => Err("the Researcher returned no proposal".into()),
-                Some(Err(e)) => Err(e),
-                Some(Ok(p)) => match check_proposal(self.lab, p).await {
-                    Err(e) => Err(e),
-                    Ok(p) => {
-                        let duplicate = self.state.tree.children(parent).find(|c| {
-                            c.proposal
-                                .as_ref()
-                                .is_some_and(|q| q.data_recipe == p.data_recipe && q.train_recipe == p.train_recipe)
-                        });
-                        match duplicate {
-                            Some(d) => Err(format!("the same experiment already ran as node {}", d.id)),
-                            None => Ok(p),
+        // The first proposal that passes every check becomes the node; the others are dropped.
+        let mut outcome: Result<Proposal, String> = Err("the Researcher returned no proposal".into());
+        match proposals {
+            Err(e) => outcome = Err(format!("the Researcher failed: {e}")),
+            Ok(list) => {
+                let mut errors = Vec::new();
+                for (i, p) in list.into_iter().enumerate() {
+                    let checked = match p {
+                        Err(e) => Err(e),
+                        Ok(p) => check_proposal(self.lab, p).await.and_then(|p| self.not_a_repeat(parent, p)),
+                    };
+                    match checked {
+                        Ok(p) => {
+                            outcome = Ok(p);
+                            break;
                         }
+                        Err(e) => errors.push(format!("proposal {}: {e}", i + 1)),
                     }
-                },
-            },
-        };
+                }
+                if outcome.is_err() && !errors.is_empty() {
+                    outcome = Err(errors.join("; "));
+                }
+            }
+        }
         match outcome {
             Ok(p) => {
                 let id = self.state.tree.nodes.len() as u64;

@@ -244,3 +244,112 @@ pub fn render_summary(run_dir: &Path, s: &SearchSummary) -> String {
     out.push_str(&format!("tree: trex-host show {}\n", run_dir.display()));
     out
 }
+
+/// One (strategy, seed) search of a benchmark.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchRun {
+    /// Strategy.
+    pub strategy: String,
+    /// Seed.
+    pub seed: u64,
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// The best node's normalized gain on validation.
+    pub validation_gain: f64,
+    /// Normalized gain on the test split.
+    pub test_gain: f64,
+    /// Best validation score.
+    pub best_validation: f64,
+    /// Best node's test score.
+    pub best_test: f64,
+    /// Experiments run.
+    pub nodes: usize,
+    /// Experiments failed.
+    pub failed: usize,
+    /// Search seconds.
+    pub seconds: f64,
+}
+
+/// Run (or resume, or reuse) one search per strategy and seed under `out`, each in its own run
+/// folder, and report every run as it finishes.
+pub async fn bench_search(
+    base: SearchRequest,
+    strategies: &[super::tree::Strategy],
+    seeds: &[u64],
+    out: &Path,
+    mut on_run: impl FnMut(&BenchRun),
+) -> Result<Vec<BenchRun>, String> {
+    let mut runs = Vec::new();
+    for &strategy in strategies {
+        for &seed in seeds {
+            let run_dir = out.join(format!("{}-s{seed}", strategy.as_str()));
+            let done = view(&run_dir).ok().filter(|v| v.final_result.is_some());
+            if done.is_none() {
+                if Journal::path_in(&run_dir).is_file() {
+                    resume(&run_dir, &base.plugins, base.host.clone(), None).await?;
+                } else {
+                    let mut req = base.clone();
+                    req.settings.strategy = strategy;
+                    req.settings.seed = seed;
+                    req.run_dir = Some(run_dir.clone());
+                    search(req).await?;
+                }
+            }
+            let v = view(&run_dir)?;
+            let f =
+                v.final_result.clone().ok_or_else(|| format!("{}: the run has no final result", run_dir.display()))?;
+            let tree = Tree { nodes: v.nodes.clone() };
+            let best = tree.best().and_then(|n| n.result.clone());
+            let run = BenchRun {
+                strategy: strategy.as_str().into(),
+                seed,
+                run_dir: run_dir.clone(),
+                validation_gain: best.as_ref().map_or(0.0, |r| r.reward),
+                test_gain: f["test_gain"].as_f64().unwrap_or(0.0),
+                best_validation: best.as_ref().map_or(0.0, |r| r.score),
+                best_test: f["best_test"].as_f64().unwrap_or(0.0),
+                nodes: v.nodes.len().saturating_sub(1),
+                failed: v.nodes.iter().filter(|n| n.status == NodeStatus::Failed).count(),
+                seconds: v.seconds,
+            };
+            on_run(&run);
+            runs.push(run);
+        }
+    }
+    let json = serde_json::to_string_pretty(&runs).expect("bench runs serialize");
+    std::fs::write(out.join("results.json"), json).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::write(out.join("table.md"), bench_table(&runs)).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(runs)
+}
+
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let v = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0).max(1.0);
+    (m, v.sqrt())
+}
+
+/// The Markdown table of a benchmark: one row per strategy, mean ± standard deviation over seeds.
+pub fn bench_table(runs: &[BenchRun]) -> String {
+    let mut out = String::from(
+        "| strategy | seeds | validation gain | test gain | best validation score | best test score | experiments (failed) | seconds |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut strategies: Vec<&str> = runs.iter().map(|r| r.strategy.as_str()).collect();
+    strategies.dedup();
+    for s in strategies {
+        let rs: Vec<&BenchRun> = runs.iter().filter(|r| r.strategy == s).collect();
+        let col = |f: fn(&BenchRun) -> f64| mean_sd(&rs.iter().map(|r| f(r)).collect::<Vec<_>>());
+        let (vg, vs) = col(|r| r.validation_gain);
+        let (tg, ts) = col(|r| r.test_gain);
+        let (bv, _) = col(|r| r.best_validation);
+        let (bt, _) = col(|r| r.best_test);
+        let (sec, _) = col(|r| r.seconds);
+        let nodes: usize = rs.iter().map(|r| r.nodes).sum();
+        let failed: usize = rs.iter().map(|r| r.failed).sum();
+        out.push_str(&format!(
+            "| {s} | {} | {vg:+.3} ± {vs:.3} | {tg:+.3} ± {ts:.3} | {bv:.3} | {bt:.3} | {nodes} ({failed}) | {sec:.0} |\n",
+            rs.len()
+        ));
+    }
+    out
+}

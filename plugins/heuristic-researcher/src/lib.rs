@@ -220,11 +220,13 @@ impl Researcher for Heuristic {
                 ));
             }
         }
-        let start = task.start.clone().unwrap_or_else(|| Proposal {
+        let mut start = task.start.clone().unwrap_or_else(|| Proposal {
             data_recipe: Default::default(),
             train_recipe: TrainRecipe::default(),
             rationale: String::new(),
         });
+        // The search seed varies initialization and data order of every experiment.
+        start.train_recipe.seed = start.train_recipe.seed.wrapping_add(task.seed);
         Ok(Self { config, space: task.search_space, start })
     }
 
