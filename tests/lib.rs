@@ -76,3 +76,109 @@ pub fn standard_plugins(dir: &Path) -> PathBuf {
     }
     plugins
 }
+
+/// A loopback server that speaks just enough of the OpenAI chat-completions protocol to play
+/// back a script of replies (good ones, errors, slow ones, garbage) and record every request.
+pub mod llm_server {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// One scripted reply.
+    #[derive(Debug, Clone)]
+    pub enum Reply {
+        /// An HTTP status and a body.
+        Status(u16, String),
+        /// Wait, then answer 200 with this body.
+        Slow(Duration, String),
+    }
+
+    /// A request as the server saw it.
+    #[derive(Debug, Clone)]
+    pub struct Request {
+        /// Request line and headers, lower-cased header names.
+        pub head: String,
+        /// The JSON body.
+        pub body: serde_json::Value,
+    }
+
+    /// The running server.
+    #[derive(Debug)]
+    pub struct Server {
+        /// `http://127.0.0.1:PORT/v1`.
+        pub base_url: String,
+        /// Requests received so far.
+        pub requests: Arc<Mutex<Vec<Request>>>,
+    }
+
+    /// A 200 reply carrying `content` with the given token usage.
+    pub fn completion(content: &str, prompt_tokens: u64, completion_tokens: u64) -> Reply {
+        let body = serde_json::json!({
+            "id": "chatcmpl-test", "object": "chat.completion", "model": "scripted",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        });
+        Reply::Status(200, body.to_string())
+    }
+
+    /// Serve `script` in order (one reply per request; 500 once it runs out).
+    pub fn start(script: Vec<Reply>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = listener.local_addr().expect("local address").port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let script = script.clone();
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+                    let mut head = String::new();
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        head.push_str(&lower);
+                    }
+                    let mut body = vec![0u8; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    seen.lock().expect("lock").push(Request { head, body });
+                    let reply = script
+                        .lock()
+                        .expect("lock")
+                        .pop_front()
+                        .unwrap_or(Reply::Status(500, "{\"error\": \"script exhausted\"}".into()));
+                    let (status, body) = match reply {
+                        Reply::Status(s, b) => (s, b),
+                        Reply::Slow(d, b) => {
+                            std::thread::sleep(d);
+                            (200, b)
+                        }
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes());
+                });
+            }
+        });
+        Server { base_url: format!("http://127.0.0.1:{port}/v1"), requests }
+    }
+}

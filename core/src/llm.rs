@@ -196,6 +196,12 @@ impl OpenAiClient {
         let status = resp.status();
         let text = resp.text().await.map_err(|e| Attempt::Retry(format!("{url}: reading the reply failed: {e}")))?;
         let snippet: String = text.chars().take(300).collect();
+        if text.len() > MAX_REPLY_BYTES {
+            return Err(Attempt::Fatal(format!(
+                "{url}: the reply is {} bytes, more than the {MAX_REPLY_BYTES} accepted",
+                text.len()
+            )));
+        }
         if status.as_u16() == 429 || status.is_server_error() {
             return Err(Attempt::Retry(format!("{url}: HTTP {status}: {snippet}")));
         }
@@ -262,6 +268,9 @@ impl OpenAiClient {
         Err(LlmError::Request(format!("gave up after {} attempts; last error: {last}", self.config.max_retries + 1)))
     }
 }
+
+/// Replies larger than this are refused (a runaway server cannot flood the host or a plugin).
+const MAX_REPLY_BYTES: usize = 8 << 20;
 
 enum Attempt {
     Retry(String),

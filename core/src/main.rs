@@ -198,7 +198,7 @@ struct SearchArgs {
     /// Nodes run at once, within one budget.
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Budget: experiments (overrides the task's [budget]).
+    /// Budget: experiments (overrides the budget section of the task).
     #[arg(long)]
     nodes: Option<u64>,
     /// Budget: wall-clock minutes; no node starts when the time left would not cover a typical one.
@@ -210,7 +210,7 @@ struct SearchArgs {
     /// Budget: LLM tokens spent by plugins.
     #[arg(long)]
     llm_tokens: Option<u64>,
-    /// Run folder [default: runs/<task>-<strategy>-s<seed>-<unix time>].
+    /// Run folder [default: runs/TASK-STRATEGY-sSEED-UNIXTIME].
     #[arg(long)]
     run_dir: Option<PathBuf>,
     /// Base model (overrides the task's base_model).
@@ -231,7 +231,7 @@ struct SearchArgs {
     /// Approximate token budget of the Researcher's context.
     #[arg(long, default_value_t = 3000)]
     context_tokens: usize,
-    /// OpenAI-compatible server root, e.g. https://api.openai.com/v1 (overrides the task's [llm]).
+    /// OpenAI-compatible server root up to /v1, e.g. `https://api.openai.com/v1` (overrides the llm section of the task).
     #[arg(long, requires = "llm_model")]
     llm_base_url: Option<String>,
     /// Model name for the LLM server.

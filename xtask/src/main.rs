@@ -14,7 +14,8 @@ cargo xtask <command>
 commands:
   build-plugins   add the wasm32-wasip2 target if missing, build every plugin in plugins/ and
                   copy each component next to its plugin.toml
-  demo            build the host and the plugins, then run the main job (see README)
+  demo            build the host and the plugins, then run the main job: a search on the default
+                  task with SmolLM2-135M (extra arguments go to `trex-host search`)
   test            build the plugins and run the whole test suite (what CI runs)
   ci              check formatting, clippy, docs, then `test`
   bench-plugins   build in release mode and run the plugin-host benchmark
@@ -124,7 +125,7 @@ fn demo(extra: &[String]) -> Result<()> {
     build_plugins()?;
     let mut cmd = cargo();
     cmd.current_dir(root()).args(["run", "--release", "--quiet", "-p", "trex-core", "--bin", "trex-host", "--"]);
-    cmd.args(["--plugins", "plugins", "pipeline", "examples/pipelines/unit-conversion/pipeline.toml"]);
+    cmd.args(["--plugins", "plugins", "search", "examples/tasks/unit-conversion"]);
     cmd.args(extra);
     run(&mut cmd)
 }

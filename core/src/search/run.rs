@@ -71,6 +71,12 @@ pub async fn search(req: SearchRequest) -> Result<(PathBuf, SearchSummary), Stri
     }
     let mut settings = req.settings.clone();
     settings.budget = task.budget.overridden_by(&settings.budget);
+    if settings.budget.is_unbounded() {
+        return Err(format!(
+            "{}: the search has no budget: add a [budget] section (nodes, wall_minutes or train_tokens) or pass --nodes / --minutes",
+            task_file.display()
+        ));
+    }
     let meter = Arc::new(TokenMeter::new(settings.budget.llm_tokens));
     let host = open_host(&req.plugins, req.host.clone(), task.llm.as_ref(), &meter).await?;
     task.validate_with(&host).await.map_err(|e| format!("{}: {e}", task_file.display()))?;

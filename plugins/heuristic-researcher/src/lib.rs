@@ -206,7 +206,7 @@ impl Researcher for Heuristic {
     const DESCRIPTION: &'static str = "Mutate the expanded node's recipes from its training curve (underfitting, divergence, overfitting), its bad-case clusters and the lessons of failed nodes. Deterministic; needs no LLM.";
 
     fn open(config: Config, task: TaskBrief) -> Result<Self, PluginError> {
-        if !(config.lr_factor > 1.0) {
+        if config.lr_factor.is_nan() || config.lr_factor <= 1.0 {
             return Err(PluginError::field("lr_factor", format!("must be above 1, got {}", config.lr_factor)));
         }
         if !(0.0..=1.0).contains(&config.cluster_share) {
@@ -215,7 +215,7 @@ impl Researcher for Heuristic {
         for (i, rule) in config.rules.iter().enumerate() {
             if !task.search_space.data_steps.iter().any(|s| s.plugin == rule.add_step) {
                 return Err(PluginError::field(
-                    &format!("rules[{i}].add_step"),
+                    format!("rules[{i}].add_step"),
                     format!("`{}` is not among the task's search_space.data_steps", rule.add_step),
                 ));
             }
