@@ -392,3 +392,21 @@ fn a_task_with_a_misspelled_field_fails_before_anything_runs() {
     let (ok, _, err) = output(trex_host(&f).arg("search").arg(&f.task));
     assert!(!ok && err.contains("task.toml") && err.contains("refrence_score"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_run_nodes_at_once_within_one_budget() {
+    trex_tests::build_plugins();
+    let f = fixture(40, QUICK, "", trex_core::model::LlamaConfig::tiny());
+    let mut req = request(&f, Strategy::Mcts, "workers");
+    req.settings.workers = 2;
+    req.settings.budget.nodes = Some(4);
+    let (run_dir, summary) = search(req).await.unwrap();
+    assert_eq!((summary.nodes, summary.failed), (4, 0), "{summary:?}");
+    let ev = events(&run_dir);
+    // Two nodes were started before either finished.
+    let pos = |f: &dyn Fn(&Event) -> bool| ev.iter().position(f).unwrap();
+    let second_start = pos(&|e| matches!(e, Event::Started { node: 2 }));
+    let first_done = pos(&|e| matches!(e, Event::Done { node: 1, .. }));
+    assert!(second_start < first_done, "node 2 started after node 1 finished: {ev:?}");
+    assert_eq!(count(&ev, |e| matches!(e, Event::Done { .. })), 5);
+}
