@@ -69,6 +69,7 @@ pub fn standard_plugins(dir: &Path) -> PathBuf {
         ("random-researcher", "random_researcher"),
         ("heuristic-researcher", "heuristic_researcher"),
         ("llm-researcher", "llm_researcher"),
+        ("select", "select"),
     ] {
         let text =
             std::fs::read_to_string(root().join("plugins").join(folder).join("plugin.toml")).expect("read manifest");

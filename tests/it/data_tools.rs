@@ -159,3 +159,145 @@ async fn load_bfcl_reads_the_granted_dataset_folder() {
         "{err}"
     );
 }
+
+/// 90 records in three groups of unequal size (`a` 50, `b` 30, `c` 10), each with a length and
+/// a difficulty score.
+fn groups_fixture() -> Vec<String> {
+    (0..90)
+        .map(|i| {
+            let g = if i < 50 {
+                "a"
+            } else if i < 80 {
+                "b"
+            } else {
+                "c"
+            };
+            json!({"id": format!("r{i}"), "prompt": "x".repeat(1 + i % 17), "completion": "y",
+                   "tags": [g], "difficulty": (i * 37 % 90) as f64})
+            .to_string()
+        })
+        .collect()
+}
+
+async fn select(host: &PluginHost, config: serde_json::Value, input: Vec<String>) -> trex_core::plugin::DataToolRun {
+    host.run_data_tool("select", &config, input, &CallEnv::default()).await.unwrap()
+}
+
+fn group_counts(records: &[String]) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for r in records {
+        let v: serde_json::Value = serde_json::from_str(r).unwrap();
+        *m.entry(v["tags"][0].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_samples_stratifies_and_mixes_deterministically() {
+    let (_dir, host) = host().await;
+    let input = groups_fixture();
+    // Random sample: the requested size, input order kept, the same subset for the same seed.
+    let a = select(&host, json!({"mode": "sample", "n": 20, "seed": 3}), input.clone()).await;
+    let b = select(&host, json!({"mode": "sample", "n": 20, "seed": 3}), input.clone()).await;
+    let c = select(&host, json!({"mode": "sample", "n": 20, "seed": 4}), input.clone()).await;
+    assert_eq!(a.records.len(), 20);
+    assert_eq!(a.records, b.records);
+    assert_ne!(a.records, c.records);
+    let positions: Vec<usize> = a.records.iter().map(|r| input.iter().position(|x| x == r).unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "input order is kept");
+    assert_eq!(a.dropped["not-sampled"], 70);
+    // Stratified: at most 5 per group.
+    let s = select(&host, json!({"mode": "stratified", "by": "tags", "per_group": 5}), input.clone()).await;
+    assert_eq!(group_counts(&s.records), [("a".into(), 5), ("b".into(), 5), ("c".into(), 5)].into());
+    let s = select(&host, json!({"mode": "stratified", "by": "tags", "fraction": 0.5}), input.clone()).await;
+    assert_eq!(group_counts(&s.records), [("a".into(), 25), ("b".into(), 15), ("c".into(), 5)].into());
+    // Mix a:b = 3:1, as many as `b` allows (30 b → 90 a wanted, only 50 a: a limits to 66 in all).
+    let m = select(&host, json!({"mode": "mix", "by": "tags", "ratios": {"a": 3.0, "b": 1.0}}), input.clone()).await;
+    let counts = group_counts(&m.records);
+    assert_eq!((counts["a"], counts["b"]), (49, 16), "{counts:?}");
+    assert!(!counts.contains_key("c"));
+    assert_eq!(m.dropped["not-in-mix"], 10);
+    assert_eq!(m.dropped["not-sampled"], 90 - 10 - 65);
+    let m =
+        select(&host, json!({"mode": "mix", "by": "tags", "ratios": {"a": 1.0, "c": 1.0}, "total": 10}), input.clone())
+            .await;
+    assert_eq!(group_counts(&m.records), [("a".into(), 5), ("c".into(), 5)].into());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_splits_stably_and_orders_a_curriculum() {
+    let (_dir, host) = host().await;
+    let input = groups_fixture();
+    let train =
+        select(&host, json!({"mode": "split", "validation_fraction": 0.2, "key": "id", "seed": 1}), input.clone())
+            .await;
+    let val = select(
+        &host,
+        json!({"mode": "split", "validation_fraction": 0.2, "key": "id", "seed": 1, "keep": "validation"}),
+        input.clone(),
+    )
+    .await;
+    assert_eq!(train.records.len() + val.records.len(), 90, "the sides partition the input");
+    assert!(train.records.iter().all(|r| !val.records.contains(r)));
+    assert!((8..=28).contains(&val.records.len()), "about 20% held out: {}", val.records.len());
+    // A record's side does not depend on the other records.
+    let half = select(
+        &host,
+        json!({"mode": "split", "validation_fraction": 0.2, "key": "id", "seed": 1, "keep": "validation"}),
+        input[..45].to_vec(),
+    )
+    .await;
+    let expected: Vec<&String> = val.records.iter().filter(|r| input[..45].contains(r)).collect();
+    assert_eq!(half.records.iter().collect::<Vec<_>>(), expected);
+    // Curriculum: every record, easiest first by a difficulty field; longest first by length.
+    let cur = select(&host, json!({"mode": "curriculum", "order_by": "difficulty"}), input.clone()).await;
+    let d: Vec<f64> = cur
+        .records
+        .iter()
+        .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap()["difficulty"].as_f64().unwrap())
+        .collect();
+    assert_eq!(d.len(), 90);
+    assert!(d.windows(2).all(|w| w[0] <= w[1]));
+    let cur =
+        select(&host, json!({"mode": "curriculum", "order_by": "length", "descending": true}), input.clone()).await;
+    let first: serde_json::Value = serde_json::from_str(&cur.records[0]).unwrap();
+    assert_eq!(first["prompt"].as_str().unwrap().len(), 17);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_bad_records_and_configs_fail_as_asked() {
+    let (_dir, host) = host().await;
+    let mut input = groups_fixture();
+    input.push(json!({"id": "untagged", "prompt": "p"}).to_string());
+    let s = select(&host, json!({"mode": "stratified", "by": "tags", "per_group": 100}), input.clone()).await;
+    assert_eq!(s.records.len(), 90);
+    assert_eq!(s.dropped["bad-record: no group field `tags`"], 1);
+    let err = host
+        .run_data_tool(
+            "select",
+            &json!({"mode": "stratified", "by": "tags", "per_group": 100, "on_bad_record": "fail"}),
+            input.clone(),
+            &CallEnv::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("91") && err.contains("tags"), "{err}");
+    // Configs are refused at validation, before any record is read, naming the field.
+    for (config, field) in [
+        (json!({"mode": "sample"}), "n"),
+        (json!({"mode": "sample", "fraction": 1.5}), "fraction"),
+        (json!({"mode": "split", "validation_fraction": 1.0}), "validation_fraction"),
+        (json!({"mode": "mix", "ratios": {"a": -1.0}}), "ratios.a"),
+        (json!({"mode": "sample", "n": 3, "sead": 1}), "sead"),
+    ] {
+        let err = host.validate_config("select", &config).await.unwrap_err().to_string();
+        assert!(err.contains(field), "{config}: {err}");
+    }
+    let err = host
+        .run_data_tool("select", &json!({"mode": "mix", "ratios": {"zzz": 1.0}}), input, &CallEnv::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ratios.zzz") && err.contains("groups present"), "{err}");
+}

@@ -64,6 +64,13 @@ pub trait DataTool: 'static {
         input: &mut RecordReader<'_>,
         output: &mut RecordWriter<'_>,
     ) -> Result<RunStats, PluginError>;
+
+    /// Checks a parsed config beyond its type (ranges, fields that go together), so that a
+    /// recipe fails at validation, before any record is read. Runs before `run` too.
+    fn check(config: &Self::Config) -> Result<(), PluginError> {
+        let _ = config;
+        Ok(())
+    }
 }
 
 /// The text of a record's `fields`, in order: string fields as they are, and for a chat
@@ -230,7 +237,11 @@ pub fn __describe<T: DataTool>(version: &'static str) -> wit_types::PluginInfo {
 #[doc(hidden)]
 pub fn __validate<T: DataTool>(config: String) -> Result<String, wit_types::PluginError> {
     super::install_panic_hook();
-    super::validate_config::<T::Config>(&config).map_err(Into::into)
+    let parsed: T::Config = super::parse_config(&config)?;
+    T::check(&parsed)?;
+    serde_json::to_string(&parsed)
+        .map_err(|e| PluginError::new(format!("config does not serialize: {e}")))
+        .map_err(Into::into)
 }
 
 #[doc(hidden)]
@@ -241,6 +252,7 @@ pub fn __run<T: DataTool>(
 ) -> Result<wit::RunStats, wit_types::PluginError> {
     super::install_panic_hook();
     let config = super::parse_config::<T::Config>(&config)?;
+    T::check(&config)?;
     let mut reader = RecordReader::new(input);
     let mut writer = RecordWriter::new(output);
     let stats = T::run(config, &mut reader, &mut writer)?;
