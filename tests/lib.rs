@@ -70,6 +70,7 @@ pub fn standard_plugins(dir: &Path) -> PathBuf {
         ("heuristic-researcher", "heuristic_researcher"),
         ("llm-researcher", "llm_researcher"),
         ("select", "select"),
+        ("load-csv", "load_csv"),
     ] {
         let text =
             std::fs::read_to_string(root().join("plugins").join(folder).join("plugin.toml")).expect("read manifest");

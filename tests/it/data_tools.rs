@@ -301,3 +301,44 @@ async fn select_bad_records_and_configs_fail_as_asked() {
         .to_string();
     assert!(err.contains("ratios.zzz") && err.contains("groups present"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_csv_reads_real_moses_molecules_and_plain_csv() {
+    let (dir, host) = host().await;
+    let env = CallEnv { dataset_dir: Some(trex_tests::root().join("tests/fixtures/moses")), ..CallEnv::default() };
+    let config = json!({"path": "train-head.csv.gz", "rename": {"SMILES": "response"}, "id_prefix": "moses-",
+                        "constants": {"prompt": "Generate a drug-like molecule as SMILES."}});
+    let passed = vec![json!({"id": "kept"}).to_string()];
+    let run = host.run_data_tool("load-csv", &config, passed, &env).await.unwrap();
+    assert_eq!(run.records.len(), 13, "the input record passes through, then 12 molecules");
+    let first: serde_json::Value = serde_json::from_str(&run.records[1]).unwrap();
+    assert_eq!(first["response"], "CCCS(=O)c1ccc2[nH]c(=NC(=O)OC)[nH]c2c1");
+    assert_eq!(first["prompt"], "Generate a drug-like molecule as SMILES.");
+    assert_eq!(first["id"], "moses-1");
+    // A plain CSV with a quoted cell, a filter, numbers, and a short row.
+    let data = dir.path().join("csv");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("t.csv"), "q,a,split\n\"1,5 km\",1500,train\n2 km,2000,test\nbroken\n3 km,3000,train\n")
+        .unwrap();
+    let env = CallEnv { dataset_dir: Some(data), ..CallEnv::default() };
+    let config = json!({"path": "t.csv", "where_column": "split", "where_equals": "train", "numbers": true,
+                        "columns": ["q", "a"], "rename": {"q": "prompt", "a": "answer"}});
+    let run = host.run_data_tool("load-csv", &config, vec![], &env).await.unwrap();
+    let rows: Vec<serde_json::Value> = run.records.iter().map(|r| serde_json::from_str(r).unwrap()).collect();
+    assert_eq!(rows, vec![json!({"prompt": "1,5 km", "answer": 1500}), json!({"prompt": "3 km", "answer": 3000})]);
+    assert_eq!(run.dropped["filtered-out"], 1);
+    assert_eq!(run.dropped["bad-record: 1 cells where the header has 3"], 1);
+    let strict = json!({"path": "t.csv", "on_bad_record": "fail"});
+    let err = host.run_data_tool("load-csv", &strict, vec![], &env).await.unwrap_err().to_string();
+    assert!(err.contains("4") && err.contains("1 cells"), "{err}");
+    for (config, field) in [
+        (json!({"path": "../etc/passwd"}), "path"),
+        (json!({"path": "t.csv", "where_column": "split"}), "where_equals"),
+        (json!({"path": "t.csv", "has_header": false}), "names"),
+    ] {
+        let err = host.validate_config("load-csv", &config).await.unwrap_err().to_string();
+        assert!(err.contains(field), "{config}: {err}");
+    }
+    let err = host.run_data_tool("load-csv", &json!({"path": "t.csv", "columns": ["nope"]}), vec![], &env).await;
+    assert!(err.unwrap_err().to_string().contains("no column `nope`"));
+}
