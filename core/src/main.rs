@@ -801,12 +801,11 @@ fn schema(host: &PluginHost, only: Option<&str>, out: Option<&Path>) -> Result<(
 }
 
 fn load_model(arg: &str) -> Result<trex_core::model::BaseModel> {
-    let path = trex_core::assets::resolve_model(arg).map_err(anyhow::Error::msg)?;
     let started = std::time::Instant::now();
-    let model = trex_core::model::BaseModel::load(&path)?;
+    let model = trex_core::assets::load_model(arg).map_err(anyhow::Error::msg)?;
     tracing::info!(
         "loaded {} ({} parameters) in {:.1} s",
-        path.display(),
+        model.source.display(),
         model.config.parameters(),
         started.elapsed().as_secs_f64()
     );

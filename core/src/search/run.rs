@@ -49,11 +49,6 @@ async fn open_host(
     Ok(host)
 }
 
-fn load_model(name: &str) -> Result<crate::model::BaseModel, String> {
-    let path = crate::assets::resolve_model(name)?;
-    crate::model::BaseModel::load(&path).map_err(|e| e.to_string())
-}
-
 /// Start a search and run it to the end of its budget.
 pub async fn search(req: SearchRequest) -> Result<(PathBuf, SearchSummary), String> {
     let (mut task, task_file) = Task::load(&req.task).map_err(|e| e.to_string())?;
@@ -90,7 +85,7 @@ pub async fn search(req: SearchRequest) -> Result<(PathBuf, SearchSummary), Stri
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         PathBuf::from("runs").join(format!("{}-{}-s{}-{secs}", task.name, settings.strategy.as_str(), settings.seed))
     });
-    let base = load_model(&task.base_model)?;
+    let base = crate::assets::load_model(&task.base_model)?;
     let mut journal = Journal::create(&run_dir).map_err(|e| e.to_string())?;
     let task_file = std::fs::canonicalize(&task_file).unwrap_or(task_file);
     journal
@@ -129,7 +124,7 @@ pub async fn resume(
     let host = open_host(plugins, host, task.llm.as_ref(), &meter).await?;
     task.validate_with(&host).await.map_err(|e| format!("the run's task no longer validates: {e}"))?;
     journal.append(state.t_offset, Event::Session { resumed: true }).map_err(|e| e.to_string())?;
-    let base = load_model(&model)?;
+    let base = crate::assets::load_model(&model)?;
     let lab = Lab::open(host, task, base, run_dir.to_path_buf())?;
     let search = Search::new(&lab, settings, journal, state, meter).await?;
     search.run().await

@@ -96,7 +96,7 @@ impl Heuristic {
         let mut out = Vec::new();
         let mut push = |train: TrainRecipe, data: Option<Vec<DataStep>>, why: String| {
             let mut p = base.clone();
-            p.train_recipe = TrainRecipe { continue_from_parent: train.continue_from_parent, ..train };
+            p.train_recipe = train;
             if let Some(steps) = data {
                 p.data_recipe.steps = steps;
             }
