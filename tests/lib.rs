@@ -71,6 +71,9 @@ pub fn standard_plugins(dir: &Path) -> PathBuf {
         ("llm-researcher", "llm_researcher"),
         ("select", "select"),
         ("load-csv", "load_csv"),
+        ("augment", "augment"),
+        ("filter-lang", "filter_lang"),
+        ("llm-data", "llm_data"),
     ] {
         let text =
             std::fs::read_to_string(root().join("plugins").join(folder).join("plugin.toml")).expect("read manifest");

@@ -76,6 +76,10 @@ enum Command {
         /// Override the evaluation's predictor (majority or oracle).
         #[arg(long, value_enum)]
         predictor: Option<PredictorArg>,
+        /// The model whose tokenizer counts tokens for the steps (a model name, `.gguf` file or
+        /// Hugging Face folder); overrides the pipeline file's `tokenizer`.
+        #[arg(long, value_name = "MODEL")]
+        tokenizer: Option<String>,
     },
 
     /// Train a LoRA adapter on a JSON-lines dataset, outside a search.
@@ -418,7 +422,11 @@ fn host_config(cli: &Cli) -> Result<HostConfig> {
 }
 
 async fn open_host(cli: &Cli) -> Result<PluginHost> {
-    let host = PluginHost::discover(&cli.plugins, host_config(cli)?).await?;
+    open_host_with(cli, host_config(cli)?).await
+}
+
+async fn open_host_with(cli: &Cli, config: HostConfig) -> Result<PluginHost> {
+    let host = PluginHost::discover(&cli.plugins, config).await?;
     for f in host.failures() {
         tracing::warn!("skipping plugin in {}: {}", f.dir.display(), f.error);
     }
@@ -452,9 +460,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             schema(&host, name.as_deref(), out.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Pipeline { file, out, json, predictor } => {
-            let host = open_host(&cli).await?;
+        Command::Pipeline { file, out, json, predictor, tokenizer } => {
             let mut pipeline = Pipeline::load(file)?;
+            let mut config = host_config(&cli)?;
+            if let Some(name) = tokenizer.as_ref().or(pipeline.tokenizer.as_ref()) {
+                let model = trex_core::assets::load_model(name)
+                    .map_err(|e| anyhow::anyhow!("cannot load the tokenizer of `{name}`: {e}"))?;
+                config.tokenizer = Some(std::sync::Arc::new(model.tokenizer));
+            }
+            let host = open_host_with(&cli, config).await?;
             if let (Some(eval), Some(p)) = (&mut pipeline.evaluate, predictor) {
                 eval.predictor = match p {
                     PredictorArg::Majority => Predictor::Majority,

@@ -38,6 +38,11 @@ pub struct Pipeline {
     pub dataset_dir: PathBuf,
     /// Input records (JSON lines), relative to `dataset_dir`.
     pub input: PathBuf,
+    /// The model whose tokenizer measures text in tokens (a model name such as
+    /// `smollm2-135m-instruct`, a `.gguf` file or a Hugging Face folder); needed by steps that
+    /// count tokens, such as `filter-length` with `unit = "tokens"`.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
     /// Recipe steps, applied in order.
     #[serde(default)]
     pub steps: Vec<DataStep>,
@@ -170,6 +175,13 @@ impl Pipeline {
         let mut p: Pipeline = toml::from_str(&text).map_err(|e| def(e.to_string().trim_end().to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         p.dataset_dir = base.join(&p.dataset_dir);
+        if let Some(t) = &mut p.tokenizer {
+            // A file or folder named relative to the pipeline file; a model name stays as it is.
+            let local = base.join(&*t);
+            if local.exists() {
+                *t = local.display().to_string();
+            }
+        }
         Ok(p)
     }
 

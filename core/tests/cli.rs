@@ -37,7 +37,7 @@ fn plugins_list_shows_the_standard_plugins() {
     let (ok, out, _) = run(trex_host(&plugins).args(["plugins", "list", "--json"]));
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["plugins"].as_array().unwrap().len(), 12);
+    assert_eq!(v["plugins"].as_array().unwrap().len(), 15);
 }
 
 #[test]
@@ -64,7 +64,7 @@ fn validate_reports_every_problem_and_fails() {
     let (ok, out, _) = run(trex_host(&plugins).args(["plugins", "validate"]).arg(&plugins));
     assert!(!ok);
     assert!(out.contains("typo/plugin.toml") && out.contains("unknown field `timeout`"), "{out}");
-    assert!(out.contains("12 passed, 1 failed"), "{out}");
+    assert!(out.contains("15 passed, 1 failed"), "{out}");
 }
 
 #[test]
@@ -139,21 +139,56 @@ fn help_teaches_with_examples() {
     assert!(out.contains("plugins list") && out.contains("--plugins"), "{out}");
 }
 
-#[test]
-fn train_then_generate_on_a_tiny_model() {
-    let dir = tempfile::tempdir().unwrap();
-    // A tiny Hugging Face model folder, written by the library the way users would export one.
+/// A tiny Hugging Face model folder with a word-level tokenizer, written by the library the way
+/// users would export one.
+fn tiny_model_dir(dir: &Path) -> std::path::PathBuf {
     let cfg = trex_core::model::LlamaConfig::tiny();
     let words: serde_json::Map<String, serde_json::Value> =
         (0..cfg.vocab).map(|i| (format!("w{i}"), serde_json::Value::from(i))).collect();
     let tok_json = serde_json::json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
         "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
         "model": {"type": "WordLevel", "vocab": words, "unk_token": "w0"}});
-    std::fs::write(dir.path().join("tokenizer.json"), tok_json.to_string()).unwrap();
-    let tokenizer = trex_core::model::Tokenizer::from_file(&dir.path().join("tokenizer.json")).unwrap();
-    let model_dir = dir.path().join("model");
+    std::fs::write(dir.join("tokenizer.json"), tok_json.to_string()).unwrap();
+    let tokenizer = trex_core::model::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let model_dir = dir.join("model");
     trex_core::model::export_hf_dir(&model_dir, &cfg, &trex_core::model::Weights::<f32>::random(&cfg, 1), &tokenizer)
         .unwrap();
+    model_dir
+}
+
+#[test]
+fn pipeline_counts_tokens_with_the_named_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = trex_tests::standard_plugins(dir.path());
+    let pipeline =
+        example_pipeline(dir.path(), |t| t.replace(r#"max = 400, unit = "chars""#, r#"max = 30, unit = "tokens""#));
+    let out_dir = dir.path().join("out");
+    let (ok, _, err) = run(trex_host(&plugins).arg("pipeline").arg(&pipeline).arg("--out").arg(&out_dir));
+    assert!(!ok);
+    assert!(err.contains("filter-length") && err.contains("no tokenizer") && err.contains("--tokenizer"), "{err}");
+    let model_dir = tiny_model_dir(dir.path());
+    let (ok, out, err) = run(trex_host(&plugins)
+        .arg("pipeline")
+        .arg(&pipeline)
+        .arg("--json")
+        .arg("--out")
+        .arg(&out_dir)
+        .arg("--tokenizer")
+        .arg(&model_dir));
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let step = &report["steps"][1];
+    assert_eq!(step["plugin"], "filter-length");
+    // Counted by the word-level tokenizer: words and punctuation runs, the system turn included.
+    let mean = step["metrics"]["mean-length-kept"].as_f64().unwrap_or_else(|| panic!("{report}"));
+    assert!(mean > 4.0 && mean <= 30.0, "{step}");
+    assert!(step["dropped"]["too-long"].as_u64().is_some_and(|n| n > 0), "{step}");
+}
+
+#[test]
+fn train_then_generate_on_a_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = tiny_model_dir(dir.path());
     let data = dir.path().join("train.jsonl");
     std::fs::write(&data, "{\"prompt_text\": \"w2 w3\", \"completion_text\": \"w4 w5\"}\n{\"prompt_text\": \"w6\", \"completion_text\": \"w7\"}\n").unwrap();
     let recipe = dir.path().join("recipe.json");

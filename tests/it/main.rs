@@ -1,5 +1,6 @@
 //! End-to-end tests across the trex crates, in one binary.
 
+mod augment;
 mod data_tools;
 mod hostile;
 mod roundtrip;

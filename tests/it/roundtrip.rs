@@ -190,7 +190,9 @@ async fn wrong_kind_and_unknown_name_say_what_exists() {
     );
     let err = host.run_data_tool("dedup", &json!({}), vec![], &CallEnv::default()).await.unwrap_err().to_string();
     assert!(
-        err.contains("available: chat-format, clean-text, dedup-exact, dedup-near, filter-length, load-bfcl"),
+        err.contains(
+            "available: augment, chat-format, clean-text, dedup-exact, dedup-near, filter-lang, filter-length"
+        ),
         "{err}"
     );
 }

@@ -2,7 +2,7 @@
 
 #![allow(missing_docs, missing_debug_implementations, clippy::all)]
 
-/// `world data-tool`; also the home of the shared `host`, `llm`, `types` and `records` modules.
+/// `world data-tool`; also the home of the shared `host`, `llm`, `tokenizer`, `types` and `records` modules.
 pub mod data_tool {
     wasmtime::component::bindgen!({
         path: "../sdk/wit",
@@ -27,6 +27,7 @@ pub mod evaluator {
             "trex:plugin/types": super::data_tool::trex::plugin::types,
             "trex:plugin/host": super::data_tool::trex::plugin::host,
             "trex:plugin/llm": super::data_tool::trex::plugin::llm,
+            "trex:plugin/tokenizer": super::data_tool::trex::plugin::tokenizer,
         },
     });
 }
@@ -42,8 +43,9 @@ pub mod researcher {
             "trex:plugin/types": super::data_tool::trex::plugin::types,
             "trex:plugin/host": super::data_tool::trex::plugin::host,
             "trex:plugin/llm": super::data_tool::trex::plugin::llm,
+            "trex:plugin/tokenizer": super::data_tool::trex::plugin::tokenizer,
         },
     });
 }
 
-pub use data_tool::trex::plugin::{host, llm, records, types};
+pub use data_tool::trex::plugin::{host, llm, records, tokenizer, types};

@@ -54,6 +54,8 @@ pub struct HostConfig {
     pub llm: Option<Arc<dyn LlmClient>>,
     /// Parent folder of each plugin's private scratch folder.
     pub scratch_root: PathBuf,
+    /// The tokenizer behind `tokenizer.count` (the model being fine-tuned), if any.
+    pub tokenizer: Option<Arc<crate::model::Tokenizer>>,
 }
 
 impl std::fmt::Debug for HostConfig {
@@ -64,6 +66,7 @@ impl std::fmt::Debug for HostConfig {
             .field("max_limits", &self.max_limits)
             .field("llm", &self.llm.is_some())
             .field("scratch_root", &self.scratch_root)
+            .field("tokenizer", &self.tokenizer.is_some())
             .finish()
     }
 }
@@ -76,6 +79,7 @@ impl Default for HostConfig {
             max_limits: Limits { timeout_ms: 3_600_000, memory_mib: 4096, fuel: None, output_mib: 16 * 1024 },
             llm: None,
             scratch_root: std::env::temp_dir().join(format!("trex-scratch-{}", std::process::id())),
+            tokenizer: None,
         }
     }
 }
@@ -390,6 +394,7 @@ impl PluginHost {
             cancel: env.cancel.clone(),
             progress: env.progress.clone(),
             llm,
+            tokenizer: self.config.tokenizer.clone(),
             output_limit_hit: false,
         };
         let mut store = Store::new(self.engine.engine(), state);

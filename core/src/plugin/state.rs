@@ -9,7 +9,7 @@ use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{host, llm, records, types};
+use super::bindings::{host, llm, records, tokenizer, types};
 use super::records::{HostReader, HostWriter};
 use crate::llm::{ChatRequest, LlmClient};
 
@@ -51,6 +51,8 @@ pub(crate) struct StoreState {
     pub progress: Option<ProgressSink>,
     /// `Some` when the plugin was granted the `llm` capability and the host has a client.
     pub llm: LlmAccess,
+    /// The tokenizer behind `tokenizer.count`, when the host has one.
+    pub tokenizer: Option<Arc<crate::model::Tokenizer>>,
     /// Set when a writer refused output because the limit was reached.
     pub output_limit_hit: bool,
 }
@@ -178,6 +180,17 @@ impl llm::Host for StoreState {
             }),
             Err(e) => Err(e.to_string()),
         })
+    }
+}
+
+impl tokenizer::Host for StoreState {
+    async fn count(&mut self, texts: Vec<String>) -> wasmtime::Result<Result<Vec<u32>, String>> {
+        let Some(tok) = &self.tokenizer else {
+            return Ok(Err(
+                "no tokenizer: this host runs without a model (for a pipeline, pass --tokenizer MODEL or set `tokenizer` in the pipeline file)".into(),
+            ));
+        };
+        Ok(Ok(texts.iter().map(|t| tok.encode_continuation(t).len() as u32).collect()))
     }
 }
 

@@ -73,7 +73,10 @@ pub async fn search(req: SearchRequest) -> Result<(PathBuf, SearchSummary), Stri
         ));
     }
     let meter = Arc::new(TokenMeter::new(settings.budget.llm_tokens));
-    let host = open_host(&req.plugins, req.host.clone(), task.llm.as_ref(), &meter).await?;
+    let base = crate::assets::load_model(&task.base_model)?;
+    let mut host_config = req.host.clone();
+    host_config.tokenizer = Some(Arc::new(base.tokenizer.clone()));
+    let host = open_host(&req.plugins, host_config, task.llm.as_ref(), &meter).await?;
     task.validate_with(&host).await.map_err(|e| format!("{}: {e}", task_file.display()))?;
     if task.researcher.plugin == "llm" && task.llm.is_none() {
         return Err(format!(
@@ -85,7 +88,6 @@ pub async fn search(req: SearchRequest) -> Result<(PathBuf, SearchSummary), Stri
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         PathBuf::from("runs").join(format!("{}-{}-s{}-{secs}", task.name, settings.strategy.as_str(), settings.seed))
     });
-    let base = crate::assets::load_model(&task.base_model)?;
     let mut journal = Journal::create(&run_dir).map_err(|e| e.to_string())?;
     let task_file = std::fs::canonicalize(&task_file).unwrap_or(task_file);
     journal
@@ -121,10 +123,12 @@ pub async fn resume(
     }
     let meter = Arc::new(TokenMeter::new(settings.budget.llm_tokens));
     meter.add(state.llm_tokens);
-    let host = open_host(plugins, host, task.llm.as_ref(), &meter).await?;
+    let base = crate::assets::load_model(&model)?;
+    let mut host_config = host;
+    host_config.tokenizer = Some(Arc::new(base.tokenizer.clone()));
+    let host = open_host(plugins, host_config, task.llm.as_ref(), &meter).await?;
     task.validate_with(&host).await.map_err(|e| format!("the run's task no longer validates: {e}"))?;
     journal.append(state.t_offset, Event::Session { resumed: true }).map_err(|e| e.to_string())?;
-    let base = crate::assets::load_model(&model)?;
     let lab = Lab::open(host, task, base, run_dir.to_path_buf())?;
     let search = Search::new(&lab, settings, journal, state, meter).await?;
     search.run().await

@@ -11,9 +11,10 @@
 //! deserialization error into a [`PluginError`] naming the field. A panic inside a plugin is
 //! reported to the host's log with its message before the call fails.
 //!
-//! The host functions every plugin may call are [`log`], [`progress`], [`cancelled`] and
-//! [`chat`] (the last only when the plugin's manifest asks for the `llm` capability and the host
-//! grants it).
+//! The host functions every plugin may call are [`log`], [`progress`], [`cancelled`],
+//! [`count_tokens`] (with the tokenizer of the model being fine-tuned, when the host has one) and
+//! [`chat`] (only when the plugin's manifest asks for the `llm` capability and the host grants
+//! it).
 
 pub mod bindings;
 pub mod data_tool;
@@ -30,7 +31,9 @@ pub use data_tool::{DataTool, Record, RecordReader, RecordWriter, RunStats, text
 pub use evaluator::{Aggregate, EvalItem, Evaluator, ExampleResult};
 pub use researcher::Researcher;
 
-use bindings::imports::trex::plugin::{host as wit_host, llm as wit_llm, types as wit_types};
+use bindings::imports::trex::plugin::{
+    host as wit_host, llm as wit_llm, tokenizer as wit_tokenizer, types as wit_types,
+};
 
 /// The version of the plugin contract this SDK implements.
 pub const API_VERSION: &str = "0.1.0";
@@ -148,6 +151,12 @@ pub fn chat(messages: &[ChatMessage], options: &ChatOptions) -> Result<ChatReply
         .map_err(PluginError::new)
 }
 
+/// The number of tokens in each text, counted by the tokenizer of the model being fine-tuned
+/// (no special tokens added). Fails when the host runs without a tokenizer.
+pub fn count_tokens(texts: &[String]) -> Result<Vec<u32>, PluginError> {
+    wit_tokenizer::count(texts).map_err(PluginError::new)
+}
+
 /// Route panics to the host log (once per instance), so the user sees the message and location
 /// next to the plugin's name instead of a bare trap.
 fn install_panic_hook() {
@@ -170,18 +179,33 @@ fn install_panic_hook() {
 /// Parse a config document, naming the offending field on error.
 fn parse_config<C: DeserializeOwned>(config: &str) -> Result<C, PluginError> {
     let text = if config.trim().is_empty() { "{}" } else { config };
-    serde_json::from_str(text).map_err(|e| config_error(&e))
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| config_error(&e))
 }
 
-fn config_error(e: &serde_json::Error) -> PluginError {
-    let msg = e.to_string();
-    // serde names the field in its message (`unknown field `x``, `missing field `y``).
-    let field = ["unknown field `", "missing field `"].iter().find_map(|prefix| {
+fn config_error(e: &serde_path_to_error::Error<serde_json::Error>) -> PluginError {
+    let msg = e.inner().to_string();
+    // serde names an unknown or missing field in its message (`unknown field `x``); the path
+    // names the field whose value is wrong (`rule`, `units[0]`).
+    let named = ["unknown field `", "missing field `"].iter().find_map(|prefix| {
         let start = msg.find(prefix)? + prefix.len();
         let end = msg[start..].find('`')? + start;
         Some(msg[start..end].to_string())
     });
-    PluginError { message: format!("invalid config: {msg}"), field }
+    let path = e.path().to_string();
+    let at = (path != ".").then_some(path);
+    // An unknown field's path ends with it; a missing field's path is its parent's.
+    let field = match (named, &at) {
+        (Some(name), Some(p)) if p == &name || p.ends_with(&format!(".{name}")) => Some(p.clone()),
+        (Some(name), Some(parent)) => Some(format!("{parent}.{name}")),
+        (Some(name), None) => Some(name),
+        (None, at) => at.clone(),
+    };
+    let message = match &at {
+        Some(p) if !msg.contains(&format!("`{p}`")) => format!("invalid config: {p}: {msg}"),
+        _ => format!("invalid config: {msg}"),
+    };
+    PluginError { message, field }
 }
 
 /// Validate a config and return it re-serialized with defaults filled in.
@@ -203,4 +227,41 @@ fn info<C: JsonSchema>(meta: &PluginMeta, kind: wit_types::PluginKind) -> wit_ty
 
 fn metrics(map: &std::collections::BTreeMap<String, f64>) -> Vec<wit_types::Metric> {
     map.iter().map(|(name, value)| wit_types::Metric { name: name.clone(), value: *value }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u32,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Config {
+        rule: PluginKind,
+        #[serde(default)]
+        inner: Vec<Inner>,
+    }
+
+    fn field(text: &str) -> (Option<String>, String) {
+        let e = parse_config::<Config>(text).unwrap_err();
+        (e.field, e.message)
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        assert_eq!(field(r#"{"rule": "nope"}"#).0.as_deref(), Some("rule"));
+        assert_eq!(field(r#"{"rule": "evaluator", "typo": 1}"#).0.as_deref(), Some("typo"));
+        assert_eq!(field(r#"{}"#).0.as_deref(), Some("rule"));
+        let (f, m) = field(r#"{"rule": "evaluator", "inner": [{"n": 1}, {"n": "x"}]}"#);
+        assert_eq!(f.as_deref(), Some("inner[1].n"), "{m}");
+        assert!(m.contains("inner[1].n") && m.contains("invalid type"), "{m}");
+        assert_eq!(field(r#"{"rule": "evaluator", "inner": [{"m": 1}]}"#).0.as_deref(), Some("inner[0].m"));
+    }
 }
