@@ -336,3 +336,209 @@ pub fn generate(prompts: usize, new: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// Options for `trex-host bench pipeline`.
+#[derive(Debug, Clone)]
+pub struct PipelineBench {
+    /// Records in the generated input.
+    pub records: usize,
+    /// Seed of the generator.
+    pub seed: u64,
+    /// Folder for the input, the outputs and the `datasets` cache.
+    pub work: std::path::PathBuf,
+    /// Python interpreter with `datasets` and `datasketch` for the baseline; `None` skips it.
+    pub python: Option<String>,
+    /// The baseline script.
+    pub script: std::path::PathBuf,
+}
+
+/// Pseudo-words built from syllables, so that the text has realistic word lengths.
+fn pseudo_word(i: usize) -> String {
+    const SYL: [&str; 40] = [
+        "ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ba", "de", "fi", "go", "hu", "ja", "ke", "li", "mo", "nu",
+        "pa", "qe", "ri", "so", "tu", "ve", "wa", "xi", "yo", "za", "bre", "cla", "dro", "fle", "gri", "plo", "sta",
+        "tre", "ven", "mor", "lin", "sar",
+    ];
+    let mut w = format!("{}{}", SYL[i % 40], SYL[(i / 40) % 40]);
+    if i >= 1600 {
+        w.push_str(SYL[(i / 1600) % 40]);
+    }
+    w
+}
+
+/// Synthetic text records (`{"id", "text"}`, generated here, not real data) with the defects the
+/// pipeline removes: 10% exact repeats of an earlier text with different case and spacing, 6%
+/// near-duplicates (one word of a 40-word-plus text replaced), 2% too short, 2% too long, and 3%
+/// with decomposed accents and a control character. Word choice is skewed (Zipf-like).
+pub fn pipeline_records(n: usize, seed: u64) -> Vec<String> {
+    let mut rng = trex_sdk::rng::SplitMix64(seed);
+    let vocab: Vec<String> = (0..8000).map(pseudo_word).collect();
+    let word = |rng: &mut trex_sdk::rng::SplitMix64| vocab[(8000.0 * rng.unit().powi(3)) as usize].clone();
+    let mut bases: Vec<String> = Vec::new();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let roll = rng.unit();
+        let text = if roll < 0.10 && !bases.is_empty() {
+            let b = &bases[rng.below(bases.len() as u64) as usize];
+            let mut t = b.replacen(' ', "  ", 3);
+            if let Some(first) = t.get(..1) {
+                t = first.to_uppercase() + &t[1..];
+            }
+            t + " \t"
+        } else if roll < 0.16 && !bases.is_empty() {
+            let b = &bases[rng.below(bases.len() as u64) as usize];
+            let mut words: Vec<String> = b.split(' ').map(String::from).collect();
+            if words.len() >= 40 {
+                let at = rng.below(words.len() as u64) as usize;
+                words[at] = word(&mut rng);
+            }
+            words.join(" ")
+        } else if roll < 0.18 {
+            word(&mut rng)
+        } else if roll < 0.20 {
+            (0..250).map(|_| word(&mut rng)).collect::<Vec<_>>().join(" ")
+        } else {
+            let len = 20 + rng.below(61) as usize;
+            let mut t = (0..len).map(|_| word(&mut rng)).collect::<Vec<_>>().join(" ");
+            if roll > 0.97 {
+                t.push_str(" cafe\u{301}\u{7} re\u{301}sume\u{301}");
+            }
+            bases.push(t.clone());
+            t
+        };
+        out.push(serde_json::json!({"id": i, "text": text}).to_string());
+    }
+    out
+}
+
+/// The 1M-record pipeline (normalize → length filter → exact dedup → near dedup) through the
+/// plugins, the same steps with Hugging Face `datasets` (`core/reference/bench_pipeline_datasets.py`)
+/// on the same file, and the plugin-boundary share measured with a pass-through tool.
+pub async fn pipeline(plugins_dir: &Path, opts: &PipelineBench) -> Result<()> {
+    let echo_manifest = plugins_dir.join("testing/hostile/plugin.toml");
+    anyhow::ensure!(
+        echo_manifest.is_file(),
+        "{} is missing: run `cargo xtask build-plugins` first",
+        echo_manifest.display()
+    );
+    std::fs::create_dir_all(&opts.work)?;
+    let input = opts.work.join(format!("records-{}.jsonl", opts.records));
+    eprintln!("generating {} synthetic records into {}", opts.records, input.display());
+    let mut text = pipeline_records(opts.records, opts.seed).join("\n");
+    text.push('\n');
+    std::fs::write(&input, text)?;
+    let bytes = std::fs::metadata(&input)?.len();
+
+    let mut host = PluginHost::discover(plugins_dir, HostConfig::default()).await?;
+    // The pass-through tool, with limits sized for a million records.
+    let echo_dir = tempfile::tempdir()?;
+    std::fs::copy(plugins_dir.join("testing/hostile/hostile.wasm"), echo_dir.path().join("hostile.wasm"))?;
+    let manifest = std::fs::read_to_string(&echo_manifest)?
+        .replace("timeout-ms = 2000", "timeout-ms = 600000")
+        .replace("memory-mib = 64", "memory-mib = 1024")
+        .replace("output-mib = 8", "output-mib = 4096");
+    std::fs::write(echo_dir.path().join("plugin.toml"), manifest)?;
+    host.load(&echo_dir.path().join("plugin.toml")).await?;
+    let env = CallEnv::default();
+    let steps = [
+        ("normalize", "clean-text", serde_json::json!({"fields": ["text"]})),
+        ("length filter", "filter-length", serde_json::json!({"fields": ["text"], "min": 20, "max": 1000})),
+        ("exact dedup", "dedup-exact", serde_json::json!({"fields": ["text"], "normalize": true})),
+        (
+            "near dedup",
+            "dedup-near",
+            serde_json::json!({"fields": ["text"], "threshold": 0.8, "shingle_size": 3, "permutations": 128, "bands": 16}),
+        ),
+    ];
+    eprintln!("running the pipeline through the plugins");
+    let started = Instant::now();
+    let t = Instant::now();
+    let mut records: Vec<String> = std::fs::read_to_string(&input)?.lines().map(String::from).collect();
+    let read = t.elapsed();
+    let mut rows: Vec<(&str, u64, Duration, Option<Duration>)> = vec![("read", records.len() as u64, read, None)];
+    let mut inputs = Vec::new();
+    for (label, plugin, config) in &steps {
+        inputs.push(records.len());
+        let run = host.run_data_tool(plugin, config, records, &env).await?;
+        rows.push((label, run.records_out, run.elapsed, None));
+        records = run.records;
+    }
+    let t = Instant::now();
+    let output = opts.work.join("kept-trex.jsonl");
+    let mut text = records.join("\n");
+    text.push('\n');
+    std::fs::write(&output, text)?;
+    rows.push(("write", records.len() as u64, t.elapsed(), None));
+    let total = started.elapsed();
+
+    // Boundary: the same number of records through a tool that only passes them on.
+    eprintln!("measuring the plugin boundary with a pass-through tool");
+    let sample = pipeline_records(*inputs.iter().max().unwrap_or(&0), opts.seed);
+    let mut boundary = Duration::ZERO;
+    for n in &inputs {
+        let batch: Vec<String> = sample[..*n].to_vec();
+        let run = host.run_data_tool("hostile", &serde_json::json!({"attack": "echo"}), batch, &env).await?;
+        boundary += run.elapsed;
+    }
+
+    let python = match &opts.python {
+        None => None,
+        Some(py) => {
+            eprintln!("running the same pipeline with Hugging Face datasets ({py})");
+            let out = std::process::Command::new(py)
+                .arg(&opts.script)
+                .arg("--input")
+                .arg(&input)
+                .arg("--output")
+                .arg(opts.work.join("kept-datasets.jsonl"))
+                .output()?;
+            if out.status.success() {
+                let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").to_string();
+                Some(serde_json::from_str::<serde_json::Value>(&line)?)
+            } else {
+                eprintln!(
+                    "the datasets baseline failed (install it with `pip install datasets datasketch`):\n{}",
+                    String::from_utf8_lossy(&out.stderr).lines().rev().take(5).collect::<Vec<_>>().join("\n")
+                );
+                None
+            }
+        }
+    };
+    let py_secs = |label: &str| python.as_ref().and_then(|p| p["seconds"][label].as_f64());
+    let py_count = |label: &str| python.as_ref().and_then(|p| p["records"][label].as_u64());
+    println!(
+        "\n{} synthetic records ({:.0} MiB of JSON lines), {} CPU threads\n",
+        opts.records,
+        bytes as f64 / (1u64 << 20) as f64,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    println!("| step | records after (trex) | trex | records after (datasets) | datasets | speed-up |");
+    println!("|---|---|---|---|---|---|");
+    let speedup = |trex: f64, py: Option<f64>| py.map_or("-".to_string(), |p| format!("{:.1}×", p / trex.max(1e-9)));
+    for (label, n, d, _) in &rows {
+        let py = py_secs(label);
+        println!(
+            "| {label} | {n} | {:.2} s | {} | {} | {} |",
+            d.as_secs_f64(),
+            py_count(label).map_or("-".into(), |c| c.to_string()),
+            py.map_or("-".into(), |p| format!("{p:.2} s")),
+            speedup(d.as_secs_f64(), py)
+        );
+    }
+    let py_total = py_secs("total");
+    println!(
+        "| **total** | {} | **{:.2} s** ({:.0} records/s) | {} | {} | **{}** |",
+        records.len(),
+        total.as_secs_f64(),
+        opts.records as f64 / total.as_secs_f64(),
+        py_count("near dedup").map_or("-".into(), |c| c.to_string()),
+        py_total.map_or("-".into(), |p| format!("{p:.2} s ({:.0} records/s)", opts.records as f64 / p)),
+        speedup(total.as_secs_f64(), py_total)
+    );
+    println!(
+        "\nplugin boundary (the same record counts through a pass-through tool): {:.2} s, {:.1}% of the trex pipeline",
+        boundary.as_secs_f64(),
+        100.0 * boundary.as_secs_f64() / total.as_secs_f64()
+    );
+    Ok(())
+}

@@ -336,6 +336,26 @@ enum BenchCommand {
         #[arg(long, default_value = "runs/bench-search")]
         out: PathBuf,
     },
+    /// Data-pipeline throughput: normalize → length filter → exact dedup → near dedup over
+    /// synthetic records through the plugins, against the same pipeline written with Hugging Face
+    /// `datasets` (`core/reference/bench_pipeline_datasets.py`) on the same file.
+    Pipeline {
+        /// Records to generate.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: usize,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Folder for the input, the outputs and the datasets cache.
+        #[arg(long, default_value = "runs/bench-pipeline")]
+        work: PathBuf,
+        /// Python with `datasets` and `datasketch` for the baseline (`none` skips it).
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// The baseline script.
+        #[arg(long, default_value = "core/reference/bench_pipeline_datasets.py")]
+        script: PathBuf,
+    },
     /// Plugin call overhead against native Rust, and cold versus cached loading.
     Plugins {
         /// Repetitions per measurement.
@@ -648,6 +668,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Plugins { repeat }) => {
             trex_core::bench::plugins(&cli.plugins, *repeat).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Pipeline { records, seed, work, python, script }) => {
+            let opts = trex_core::bench::PipelineBench {
+                records: *records,
+                seed: *seed,
+                work: work.clone(),
+                python: (python != "none").then(|| python.clone()),
+                script: script.clone(),
+            };
+            trex_core::bench::pipeline(&cli.plugins, &opts).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -45,8 +45,12 @@ fn fixture() -> (Vec<String>, Vec<bool>) {
 async fn dedup_near_recall_and_precision_on_planted_duplicates() {
     let (_dir, host) = host().await;
     let (records, is_dup) = fixture();
+    // The planted pairs have a Jaccard similarity of about 0.81. With the default banding (16
+    // bands of 8 rows) such a pair becomes a candidate with probability 1 - (1 - 0.81^8)^16 ≈ 0.96,
+    // so a few of 60 pairs are missed by chance; 32 bands of 4 rows (the banding for a threshold
+    // near 0.7) make it a candidate with probability ≈ 1 - 1e-7.
     let run = host
-        .run_data_tool("dedup-near", &json!({"threshold": 0.7}), records.clone(), &CallEnv::default())
+        .run_data_tool("dedup-near", &json!({"threshold": 0.7, "bands": 32}), records.clone(), &CallEnv::default())
         .await
         .unwrap();
     let kept: std::collections::HashSet<&String> = run.records.iter().collect();

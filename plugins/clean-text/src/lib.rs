@@ -11,7 +11,7 @@ use regex::Regex;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use trex_sdk::guest::{DataTool, PluginError, Record, RecordReader, RecordWriter, RunStats};
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick, is_nfkc_quick};
 
 /// Unicode normalization form.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -66,7 +66,6 @@ struct Cleaner {
     config: Config,
     email: Regex,
     phone: Regex,
-    spaces: Regex,
     include: Vec<Regex>,
     exclude: Vec<Regex>,
     emails: u64,
@@ -88,7 +87,6 @@ impl Cleaner {
                 r"(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){1,3}\b|\b\d{7,15}\b",
             )
             .expect("valid"),
-            spaces: Regex::new(r"[ \t\u{a0}]+").expect("valid"),
             include: compile("include", &config.include)?,
             exclude: compile("exclude", &config.exclude)?,
             config,
@@ -98,17 +96,17 @@ impl Cleaner {
     }
 
     fn clean(&mut self, text: &str) -> String {
+        // Most text is already normalized; the quick check skips the rewrite for it.
         let mut s: String = match self.config.unicode {
-            Form::None => text.to_string(),
-            Form::Nfc => text.nfc().collect(),
-            Form::Nfkc => text.nfkc().collect(),
+            Form::Nfc if is_nfc_quick(text.chars()) != IsNormalized::Yes => text.nfc().collect(),
+            Form::Nfkc if is_nfkc_quick(text.chars()) != IsNormalized::Yes => text.nfkc().collect(),
+            _ => text.to_string(),
         };
-        if self.config.strip_control {
+        if self.config.strip_control && s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
             s.retain(|c| !c.is_control() || c == '\n' || c == '\t');
         }
         if self.config.whitespace {
-            let lines: Vec<String> = s.lines().map(|l| self.spaces.replace_all(l, " ").trim().to_string()).collect();
-            s = lines.join("\n").trim().to_string();
+            s = collapse_whitespace(&s);
         }
         if self.config.scrub_emails {
             let n = self.email.find_iter(&s).count() as u64;
@@ -166,6 +164,30 @@ impl Cleaner {
         }
         all
     }
+}
+
+/// Runs of spaces, tabs and no-break spaces become one space; each line and the whole text are
+/// trimmed; line breaks stay.
+fn collapse_whitespace(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let mut gap = false;
+        for c in line.trim().chars() {
+            if matches!(c, ' ' | '\t' | '\u{a0}') {
+                gap = true;
+            } else {
+                if gap {
+                    out.push(' ');
+                    gap = false;
+                }
+                out.push(c);
+            }
+        }
+    }
+    out.trim().to_string()
 }
 
 struct CleanText;

@@ -66,8 +66,20 @@ impl DataTool for DedupExact {
     }
 }
 
+/// Lowercased words joined by single spaces.
 fn normalize(s: &str) -> String {
-    s.split_whitespace().map(str::to_lowercase).collect::<Vec<_>>().join(" ")
+    let mut out = String::with_capacity(s.len());
+    for word in s.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        if word.is_ascii() {
+            out.extend(word.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+        } else {
+            out.push_str(&word.to_lowercase());
+        }
+    }
+    out
 }
 
 /// A 128-bit fingerprint from two independently keyed SipHash runs (collisions are negligible

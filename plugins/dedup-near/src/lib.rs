@@ -8,7 +8,7 @@
 //! deterministic for a given `seed`.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::Hasher;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -69,50 +69,134 @@ fn text_of(config: &Config, record: &Record) -> Option<String> {
     text_fields(record, &config.fields).map(|pieces| pieces.join("\n"))
 }
 
-fn hash64<T: Hash + ?Sized>(x: &T) -> u64 {
-    let mut h = DefaultHasher::new();
-    x.hash(&mut h);
-    h.finish()
+/// The SplitMix64 finalizer: a cheap, well-mixed 64-bit hash step.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
-/// Shingle hashes of a text (a text shorter than one shingle is one shingle).
+/// A word's hash, case-insensitive (FNV-1a over the lowercased bytes, then mixed).
+fn word_hash(word: &str) -> u64 {
+    let fnv = |h: u64, b: u8| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    let h = if word.is_ascii() {
+        word.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| fnv(h, b.to_ascii_lowercase()))
+    } else {
+        word.to_lowercase().bytes().fold(0xcbf2_9ce4_8422_2325, fnv)
+    };
+    mix(h)
+}
+
+/// Shingle hashes of a text (a text shorter than one shingle is one shingle): each shingle's
+/// hash combines the hashes of its `shingle_size` units in order.
 fn shingles(config: &Config, text: &str) -> Vec<u64> {
     let k = config.shingle_size.max(1);
-    let mut out = Vec::new();
-    match config.unit {
-        ShingleUnit::Words => {
-            let words: Vec<String> = text.split_whitespace().map(str::to_lowercase).collect();
-            if words.len() <= k {
-                out.push(hash64(&words));
-            } else {
-                out.extend(words.windows(k).map(hash64));
-            }
-        }
-        ShingleUnit::Chars => {
-            let chars: Vec<char> =
-                text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase().chars().collect();
-            if chars.len() <= k {
-                out.push(hash64(&chars));
-            } else {
-                out.extend(chars.windows(k).map(hash64));
-            }
+    let units: Vec<u64> = match config.unit {
+        ShingleUnit::Words => text.split_whitespace().map(word_hash).collect(),
+        ShingleUnit::Chars => text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase()
+            .chars()
+            .map(|c| mix(u64::from(c)))
+            .collect(),
+    };
+    let combine = |window: &[u64]| window.iter().fold(k as u64, |h, &u| mix(h.rotate_left(17) ^ u));
+    // Repeated shingles stay: a minimum over a multiset is the minimum over its set.
+    if units.len() <= k { vec![combine(&units)] } else { units.windows(k).map(combine).collect() }
+}
+
+/// MinHash with `a·x + b` permutations (mod 2^32, odd `a`) of 32-bit shingle hashes. 32-bit
+/// values keep a million signatures of 128 in 512 MiB, and the permutations run four lanes at a
+/// time in WebAssembly SIMD; two different minima agree by chance with odds 2^-32.
+fn signature(perms: &Perms, shingles: &[u64], mins: &mut Vec<u32>, out: &mut Vec<u32>) {
+    mins.clear();
+    mins.resize(perms.a.len(), u32::MAX);
+    // The host's engine (wasmtime) supports the WebAssembly SIMD proposal.
+    #[cfg(target_arch = "wasm32")]
+    minima_simd(perms, shingles, mins);
+    #[cfg(not(target_arch = "wasm32"))]
+    minima(perms, shingles, mins);
+    out.extend_from_slice(mins);
+}
+
+#[cfg(target_arch = "wasm32")]
+#[target_feature(enable = "simd128")]
+fn minima_simd(perms: &Perms, shingles: &[u64], mins: &mut [u32]) {
+    minima(perms, shingles, mins)
+}
+
+/// Shingles outside, permutations inside: three flat arrays in lockstep, which the compiler
+/// vectorizes.
+#[inline(always)]
+fn minima(perms: &Perms, shingles: &[u64], mins: &mut [u32]) {
+    for &x in shingles {
+        let x = (x >> 32) as u32;
+        for ((m, &a), &b) in mins.iter_mut().zip(&perms.a).zip(&perms.b) {
+            *m = (*m).min(a.wrapping_mul(x).wrapping_add(b));
         }
     }
-    out.sort_unstable();
-    out.dedup();
-    out
 }
 
-/// MinHash with `a·x + b` permutations of the 64-bit shingle hashes (odd `a`, mod 2^64).
-fn signature(perms: &[(u64, u64)], shingles: &[u64]) -> Vec<u64> {
-    perms
-        .iter()
-        .map(|&(a, b)| shingles.iter().map(|&x| a.wrapping_mul(x).wrapping_add(b)).min().unwrap_or(u64::MAX))
-        .collect()
+/// The MinHash permutations `a·x + b`, as two arrays.
+struct Perms {
+    a: Vec<u32>,
+    b: Vec<u32>,
 }
 
-fn similarity(a: &[u64], b: &[u64]) -> f64 {
+fn similarity(a: &[u32], b: &[u32]) -> f64 {
     a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len().max(1) as f64
+}
+
+/// Hashes a `u64` key that is already a well-mixed hash by keeping it as it is.
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = mix(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// The LSH key of band `index` of a signature.
+fn band_key(index: usize, band: &[u32]) -> u64 {
+    band.iter().fold(mix(index as u64 + 1), |h, &v| mix(h ^ u64::from(v)))
+}
+
+/// LSH buckets: band key → the kept records with that band. Most buckets hold one record, so the
+/// first lives in a flat map and only the others in a second one.
+#[derive(Default)]
+struct Buckets {
+    first: KeyMap<u32>,
+    more: KeyMap<Vec<u32>>,
+}
+
+impl Buckets {
+    fn get(&self, key: u64) -> impl Iterator<Item = u32> + '_ {
+        self.first.get(&key).copied().into_iter().chain(self.more.get(&key).into_iter().flatten().copied())
+    }
+
+    fn insert(&mut self, key: u64, id: u32) {
+        match self.first.entry(key) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(id);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => self.more.entry(key).or_default().push(id),
+        }
+    }
 }
 
 impl DataTool for DedupNear {
@@ -139,10 +223,15 @@ impl DataTool for DedupNear {
         }
         let rows = config.permutations / config.bands;
         let mut rng = SplitMix64(config.seed);
-        let perms: Vec<(u64, u64)> = (0..config.permutations).map(|_| (rng.next_u64() | 1, rng.next_u64())).collect();
-        // Band key -> indices (into `kept`) of kept records with that band.
-        let mut buckets: HashMap<(usize, u64), Vec<u32>> = HashMap::new();
-        let mut kept: Vec<Vec<u64>> = Vec::new();
+        let (a, b) = (0..config.permutations)
+            .map(|_| ((rng.next_u64() >> 32) as u32 | 1, (rng.next_u64() >> 32) as u32))
+            .unzip();
+        let perms = Perms { a, b };
+        let mut mins = Vec::with_capacity(config.permutations);
+        let mut buckets = Buckets::default();
+        // Signatures of the kept records, `permutations` values each, end to end.
+        let mut kept: Vec<u32> = Vec::new();
+        let mut sig = Vec::with_capacity(config.permutations);
         let mut stats = RunStats::default();
         let mut candidates_checked = 0u64;
         while let Some((raw, record)) = input.next_with_raw()? {
@@ -154,17 +243,17 @@ impl DataTool for DedupNear {
                 )?;
                 continue;
             };
-            let sig = signature(&perms, &shingles(&config, &text));
-            let keys: Vec<(usize, u64)> = sig.chunks(rows).enumerate().map(|(b, band)| (b, hash64(band))).collect();
+            sig.clear();
+            signature(&perms, &shingles(&config, &text), &mut mins, &mut sig);
+            let keys: Vec<u64> = sig.chunks(rows).enumerate().map(|(b, band)| band_key(b, band)).collect();
             let mut duplicate = false;
-            'bands: for key in &keys {
-                if let Some(ids) = buckets.get(key) {
-                    for &id in ids {
-                        candidates_checked += 1;
-                        if similarity(&sig, &kept[id as usize]) >= config.threshold {
-                            duplicate = true;
-                            break 'bands;
-                        }
+            'bands: for &key in &keys {
+                for id in buckets.get(key) {
+                    candidates_checked += 1;
+                    let at = id as usize * config.permutations;
+                    if similarity(&sig, &kept[at..at + config.permutations]) >= config.threshold {
+                        duplicate = true;
+                        break 'bands;
                     }
                 }
             }
@@ -172,11 +261,11 @@ impl DataTool for DedupNear {
                 stats.drop_record("near-duplicate");
                 continue;
             }
-            let id = kept.len() as u32;
+            let id = (kept.len() / config.permutations) as u32;
             for key in keys {
-                buckets.entry(key).or_default().push(id);
+                buckets.insert(key, id);
             }
-            kept.push(sig);
+            kept.extend_from_slice(&sig);
             output.push_raw(raw)?;
         }
         stats.metrics.insert("candidates-checked".into(), candidates_checked as f64);
