@@ -6,12 +6,17 @@
 //! just a `&[T]` plus the dimensions the function documents, which keeps the ops free of
 //! allocation policy and lets the caller own every buffer.
 //!
+//! The CUDA backend (`cuda` feature, [`cuda`] when enabled) runs the same ops on a GPU; its
+//! results are checked against the CPU backend.
+//!
 //! Architecture Invariant: this crate knows nothing about plugins, tasks, search or models; it
 //! offers ops. Model structure lives in `trex-core`.
 
 #![deny(unsafe_code)]
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 /// The float types the ops are generic over (`f32` for training, `f64` for checks).
 pub trait Real:

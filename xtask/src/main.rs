@@ -1,4 +1,5 @@
-//! Project chores: `cargo xtask build-plugins | demo | test | ci | bench-plugins`.
+//! Project chores: `cargo xtask build-plugins | demo | test | ci | bench-plugins | nvrtc-check |
+//! device-check`.
 //!
 //! Rust instead of shell so the steps read the same everywhere and fail with clear messages.
 
@@ -19,6 +20,10 @@ commands:
   test            build the plugins and run the whole test suite (what CI runs)
   ci              check formatting, clippy, docs, then `test`
   bench-plugins   build in release mode and run the plugin-host benchmark
+  nvrtc-check     fetch NVRTC from the `nvidia-cuda-nvrtc-cu12` wheel and compile every CUDA
+                  kernel for sm_80 and sm_90 (no GPU needed; part of `ci`)
+  device-check    on a machine with an NVIDIA GPU: build the CUDA backend and check every op
+                  against the CPU reference on fresh random inputs
   gen-unit-data   regenerate the synthetic unit-conversion example data (seeded, deterministic)
 ";
 
@@ -41,6 +46,8 @@ fn dispatch() -> Result<()> {
         Some("ci") => ci(),
         Some("bench-plugins") => bench_plugins(),
         Some("gen-unit-data") => gen_unit_data(),
+        Some("nvrtc-check") => nvrtc_check(),
+        Some("device-check") => device_check(),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             Ok(())
@@ -150,8 +157,108 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    run(cargo().current_dir(root()).args([
+        "clippy",
+        "-p",
+        "trex-kernels",
+        "--features",
+        "cuda",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo().current_dir(root()).env("RUSTDOCFLAGS", "-D warnings").args(["doc", "--workspace", "--no-deps"]))?;
-    test()
+    test()?;
+    nvrtc_check()
+}
+
+/// `python3` or `python`, whichever runs.
+fn python() -> Result<String> {
+    for p in ["python3", "python"] {
+        if Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()) {
+            return Ok(p.to_string());
+        }
+    }
+    bail!("python3 with pip is needed to fetch NVRTC (install python3 and pip)")
+}
+
+/// The folder holding `libnvrtc.so.12`, from the `nvidia-cuda-nvrtc-cu12` wheel (downloaded
+/// once into `target/nvrtc`).
+fn nvrtc_lib_dir() -> Result<PathBuf> {
+    let base = root().join("target/nvrtc");
+    let lib = base.join("unpacked/nvidia/cuda_nvrtc/lib");
+    if lib.join("libnvrtc.so.12").is_file() {
+        return Ok(lib);
+    }
+    let py = python()?;
+    let wheels = base.join("wheel");
+    run(Command::new(&py)
+        .args(["-m", "pip", "download", "--no-deps", "--quiet", "--only-binary=:all:", "-d"])
+        .arg(&wheels)
+        .arg("nvidia-cuda-nvrtc-cu12>=12.4,<13"))?;
+    let wheel = std::fs::read_dir(&wheels)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .context("pip reported success but left no wheel")?;
+    run(Command::new(&py).args(["-m", "zipfile", "-e"]).arg(&wheel).arg(base.join("unpacked")))?;
+    anyhow::ensure!(lib.join("libnvrtc.so.12").is_file(), "the wheel has no {}", lib.join("libnvrtc.so.12").display());
+    Ok(lib)
+}
+
+fn with_library_path(cmd: &mut Command, dirs: &[PathBuf]) {
+    let mut paths: Vec<PathBuf> = dirs.to_vec();
+    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+        paths.extend(std::env::split_paths(&old));
+    }
+    cmd.env("LD_LIBRARY_PATH", std::env::join_paths(paths).expect("library paths join"));
+}
+
+/// Compile every CUDA kernel with NVRTC for sm_80 and sm_90; no GPU needed.
+fn nvrtc_check() -> Result<()> {
+    let lib = nvrtc_lib_dir()?;
+    let mut cmd = cargo();
+    cmd.current_dir(root()).args(["test", "-p", "trex-kernels", "--features", "cuda", "--test", "nvrtc"]);
+    with_library_path(&mut cmd, &[lib]);
+    run(&mut cmd)
+}
+
+/// On a GPU machine: every CUDA op against the CPU reference. Uses the CUDA libraries the
+/// local PyTorch installation ships (NVRTC, cuBLAS) when the toolkit is not on the path.
+fn device_check() -> Result<()> {
+    let mut dirs = Vec::new();
+    if let Ok(py) = python() {
+        let out = Command::new(&py)
+            .args([
+                "-c",
+                "import importlib,os\nfor m in ('nvidia.cuda_nvrtc','nvidia.cublas','nvidia.cuda_runtime'):\n try: print(os.path.join(list(importlib.import_module(m).__path__)[0],'lib'))\n except Exception: pass",
+            ])
+            .output();
+        if let Ok(o) = out {
+            dirs.extend(String::from_utf8_lossy(&o.stdout).lines().map(PathBuf::from).filter(|p| p.is_dir()));
+        }
+    }
+    eprintln!("CUDA library folders from the Python environment: {dirs:?}");
+    let mut cmd = cargo();
+    cmd.current_dir(root()).args([
+        "test",
+        "--release",
+        "-p",
+        "trex-kernels",
+        "--features",
+        "cuda",
+        "--test",
+        "nvrtc",
+        "--test",
+        "cuda_parity",
+        "--",
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ]);
+    with_library_path(&mut cmd, &dirs);
+    run(&mut cmd)
 }
 
 fn bench_plugins() -> Result<()> {

@@ -290,12 +290,16 @@ impl PluginHost {
         let started = Instant::now();
         let records_in = input.len() as u64;
         let mut store = self.new_store(plugin, env)?;
-        let reader =
-            store.data_mut().table.push(HostReader::new(input)).map_err(|e| PluginError::Host(e.to_string()))?;
+        let input = std::sync::Arc::new(input);
+        let reader = store
+            .data_mut()
+            .table
+            .push(HostReader::new(input.clone()))
+            .map_err(|e| PluginError::Host(e.to_string()))?;
         let writer = store
             .data_mut()
             .table
-            .push(HostWriter::new(plugin.limits.output_mib << 20))
+            .push(HostWriter::new(plugin.limits.output_mib << 20, input))
             .map_err(|e| PluginError::Host(e.to_string()))?;
         let writer_rep = writer.rep();
         self.arm(&mut store, plugin)?;

@@ -1,23 +1,44 @@
 //! Host-owned record streams for data tools: the reader hands out batches, the writer checks
 //! and collects what the plugin writes, within the call's output limit.
 
+use std::sync::Arc;
+
 use serde::de::IgnoredAny;
 
 /// The input side of a data-tool run.
 #[derive(Debug)]
 pub struct HostReader {
-    records: std::vec::IntoIter<String>,
+    input: Arc<Vec<String>>,
+    next: usize,
 }
 
 impl HostReader {
-    /// A reader over `records` (each a JSON object as text).
-    pub fn new(records: Vec<String>) -> Self {
-        Self { records: records.into_iter() }
+    /// A reader over `input` (each record a JSON object as text), shared with the run's writer
+    /// so that the plugin can pass records on by position.
+    pub fn new(input: Arc<Vec<String>>) -> Self {
+        Self { input, next: 0 }
     }
 
     /// Up to `max` records; empty at the end.
     pub fn take(&mut self, max: usize) -> Vec<String> {
-        self.records.by_ref().take(max).collect()
+        let end = (self.next + max).min(self.input.len());
+        let batch = self.input[self.next..end].to_vec();
+        self.next = end;
+        batch
+    }
+
+    /// Up to `max` records end to end in one text, with their byte lengths; empty at the end.
+    pub fn take_packed(&mut self, max: usize) -> (String, Vec<u32>) {
+        let end = (self.next + max).min(self.input.len());
+        let records = &self.input[self.next..end];
+        let mut text = String::with_capacity(records.iter().map(String::len).sum());
+        let mut lengths = Vec::with_capacity(records.len());
+        for r in records {
+            text.push_str(r);
+            lengths.push(u32::try_from(r.len()).unwrap_or(u32::MAX));
+        }
+        self.next = end;
+        (text, lengths)
     }
 }
 
@@ -28,22 +49,45 @@ pub struct HostWriter {
     bytes: u64,
     max_bytes: u64,
     limit_hit: bool,
+    input: Arc<Vec<String>>,
 }
 
 impl HostWriter {
-    /// A writer that accepts at most `max_bytes` of record text.
-    pub fn new(max_bytes: u64) -> Self {
-        Self { records: Vec::new(), bytes: 0, max_bytes, limit_hit: false }
+    /// A writer that accepts at most `max_bytes` of record text, and passes on records of
+    /// `input` by position.
+    pub fn new(max_bytes: u64, input: Arc<Vec<String>>) -> Self {
+        Self { records: Vec::new(), bytes: 0, max_bytes, limit_hit: false, input }
+    }
+
+    fn reserve(&mut self, batch_bytes: u64) -> Result<(), String> {
+        if self.bytes + batch_bytes > self.max_bytes {
+            self.limit_hit = true;
+            return Err(format!("output limit of {} MiB reached; stop writing", self.max_bytes >> 20));
+        }
+        Ok(())
+    }
+
+    /// Keep input records unchanged, by position; refused whole if a position is past the
+    /// input or the batch would take the output past the limit.
+    pub fn pass(&mut self, positions: &[u64]) -> Result<(), String> {
+        let mut batch_bytes = 0u64;
+        for &p in positions {
+            let Some(record) = usize::try_from(p).ok().and_then(|p| self.input.get(p)) else {
+                return Err(format!("position {p} is past the end of the input ({} records)", self.input.len()));
+            };
+            batch_bytes += record.len() as u64;
+        }
+        self.reserve(batch_bytes)?;
+        self.bytes += batch_bytes;
+        self.records.extend(positions.iter().map(|&p| self.input[p as usize].clone()));
+        Ok(())
     }
 
     /// Check and keep a batch. Every record must be a JSON object; the batch is refused whole
     /// if one is not, or if it would take the output past the limit.
     pub fn append(&mut self, batch: Vec<String>) -> Result<(), String> {
         let batch_bytes: u64 = batch.iter().map(|r| r.len() as u64).sum();
-        if self.bytes + batch_bytes > self.max_bytes {
-            self.limit_hit = true;
-            return Err(format!("output limit of {} MiB reached; stop writing", self.max_bytes >> 20));
-        }
+        self.reserve(batch_bytes)?;
         for (i, record) in batch.iter().enumerate() {
             if !record.trim_start().starts_with('{') || serde_json::from_str::<IgnoredAny>(record).is_err() {
                 let preview: String = record.chars().take(80).collect();
@@ -72,15 +116,19 @@ mod tests {
 
     #[test]
     fn reader_hands_out_batches_then_nothing() {
-        let mut r = HostReader::new((0..5).map(|i| format!("{{\"i\":{i}}}")).collect());
+        let mut r = HostReader::new(Arc::new((0..5).map(|i| format!("{{\"i\":{i}}}")).collect()));
         assert_eq!(r.take(2).len(), 2);
         assert_eq!(r.take(10).len(), 3);
         assert!(r.take(10).is_empty());
+        let mut r = HostReader::new(Arc::new(vec!["{}".into(), "{\"é\":1}".into(), "{\"c\":2}".into()]));
+        assert_eq!(r.take_packed(2), ("{}{\"é\":1}".to_string(), vec![2, 8]), "byte lengths");
+        assert_eq!(r.take_packed(2), ("{\"c\":2}".to_string(), vec![7]));
+        assert_eq!(r.take_packed(2), (String::new(), vec![]));
     }
 
     #[test]
     fn writer_refuses_non_objects_and_keeps_nothing_of_that_batch() {
-        let mut w = HostWriter::new(1 << 20);
+        let mut w = HostWriter::new(1 << 20, Arc::default());
         w.append(vec!["{\"a\":1}".into()]).unwrap();
         let err = w.append(vec!["{\"b\":2}".into(), "[1,2]".into()]).unwrap_err();
         assert!(err.contains("record 2") && err.contains("not a JSON object"), "{err}");
@@ -89,9 +137,22 @@ mod tests {
 
     #[test]
     fn writer_enforces_the_byte_limit() {
-        let mut w = HostWriter::new(10);
+        let mut w = HostWriter::new(10, Arc::default());
         assert!(w.append(vec!["{\"a\":1}".into()]).is_ok());
         assert!(w.append(vec!["{\"a\":1}".into()]).unwrap_err().contains("output limit"));
         assert!(w.limit_hit());
+    }
+
+    #[test]
+    fn writer_passes_input_records_by_position() {
+        let input: Arc<Vec<String>> = Arc::new(vec!["{\"a\":0}".into(), "{\"a\":1}".into()]);
+        let mut w = HostWriter::new(1 << 20, input.clone());
+        w.pass(&[1]).unwrap();
+        w.append(vec!["{\"b\":2}".into()]).unwrap();
+        w.pass(&[0, 1]).unwrap();
+        assert!(w.pass(&[2]).unwrap_err().contains("position 2 is past the end of the input (2 records)"));
+        assert_eq!(w.into_records(), ["{\"a\":1}", "{\"b\":2}", "{\"a\":0}", "{\"a\":1}"]);
+        let mut small = HostWriter::new(10, input);
+        assert!(small.pass(&[0, 1]).unwrap_err().contains("output limit") && small.limit_hit());
     }
 }

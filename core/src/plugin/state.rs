@@ -205,6 +205,14 @@ impl records::HostReader for StoreState {
         Ok(reader.take(max.clamp(1, 65_536) as usize))
     }
 
+    async fn read_packed(&mut self, reader: Resource<HostReader>, max: u32) -> wasmtime::Result<(String, Vec<u32>)> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Ok((String::new(), Vec::new()));
+        }
+        let reader = self.table.get_mut(&reader)?;
+        Ok(reader.take_packed(max.clamp(1, 65_536) as usize))
+    }
+
     async fn drop(&mut self, reader: Resource<HostReader>) -> wasmtime::Result<()> {
         self.table.delete(reader)?;
         Ok(())
@@ -219,6 +227,19 @@ impl records::HostWriter for StoreState {
     ) -> wasmtime::Result<Result<(), String>> {
         let writer = self.table.get_mut(&writer)?;
         let result = writer.append(batch);
+        if result.is_err() && writer.limit_hit() {
+            self.output_limit_hit = true;
+        }
+        Ok(result)
+    }
+
+    async fn pass(
+        &mut self,
+        writer: Resource<HostWriter>,
+        positions: Vec<u64>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let writer = self.table.get_mut(&writer)?;
+        let result = writer.pass(&positions);
         if result.is_err() && writer.limit_hit() {
             self.output_limit_hit = true;
         }

@@ -192,6 +192,7 @@ impl DataTool for Augment {
         let mut stats = RunStats::default();
         let (mut variants, mut not_applicable, mut repeats) = (0u64, 0u64, 0u64);
         while let Some((raw, record)) = input.next_with_raw()? {
+            let position = input.position();
             let mut rng = SplitMix64(config.seed ^ fnv1a(raw.as_bytes()));
             let mut made: Vec<Record> = Vec::new();
             let (mut applicable, mut unreadable) = (true, false);
@@ -237,11 +238,11 @@ impl DataTool for Augment {
             }
             if !applicable || made.is_empty() {
                 not_applicable += u64::from(!applicable);
-                output.push_raw(raw)?;
+                output.pass(position)?;
                 continue;
             }
             if config.keep_original {
-                output.push_raw(raw)?;
+                output.pass(position)?;
             } else {
                 stats.drop_record("replaced-by-variants");
             }

@@ -139,21 +139,31 @@ impl Cleaner {
         s
     }
 
-    /// Clean the record in place; returns its cleaned text (for the filters).
-    fn record(&mut self, record: &mut Record) -> String {
+    /// Clean the record in place; returns its cleaned text (for the filters) and whether
+    /// anything changed.
+    fn record(&mut self, record: &mut Record) -> (String, bool) {
         let mut all = String::new();
+        let mut changed = false;
         let fields = self.config.fields.clone();
         for f in &fields {
             match record.get_mut(f) {
                 Some(serde_json::Value::String(s)) => {
-                    *s = self.clean(s);
+                    let cleaned = self.clean(s);
+                    if cleaned != *s {
+                        *s = cleaned;
+                        changed = true;
+                    }
                     all.push_str(s);
                     all.push('\n');
                 }
                 Some(serde_json::Value::Array(turns)) => {
                     for t in turns.iter_mut() {
                         if let Some(serde_json::Value::String(c)) = t.get_mut("content") {
-                            *c = self.clean(c);
+                            let cleaned = self.clean(c);
+                            if cleaned != *c {
+                                *c = cleaned;
+                                changed = true;
+                            }
                             all.push_str(c);
                             all.push('\n');
                         }
@@ -162,7 +172,7 @@ impl Cleaner {
                 _ => {}
             }
         }
-        all
+        (all, changed)
     }
 }
 
@@ -205,7 +215,7 @@ impl DataTool for CleanText {
         let mut cleaner = Cleaner::new(config)?;
         let mut stats = RunStats::default();
         while let Some(mut record) = input.next_record()? {
-            let text = cleaner.record(&mut record);
+            let (text, changed) = cleaner.record(&mut record);
             if let Some(p) = cleaner.include.iter().find(|p| !p.is_match(&text)) {
                 stats.drop_record(&format!("include `{}` did not match", p.as_str()));
                 continue;
@@ -214,7 +224,12 @@ impl DataTool for CleanText {
                 stats.drop_record(&format!("exclude `{}` matched", p.as_str()));
                 continue;
             }
-            output.push(&record)?;
+            // An unchanged record stays on the host as it came.
+            if changed {
+                output.push(&record)?;
+            } else {
+                output.pass(input.position())?;
+            }
         }
         stats.metrics.insert("emails-scrubbed".into(), cleaner.emails as f64);
         stats.metrics.insert("phones-scrubbed".into(), cleaner.phones as f64);

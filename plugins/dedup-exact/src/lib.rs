@@ -37,13 +37,14 @@ impl DataTool for DedupExact {
     ) -> Result<RunStats, PluginError> {
         let mut stats = RunStats::default();
         let mut seen: HashSet<u128> = HashSet::new();
-        while let Some(raw) = input.next_raw() {
+        let mut n = 0u64;
+        while let Some(raw) = input.next_text() {
+            n += 1;
             let key = if config.fields.is_empty() {
-                if config.normalize { normalize(&raw) } else { raw.clone() }
+                if config.normalize { normalize(raw) } else { raw.to_string() }
             } else {
-                let record: Record = serde_json::from_str(&raw).map_err(|e| {
-                    PluginError::new(format!("record {} is not a JSON object: {e}", input.records_read()))
-                })?;
+                let record: Record = serde_json::from_str(raw)
+                    .map_err(|e| PluginError::new(format!("record {n} is not a JSON object: {e}")))?;
                 let mut key = String::new();
                 for f in &config.fields {
                     match record.get(f) {
@@ -56,7 +57,7 @@ impl DataTool for DedupExact {
                 if config.normalize { normalize(&key) } else { key }
             };
             if seen.insert(fingerprint(&key)) {
-                output.push_raw(raw)?;
+                output.pass(input.position())?;
             } else {
                 stats.drop_record("duplicate");
             }

@@ -234,7 +234,7 @@ impl DataTool for DedupNear {
         let mut sig = Vec::with_capacity(config.permutations);
         let mut stats = RunStats::default();
         let mut candidates_checked = 0u64;
-        while let Some((raw, record)) = input.next_with_raw()? {
+        while let Some(record) = input.next_record()? {
             let Some(text) = text_of(&config, &record) else {
                 stats.bad_record(
                     config.on_bad_record,
@@ -266,7 +266,7 @@ impl DataTool for DedupNear {
                 buckets.insert(key, id);
             }
             kept.extend_from_slice(&sig);
-            output.push_raw(raw)?;
+            output.pass(input.position())?;
         }
         stats.metrics.insert("candidates-checked".into(), candidates_checked as f64);
         Ok(stats)

@@ -239,7 +239,7 @@ impl DataTool for FilterLang {
         let mut stats = RunStats::default();
         let mut kept_by_language: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut kept = 0u64;
-        while let Some((raw, record)) = input.next_with_raw()? {
+        while let Some(record) = input.next_record()? {
             let Some(pieces) = text_fields(&record, &config.fields) else {
                 let problem = format!("none of the fields {:?}", config.fields);
                 stats.bad_record(config.on_bad_record, input.records_read(), &problem)?;
@@ -270,7 +270,7 @@ impl DataTool for FilterLang {
                 None => {
                     kept += 1;
                     *kept_by_language.entry(p.language).or_insert(0) += 1;
-                    output.push_raw(raw)?;
+                    output.pass(input.position())?;
                 }
             }
         }

@@ -75,18 +75,21 @@ impl DataTool for FilterLength {
         output: &mut RecordWriter<'_>,
     ) -> Result<RunStats, PluginError> {
         let mut filter = Filter { config, stats: RunStats::default(), total: 0, kept: 0 };
-        let mut batch: Vec<(String, Vec<String>)> = Vec::new();
-        while let Some((raw, record)) = input.next_with_raw()? {
+        let mut batch: Vec<(u64, Vec<String>)> = Vec::new();
+        while let Some(record) = input.next_record()? {
+            let position = input.position();
             let Some(pieces) = text_fields(&record, &filter.config.fields) else {
                 let problem = format!("none of the fields {:?}", filter.config.fields);
                 filter.stats.bad_record(filter.config.on_bad_record, input.records_read(), &problem)?;
                 continue;
             };
             match filter.config.unit {
-                Unit::Chars => filter.keep(raw, pieces.iter().map(|s| s.chars().count()).sum(), output)?,
-                Unit::Words => filter.keep(raw, pieces.iter().map(|s| s.split_whitespace().count()).sum(), output)?,
+                Unit::Chars => filter.keep(position, pieces.iter().map(|s| s.chars().count()).sum(), output)?,
+                Unit::Words => {
+                    filter.keep(position, pieces.iter().map(|s| s.split_whitespace().count()).sum(), output)?
+                }
                 Unit::Tokens => {
-                    batch.push((raw, pieces.into_iter().map(String::from).collect()));
+                    batch.push((position, pieces.into_iter().map(String::from).collect()));
                     if batch.len() == TOKEN_BATCH {
                         filter.keep_batch(std::mem::take(&mut batch), output)?;
                     }
@@ -110,7 +113,7 @@ struct Filter {
 }
 
 impl Filter {
-    fn keep(&mut self, raw: String, len: usize, output: &mut RecordWriter<'_>) -> Result<(), PluginError> {
+    fn keep(&mut self, position: u64, len: usize, output: &mut RecordWriter<'_>) -> Result<(), PluginError> {
         if len < self.config.min {
             self.stats.drop_record("too-short");
         } else if len > self.config.max {
@@ -118,17 +121,13 @@ impl Filter {
         } else {
             self.total += len as u64;
             self.kept += 1;
-            output.push_raw(raw)?;
+            output.pass(position)?;
         }
         Ok(())
     }
 
     /// Count the tokens of a batch of records in one host call, then filter them in order.
-    fn keep_batch(
-        &mut self,
-        batch: Vec<(String, Vec<String>)>,
-        output: &mut RecordWriter<'_>,
-    ) -> Result<(), PluginError> {
+    fn keep_batch(&mut self, batch: Vec<(u64, Vec<String>)>, output: &mut RecordWriter<'_>) -> Result<(), PluginError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -136,9 +135,9 @@ impl Filter {
         let counts =
             count_tokens(&texts).map_err(|e| PluginError::field("unit", format!("cannot count tokens: {e}")))?;
         let mut counts = counts.into_iter();
-        for (raw, pieces) in batch {
+        for (position, pieces) in batch {
             let len: usize = counts.by_ref().take(pieces.len()).map(|c| c as usize).sum();
-            self.keep(raw, len, output)?;
+            self.keep(position, len, output)?;
         }
         Ok(())
     }

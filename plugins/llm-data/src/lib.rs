@@ -190,20 +190,20 @@ impl DataTool for LlmData {
         output: &mut RecordWriter<'_>,
     ) -> Result<RunStats, PluginError> {
         let mut run = Run { stats: RunStats::default(), stopped: None, new: 0, bad_replies: 0, calls: 0 };
-        while let Some((raw, record)) = input.next_with_raw()? {
-            let index = input.records_read();
+        while let Some(record) = input.next_record()? {
+            let (index, position) = (input.records_read(), input.position());
             if run.stopped.is_some() {
-                output.push_raw(raw)?;
+                output.pass(position)?;
                 continue;
             }
             match config.mode {
                 Mode::Generate => {
-                    output.push_raw(raw)?;
+                    output.pass(position)?;
                     if (index - 1).is_multiple_of(config.every as u64) && run.new < config.max_new {
                         run.generate(&config, &record, index, output)?;
                     }
                 }
-                Mode::Judge => run.judge(&config, raw, record, output)?,
+                Mode::Judge => run.judge(&config, position, record, output)?,
             }
             progress(index, None, if config.mode == Mode::Generate { "generating" } else { "judging" });
         }
@@ -329,7 +329,7 @@ impl Run {
     fn judge(
         &mut self,
         config: &Config,
-        raw: String,
+        position: u64,
         mut record: Record,
         output: &mut RecordWriter<'_>,
     ) -> Result<(), PluginError> {
@@ -368,7 +368,7 @@ impl Run {
             None if self.stopped.is_none() && config.on_bad_reply == OnBadReply::Drop => {
                 self.stats.drop_record("bad-llm-reply")
             }
-            None => output.push_raw(raw)?,
+            None => output.pass(position)?,
         }
         Ok(())
     }

@@ -95,8 +95,8 @@ impl DataTool for LoadBfcl {
                 "name the BFCL question file, e.g. BFCL_v4_simple_python.json",
             ));
         }
-        while let Some(raw) = input.next_raw() {
-            output.push_raw(raw)?;
+        while input.next_text().is_some() {
+            output.pass(input.position())?;
         }
         let answers_path = config.answers.clone().unwrap_or_else(|| format!("possible_answer/{}", config.questions));
         let answers: HashMap<String, Value> = read_lines(&answers_path)?

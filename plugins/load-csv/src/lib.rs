@@ -116,8 +116,8 @@ impl DataTool for LoadCsv {
         input: &mut RecordReader<'_>,
         output: &mut RecordWriter<'_>,
     ) -> Result<RunStats, PluginError> {
-        while let Some(raw) = input.next_raw() {
-            output.push_raw(raw)?;
+        while input.next_text().is_some() {
+            output.pass(input.position())?;
         }
         let full = format!("/data/{}", config.path);
         let file = std::fs::File::open(&full).map_err(|e| {

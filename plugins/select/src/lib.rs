@@ -207,7 +207,7 @@ impl DataTool for Select {
             rows.push(row);
         }
         let needs_group = matches!(config.mode, Mode::Stratified | Mode::Mix);
-        let mut usable: Vec<(String, Record, String)> = Vec::with_capacity(rows.len());
+        let mut usable: Vec<(String, Record, String, u64)> = Vec::with_capacity(rows.len());
         for (i, (raw, record)) in rows.into_iter().enumerate() {
             let group = if needs_group {
                 match group_of(&record, &config.by) {
@@ -224,7 +224,7 @@ impl DataTool for Select {
             } else {
                 String::new()
             };
-            usable.push((raw, record, group));
+            usable.push((raw, record, group, i as u64));
         }
         let mut keep = vec![false; usable.len()];
         // Dropped for a reason counted already (not in the mix, the other split side).
@@ -242,7 +242,7 @@ impl DataTool for Select {
             }
             Mode::Stratified | Mode::Mix => {
                 let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-                for (i, (_, _, g)) in usable.iter().enumerate() {
+                for (i, (_, _, g, _)) in usable.iter().enumerate() {
                     groups.entry(g.as_str()).or_default().push(i);
                 }
                 stats.metrics.insert("groups".into(), groups.len() as f64);
@@ -310,7 +310,7 @@ impl DataTool for Select {
                 }
             }
             Mode::Split => {
-                for (i, (raw, record, _)) in usable.iter().enumerate() {
+                for (i, (raw, record, _, _)) in usable.iter().enumerate() {
                     let key = match &config.key {
                         Some(k) => match record.get(k) {
                             Some(serde_json::Value::String(s)) => s.clone(),
@@ -333,7 +333,7 @@ impl DataTool for Select {
             }
             Mode::Curriculum => {
                 let mut keyed: Vec<(f64, usize)> = Vec::with_capacity(usable.len());
-                for (i, (_, record, _)) in usable.iter().enumerate() {
+                for (i, (_, record, _, _)) in usable.iter().enumerate() {
                     let key = if config.order_by == "length" {
                         let fields = ["messages", "prompt", "completion", "response", "text"].map(String::from);
                         text_fields(record, &fields).map(|t| t.iter().map(|s| s.chars().count()).sum::<usize>() as f64)
@@ -351,14 +351,14 @@ impl DataTool for Select {
                 }
                 keyed.sort_by(|a, b| if config.descending { b.0.total_cmp(&a.0) } else { a.0.total_cmp(&b.0) });
                 for (_, i) in keyed {
-                    output.push_raw(std::mem::take(&mut usable[i].0))?;
+                    output.pass(usable[i].3)?;
                 }
                 return Ok(stats);
             }
         }
-        for (i, (raw, _, _)) in usable.into_iter().enumerate() {
+        for (i, (_, _, _, position)) in usable.into_iter().enumerate() {
             if keep[i] {
-                output.push_raw(raw)?;
+                output.pass(position)?;
             } else if !counted[i] {
                 stats.drop_record("not-sampled");
             }

@@ -39,7 +39,8 @@ pub type Record = serde_json::Map<String, serde_json::Value>;
 ///         let mut stats = RunStats::default();
 ///         while let Some(record) = input.next_record()? {
 ///             match record.get("text").and_then(|t| t.as_str()) {
-///                 Some(text) if text.chars().count() <= config.max_chars => output.push(&record)?,
+///                 // Kept as it came: pass it on by position, nothing crosses back.
+///                 Some(text) if text.chars().count() <= config.max_chars => output.pass(input.position())?,
 ///                 Some(_) => stats.drop_record("too-long"),
 ///                 None => stats.bad_record(config.on_bad_record, input.records_read(), "missing string field `text`")?,
 ///             }
@@ -131,7 +132,12 @@ impl RunStats {
 #[derive(Debug)]
 pub struct RecordReader<'a> {
     inner: &'a records::Reader,
-    buffer: std::vec::IntoIter<String>,
+    /// The current batch, end to end, and the byte length of each record in it.
+    text: String,
+    lengths: Vec<u32>,
+    /// The next record of the batch: its index in `lengths` and its byte offset in `text`.
+    at: usize,
+    offset: usize,
     done: bool,
     index: u64,
 }
@@ -141,31 +147,38 @@ const READ_BATCH: u32 = 1024;
 
 impl<'a> RecordReader<'a> {
     fn new(inner: &'a records::Reader) -> Self {
-        Self { inner, buffer: Vec::new().into_iter(), done: false, index: 0 }
+        Self { inner, text: String::new(), lengths: Vec::new(), at: 0, offset: 0, done: false, index: 0 }
+    }
+
+    /// The next record's JSON text, borrowed from the batch (no copy), or `None` at the end of
+    /// the input.
+    pub fn next_text(&mut self) -> Option<&str> {
+        while self.at == self.lengths.len() {
+            if self.done {
+                return None;
+            }
+            let (text, lengths) = self.inner.read_packed(READ_BATCH);
+            self.done = lengths.is_empty();
+            (self.text, self.lengths, self.at, self.offset) = (text, lengths, 0, 0);
+        }
+        let start = self.offset;
+        self.offset += self.lengths[self.at] as usize;
+        self.at += 1;
+        self.index += 1;
+        // The host cuts the batch at record boundaries, which are character boundaries.
+        Some(self.text.get(start..self.offset).unwrap_or(""))
     }
 
     /// The next record as JSON text, or `None` at the end of the input.
     pub fn next_raw(&mut self) -> Option<String> {
-        loop {
-            if let Some(r) = self.buffer.next() {
-                self.index += 1;
-                return Some(r);
-            }
-            if self.done {
-                return None;
-            }
-            let batch = self.inner.read(READ_BATCH);
-            self.done = batch.is_empty();
-            self.buffer = batch.into_iter();
-        }
+        self.next_text().map(String::from)
     }
 
     /// The next record parsed, or `None` at the end of the input.
     pub fn next_record(&mut self) -> Result<Option<Record>, PluginError> {
-        let Some(raw) = self.next_raw() else { return Ok(None) };
-        serde_json::from_str(&raw)
-            .map(Some)
-            .map_err(|e| PluginError::new(format!("record {} is not a JSON object: {e}", self.index)))
+        let Some(raw) = self.next_text() else { return Ok(None) };
+        let parsed = serde_json::from_str(raw);
+        parsed.map(Some).map_err(|e| PluginError::new(format!("record {} is not a JSON object: {e}", self.index)))
     }
 
     /// The next record both as its original text and parsed, for tools that inspect a record
@@ -181,6 +194,11 @@ impl<'a> RecordReader<'a> {
     pub fn records_read(&self) -> u64 {
         self.index
     }
+
+    /// The 0-based position in the input of the record taken last, for [`RecordWriter::pass`].
+    pub fn position(&self) -> u64 {
+        self.index.saturating_sub(1)
+    }
 }
 
 /// Where a data tool writes its records; batches them before they cross to the host.
@@ -189,6 +207,9 @@ pub struct RecordWriter<'a> {
     inner: &'a records::Writer,
     buffer: Vec<String>,
     buffered_bytes: usize,
+    /// Input positions to pass on; at most one of `buffer` and `passes` is non-empty, so that
+    /// records reach the host in the order they were written.
+    passes: Vec<u64>,
 }
 
 const WRITE_BATCH_RECORDS: usize = 1024;
@@ -196,7 +217,7 @@ const WRITE_BATCH_BYTES: usize = 1 << 20;
 
 impl<'a> RecordWriter<'a> {
     fn new(inner: &'a records::Writer) -> Self {
-        Self { inner, buffer: Vec::new(), buffered_bytes: 0 }
+        Self { inner, buffer: Vec::new(), buffered_bytes: 0, passes: Vec::new() }
     }
 
     /// Write one record (anything that serializes to a JSON object).
@@ -208,6 +229,7 @@ impl<'a> RecordWriter<'a> {
 
     /// Write one record already encoded as a JSON object.
     pub fn push_raw(&mut self, record: String) -> Result<(), PluginError> {
+        self.flush_passes()?;
         self.buffered_bytes += record.len();
         self.buffer.push(record);
         if self.buffer.len() >= WRITE_BATCH_RECORDS || self.buffered_bytes >= WRITE_BATCH_BYTES {
@@ -216,14 +238,39 @@ impl<'a> RecordWriter<'a> {
         Ok(())
     }
 
-    /// Send buffered records to the host now.
-    pub fn flush(&mut self) -> Result<(), PluginError> {
+    /// Keep the input record at `position` (see [`RecordReader::position`]) exactly as it came.
+    /// The record's text stays on the host: nothing is copied back or checked again, so this is
+    /// the cheap way for filters and deduplicators to keep a record.
+    pub fn pass(&mut self, position: u64) -> Result<(), PluginError> {
+        self.flush_records()?;
+        self.passes.push(position);
+        if self.passes.len() >= WRITE_BATCH_RECORDS * 4 {
+            self.flush_passes()?;
+        }
+        Ok(())
+    }
+
+    fn flush_records(&mut self) -> Result<(), PluginError> {
         if self.buffer.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.buffer);
         self.buffered_bytes = 0;
         self.inner.write(&batch).map_err(PluginError::new)
+    }
+
+    fn flush_passes(&mut self) -> Result<(), PluginError> {
+        if self.passes.is_empty() {
+            return Ok(());
+        }
+        let positions = std::mem::take(&mut self.passes);
+        self.inner.pass(&positions).map_err(PluginError::new)
+    }
+
+    /// Send buffered records to the host now.
+    pub fn flush(&mut self) -> Result<(), PluginError> {
+        self.flush_records()?;
+        self.flush_passes()
     }
 }
 

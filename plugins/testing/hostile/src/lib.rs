@@ -1,7 +1,8 @@
 //! `hostile`: a data tool that misbehaves on request, for the host's containment tests and the
 //! call-overhead benchmark. Never install it in a real plugin folder.
 //!
-//! `attack` selects the behaviour: `echo` (pass records through: the well-behaved control),
+//! `attack` selects the behaviour: `echo` (write records back: the well-behaved control), `pass`
+//! (keep them by position),
 //! `infinite-loop`, `memory-bomb`, `panic`, `huge-output`, `huge-stdout`, `read-file` (`path`),
 //! `write-file` (`path`, `content`), `env` (report the environment and arguments it can see),
 //! `connect` (open a TCP connection to `127.0.0.1:port`), `sleep` (`millis`).
@@ -38,6 +39,11 @@ impl DataTool for Hostile {
             "echo" => {
                 while let Some(r) = input.next_raw() {
                     output.push_raw(r)?;
+                }
+            }
+            "pass" => {
+                while input.next_text().is_some() {
+                    output.pass(input.position())?;
                 }
             }
             "infinite-loop" => {
