@@ -290,7 +290,7 @@ impl PluginHost {
         let started = Instant::now();
         let records_in = input.len() as u64;
         let mut store = self.new_store(plugin, env)?;
-        let input = std::sync::Arc::new(input);
+        let input = super::records::Input::new(input);
         let reader = store
             .data_mut()
             .table

@@ -1,43 +1,63 @@
 //! Host-owned record streams for data tools: the reader hands out batches, the writer checks
 //! and collects what the plugin writes, within the call's output limit.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::de::IgnoredAny;
+
+/// A run's input, shared by its reader (which hands records out in order) and its writer
+/// (which takes records the plugin passes on, by position, without copying them).
+#[derive(Debug, Default)]
+pub struct Input {
+    records: Vec<String>,
+    /// Records before this position have been read.
+    next: usize,
+}
+
+impl Input {
+    /// The input of one run.
+    pub fn new(records: Vec<String>) -> Arc<Mutex<Input>> {
+        Arc::new(Mutex::new(Input { records, next: 0 }))
+    }
+}
+
+fn lock(input: &Mutex<Input>) -> std::sync::MutexGuard<'_, Input> {
+    input.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The input side of a data-tool run.
 #[derive(Debug)]
 pub struct HostReader {
-    input: Arc<Vec<String>>,
-    next: usize,
+    input: Arc<Mutex<Input>>,
 }
 
 impl HostReader {
-    /// A reader over `input` (each record a JSON object as text), shared with the run's writer
-    /// so that the plugin can pass records on by position.
-    pub fn new(input: Arc<Vec<String>>) -> Self {
-        Self { input, next: 0 }
+    /// A reader over a run's input (each record a JSON object as text).
+    pub fn new(input: Arc<Mutex<Input>>) -> Self {
+        Self { input }
     }
 
     /// Up to `max` records; empty at the end.
     pub fn take(&mut self, max: usize) -> Vec<String> {
-        let end = (self.next + max).min(self.input.len());
-        let batch = self.input[self.next..end].to_vec();
-        self.next = end;
+        let mut input = lock(&self.input);
+        let end = (input.next + max).min(input.records.len());
+        let batch = input.records[input.next..end].to_vec();
+        input.next = end;
         batch
     }
 
     /// Up to `max` records end to end in one text, with their byte lengths; empty at the end.
     pub fn take_packed(&mut self, max: usize) -> (String, Vec<u32>) {
-        let end = (self.next + max).min(self.input.len());
-        let records = &self.input[self.next..end];
+        let mut input = lock(&self.input);
+        let end = (input.next + max).min(input.records.len());
+        let records = &input.records[input.next..end];
         let mut text = String::with_capacity(records.iter().map(String::len).sum());
         let mut lengths = Vec::with_capacity(records.len());
         for r in records {
             text.push_str(r);
             lengths.push(u32::try_from(r.len()).unwrap_or(u32::MAX));
         }
-        self.next = end;
+        input.next = end;
         (text, lengths)
     }
 }
@@ -49,13 +69,13 @@ pub struct HostWriter {
     bytes: u64,
     max_bytes: u64,
     limit_hit: bool,
-    input: Arc<Vec<String>>,
+    input: Arc<Mutex<Input>>,
 }
 
 impl HostWriter {
-    /// A writer that accepts at most `max_bytes` of record text, and passes on records of
-    /// `input` by position.
-    pub fn new(max_bytes: u64, input: Arc<Vec<String>>) -> Self {
+    /// A writer that accepts at most `max_bytes` of record text, and takes records of `input`
+    /// that the plugin passes on.
+    pub fn new(max_bytes: u64, input: Arc<Mutex<Input>>) -> Self {
         Self { records: Vec::new(), bytes: 0, max_bytes, limit_hit: false, input }
     }
 
@@ -67,19 +87,35 @@ impl HostWriter {
         Ok(())
     }
 
-    /// Keep input records unchanged, by position; refused whole if a position is past the
-    /// input or the batch would take the output past the limit.
+    /// Keep input records unchanged, by position: each must have been read and not passed
+    /// already (the record moves to the output; nothing is copied). Refused whole otherwise, or
+    /// if the batch would take the output past the limit.
     pub fn pass(&mut self, positions: &[u64]) -> Result<(), String> {
+        let input = Arc::clone(&self.input);
+        let mut input = lock(&input);
         let mut batch_bytes = 0u64;
         for &p in positions {
-            let Some(record) = usize::try_from(p).ok().and_then(|p| self.input.get(p)) else {
-                return Err(format!("position {p} is past the end of the input ({} records)", self.input.len()));
+            let Some(record) = usize::try_from(p).ok().filter(|&p| p < input.next).map(|p| &input.records[p]) else {
+                return Err(format!("position {p} has not been read (the reader is at {})", input.next));
             };
+            if record.is_empty() {
+                return Err(format!("position {p} was passed on already; write a copy with `write` instead"));
+            }
             batch_bytes += record.len() as u64;
+        }
+        if positions.len() > 1 {
+            let mut sorted = positions.to_vec();
+            sorted.sort_unstable();
+            if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+                return Err(format!(
+                    "position {} is passed twice in one batch; write a copy with `write` instead",
+                    w[0]
+                ));
+            }
         }
         self.reserve(batch_bytes)?;
         self.bytes += batch_bytes;
-        self.records.extend(positions.iter().map(|&p| self.input[p as usize].clone()));
+        self.records.extend(positions.iter().map(|&p| std::mem::take(&mut input.records[p as usize])));
         Ok(())
     }
 
@@ -116,11 +152,11 @@ mod tests {
 
     #[test]
     fn reader_hands_out_batches_then_nothing() {
-        let mut r = HostReader::new(Arc::new((0..5).map(|i| format!("{{\"i\":{i}}}")).collect()));
+        let mut r = HostReader::new(Input::new((0..5).map(|i| format!("{{\"i\":{i}}}")).collect()));
         assert_eq!(r.take(2).len(), 2);
         assert_eq!(r.take(10).len(), 3);
         assert!(r.take(10).is_empty());
-        let mut r = HostReader::new(Arc::new(vec!["{}".into(), "{\"é\":1}".into(), "{\"c\":2}".into()]));
+        let mut r = HostReader::new(Input::new(vec!["{}".into(), "{\"é\":1}".into(), "{\"c\":2}".into()]));
         assert_eq!(r.take_packed(2), ("{}{\"é\":1}".to_string(), vec![2, 8]), "byte lengths");
         assert_eq!(r.take_packed(2), ("{\"c\":2}".to_string(), vec![7]));
         assert_eq!(r.take_packed(2), (String::new(), vec![]));
@@ -144,14 +180,22 @@ mod tests {
     }
 
     #[test]
-    fn writer_passes_input_records_by_position() {
-        let input: Arc<Vec<String>> = Arc::new(vec!["{\"a\":0}".into(), "{\"a\":1}".into()]);
+    fn writer_moves_read_records_by_position() {
+        let input = Input::new(vec!["{\"a\":0}".into(), "{\"a\":1}".into(), "{\"a\":2}".into()]);
+        let mut r = HostReader::new(input.clone());
         let mut w = HostWriter::new(1 << 20, input.clone());
+        assert!(w.pass(&[0]).unwrap_err().contains("position 0 has not been read"));
+        assert_eq!(r.take_packed(2).1, vec![7, 7]);
         w.pass(&[1]).unwrap();
         w.append(vec!["{\"b\":2}".into()]).unwrap();
-        w.pass(&[0, 1]).unwrap();
-        assert!(w.pass(&[2]).unwrap_err().contains("position 2 is past the end of the input (2 records)"));
-        assert_eq!(w.into_records(), ["{\"a\":1}", "{\"b\":2}", "{\"a\":0}", "{\"a\":1}"]);
+        w.pass(&[0]).unwrap();
+        assert!(w.pass(&[1]).unwrap_err().contains("passed on already"));
+        assert!(w.pass(&[2]).unwrap_err().contains("has not been read"));
+        assert_eq!(r.take(5), vec!["{\"a\":2}".to_string()]);
+        assert!(w.pass(&[2, 2]).unwrap_err().contains("passed twice"));
+        assert_eq!(w.into_records(), ["{\"a\":1}", "{\"b\":2}", "{\"a\":0}"]);
+        let input = Input::new(vec!["{\"a\":0}".into(), "{\"a\":1}".into()]);
+        HostReader::new(input.clone()).take(2);
         let mut small = HostWriter::new(10, input);
         assert!(small.pass(&[0, 1]).unwrap_err().contains("output limit") && small.limit_hit());
     }

@@ -133,6 +133,14 @@ fn fnv64(parts: &[&[u8]]) -> u64 {
     h
 }
 
+/// NVRTC's version, as `major.minor`.
+fn nvrtc_version() -> String {
+    let (mut major, mut minor) = (0i32, 0i32);
+    // SAFETY: NVRTC is loaded (the caller checked); the call writes two integers.
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    format!("{major}.{minor}")
+}
+
 /// The architectures NVRTC is asked for, by compute capability.
 fn arch_name(major: i32, minor: i32) -> Result<&'static str, CudaError> {
     Ok(match (major, minor) {
@@ -159,7 +167,7 @@ pub fn compile(module: &str, arch: &'static str) -> Result<String, CudaError> {
             "NVRTC (libnvrtc.so) was not found: install the CUDA toolkit, or `pip install nvidia-cuda-nvrtc-cu12` and add its `nvidia/cuda_nvrtc/lib` folder to LD_LIBRARY_PATH".into(),
         ));
     }
-    let version = cudarc::nvrtc::result::version().map(|(a, b)| format!("{a}.{b}")).unwrap_or_default();
+    let version = nvrtc_version();
     let key = fnv64(&[src.as_bytes(), arch.as_bytes(), version.as_bytes()]);
     let cached = ptx_cache_dir().map(|d| d.join(format!("{module}-{arch}-{key:016x}.ptx")));
     if let Some(path) = &cached
@@ -192,7 +200,6 @@ pub fn compile(module: &str, arch: &'static str) -> Result<String, CudaError> {
 
 /// One GPU, its stream, cuBLAS handle and loaded kernels.
 pub struct Device {
-    ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
@@ -264,7 +271,7 @@ impl Device {
                 functions.insert(*name, loaded.load_function(name).map_err(driver_err)?);
             }
         }
-        Ok(Self { ctx, stream, blas, functions, arch, name })
+        Ok(Self { stream, blas, functions, arch, name })
     }
 
     /// The stream every op is queued on.
@@ -409,7 +416,7 @@ impl Device {
         d: usize,
         out: &mut CudaSlice<u16>,
     ) -> Result<(), CudaError> {
-        check(out.len() == ids.len() * d && table.len() % d == 0, "embedding_forward")?;
+        check(out.len() == ids.len() * d && table.len().is_multiple_of(d), "embedding_forward")?;
         let d32 = d as i32;
         let mut b = self.stream.launch_builder(self.f("embedding_forward"));
         b.arg(table).arg(ids).arg(&d32).arg(out);
@@ -508,6 +515,7 @@ impl Device {
     /// `head` [vocab, d] (bf16), `targets` (negative: ignored). Returns the summed loss and the
     /// rows counted, and writes `dh = scale·(softmax − onehot)·head` into `dh` [rows, d] (bf16).
     /// The [rows, vocab] logits never exist; at most [rows, chunk] do.
+    #[allow(clippy::too_many_arguments)]
     pub fn cross_entropy_lm_head(
         &self,
         h: &CudaSlice<u16>,
@@ -538,7 +546,7 @@ impl Device {
             self.gemm_view(hm, &w, width, d, &mut lg)?;
             let (w32, o32) = (width as i32, offset as i32);
             let mut b = self.stream.launch_builder(self.f("ce_chunk_lse"));
-            b.arg(&lg).arg(&w32).arg(&o32).arg(&t_dev).arg(&mut row_max).arg(&mut row_sum).arg(&mut target_logit);
+            b.arg(&mut lg).arg(&w32).arg(&o32).arg(&t_dev).arg(&mut row_max).arg(&mut row_sum).arg(&mut target_logit);
             // SAFETY: lg holds rows·width logits; the row statistics hold rows values.
             unsafe { b.launch(rows_cfg(rows)) }.map_err(driver_err)?;
         }
@@ -557,7 +565,7 @@ impl Device {
             let (w32, o32) = (width as i32, offset as i32);
             let mut dl = dlogits.slice_mut(0..rows * width);
             let mut b = self.stream.launch_builder(self.f("ce_chunk_grad"));
-            b.arg(&lg).arg(&r32).arg(&w32).arg(&o32).arg(&t_dev).arg(&lse).arg(&scale).arg(&mut dl);
+            b.arg(&mut lg).arg(&r32).arg(&w32).arg(&o32).arg(&t_dev).arg(&lse).arg(&scale).arg(&mut dl);
             // SAFETY: lg and dl hold rows·width values.
             unsafe { b.launch(grid_for(rows * width)) }.map_err(driver_err)?;
             // dh (+)= dlogits [rows, width] · W_chunk [width, d].

@@ -240,7 +240,8 @@ impl<'a> RecordWriter<'a> {
 
     /// Keep the input record at `position` (see [`RecordReader::position`]) exactly as it came.
     /// The record's text stays on the host: nothing is copied back or checked again, so this is
-    /// the cheap way for filters and deduplicators to keep a record.
+    /// the cheap way for filters and deduplicators to keep a record. Each position may be passed
+    /// once, after it was read; to emit a record twice, `push_raw` the copy.
     pub fn pass(&mut self, position: u64) -> Result<(), PluginError> {
         self.flush_records()?;
         self.passes.push(position);

@@ -26,7 +26,7 @@ extern "C" __global__ void attention_forward(const bf16* __restrict__ q, const b
     for (int d = lane; d < head_dim; d += 32) {
         qs[warp][d] = active ? bf16_to_f32(q[((size_t)i * heads + h) * head_dim + d]) : 0.0f;
     }
-    float m = -INFINITY, l = 0.0f, acc[MAX_D / 32];
+    float m = -INF, l = 0.0f, acc[MAX_D / 32];
     for (int c = 0; c < MAX_D / 32; c++) acc[c] = 0.0f;
     int last = min(seq - 1, (int)(blockIdx.x * ROWS + ROWS - 1));
     for (int start = 0; start <= last; start += TILE) {
@@ -42,7 +42,7 @@ extern "C" __global__ void attention_forward(const bf16* __restrict__ q, const b
         if (!active || start > i) continue;
         // Lane j scores key start + j.
         int j = start + lane;
-        float s = -INFINITY;
+        float s = -INF;
         if (j <= i) {
             float dot = 0.0f;
             for (int d = 0; d < head_dim; d++) dot += qs[warp][d] * ks[lane][d];

@@ -4,6 +4,9 @@
 
 typedef unsigned short bf16;
 
+// +∞ without math.h.
+#define INF __int_as_float(0x7f800000)
+
 __device__ __forceinline__ float bf16_to_f32(bf16 x) {
     return __uint_as_float(((unsigned int)x) << 16);
 }

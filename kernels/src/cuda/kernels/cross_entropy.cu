@@ -14,14 +14,14 @@ extern "C" __global__ void ce_chunk_lse(const float* __restrict__ logits, int ch
     const float* row = logits + (size_t)r * chunk;
     __shared__ float smax[32];
     __shared__ float block_max;
-    float m = -INFINITY;
+    float m = -INF;
     for (int i = threadIdx.x; i < chunk; i += blockDim.x) m = fmaxf(m, row[i]);
     m = warp_max(m);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (lane == 0) smax[warp] = m;
     __syncthreads();
     if (warp == 0) {
-        float x = lane < (int)(blockDim.x >> 5) ? smax[lane] : -INFINITY;
+        float x = lane < (int)(blockDim.x >> 5) ? smax[lane] : -INF;
         x = warp_max(x);
         if (lane == 0) block_max = x;
     }
