@@ -6,7 +6,7 @@
 //! just a `&[T]` plus the dimensions the function documents, which keeps the ops free of
 //! allocation policy and lets the caller own every buffer.
 //!
-//! The CUDA backend (`cuda` feature, [`cuda`] when enabled) runs the same ops on a GPU; its
+//! The CUDA backend (the `cuda` feature, module `cuda`) runs the same ops on a GPU; its
 //! results are checked against the CPU backend.
 //!
 //! Architecture Invariant: this crate knows nothing about plugins, tasks, search or models; it
