@@ -7,6 +7,11 @@ machine, in the same session:
     python core/reference/bench_lora_train.py --seq 512 --batch 2 --rank 16 --steps 4 --threads 2
 
 Prints one JSON line: tokens/s (median over the timed steps), peak RSS in MiB.
+
+On a GPU, the same baseline in bf16, eager and compiled:
+
+    python core/reference/bench_lora_train.py --device cuda --dtype bf16 --seq 2048 --batch 4 --steps 10
+    python core/reference/bench_lora_train.py --device cuda --dtype bf16 --seq 2048 --batch 4 --steps 10 --compile
 """
 import argparse, json, resource, statistics, time
 
@@ -21,6 +26,9 @@ p.add_argument("--rank", type=int, default=16)
 p.add_argument("--steps", type=int, default=4)
 p.add_argument("--warmup", type=int, default=1)
 p.add_argument("--threads", type=int, default=2)
+p.add_argument("--device", default="cpu", help="cpu or cuda")
+p.add_argument("--dtype", default="f32", choices=["f32", "bf16"], help="dtype of the frozen model (LoRA weights stay f32)")
+p.add_argument("--compile", action="store_true", help="torch.compile the model")
 p.add_argument("--completion-fraction", type=float, default=1.0, help="fraction of positions with a label (the rest are -100)")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
@@ -29,10 +37,18 @@ cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                   num_key_value_heads=3, vocab_size=49152, rms_norm_eps=1e-5, rope_theta=100000.0,
                   max_position_embeddings=8192, tie_word_embeddings=True)
 model = LlamaForCausalLM(cfg)
+if a.dtype == "bf16":
+    model = model.to(torch.bfloat16)
 model = get_peft_model(model, LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0,
                                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+for n, prm in model.named_parameters():
+    if prm.requires_grad:
+        prm.data = prm.data.float()
+model = model.to(a.device)
+if a.compile:
+    model = torch.compile(model)
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-ids = torch.randint(0, cfg.vocab_size, (a.batch, a.seq))
+ids = torch.randint(0, cfg.vocab_size, (a.batch, a.seq), device=a.device)
 labels = ids.clone()
 cut = int(a.seq * (1 - a.completion_fraction))
 labels[:, :cut] = -100
@@ -43,9 +59,12 @@ for step in range(a.warmup + a.steps):
     out.loss.backward()
     opt.step()
     opt.zero_grad()
+    if a.device == "cuda":
+        torch.cuda.synchronize()
     if step >= a.warmup:
         times.append(time.perf_counter() - t)
 tok = a.batch * a.seq
-print(json.dumps({"impl": "pytorch+peft", "torch": torch.__version__, "tokens_per_s": tok / statistics.median(times),
+print(json.dumps({"impl": "pytorch+peft" + (" compiled" if a.compile else ""), "device": a.device, "dtype": a.dtype,
+                  "torch": torch.__version__, "tokens_per_s": tok / statistics.median(times),
                   "step_s_min": min(times), "step_s_max": max(times),
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

@@ -22,8 +22,9 @@ commands:
   bench-plugins   build in release mode and run the plugin-host benchmark
   nvrtc-check     fetch NVRTC from the `nvidia-cuda-nvrtc-cu12` wheel and compile every CUDA
                   kernel for sm_80 and sm_90 (no GPU needed; part of `ci`)
-  device-check    on a machine with an NVIDIA GPU: build the CUDA backend and check every op
-                  against the CPU reference on fresh random inputs
+  device-check    on a machine with an NVIDIA GPU: build the CUDA backend, check every op
+                  against the CPU reference on fresh random inputs, then time the PyTorch + PEFT
+                  LoRA baseline on the same GPU
   gen-unit-data   regenerate the synthetic unit-conversion example data (seeded, deterministic)
 ";
 
@@ -258,7 +259,26 @@ fn device_check() -> Result<()> {
         "1",
     ]);
     with_library_path(&mut cmd, &dirs);
-    run(&mut cmd)
+    run(&mut cmd)?;
+    // The PyTorch + PEFT side of the throughput comparison on the same GPU (SmolLM2-135M shape,
+    // random weights, rank 16, all linear targets). The trex side needs the CUDA trainer, which
+    // is not wired into `trex-host train` yet.
+    let py = python()?;
+    for seq in ["512", "2048"] {
+        for compile in [false, true] {
+            let mut cmd = Command::new(&py);
+            cmd.current_dir(root()).arg("core/reference/bench_lora_train.py").args([
+                "--device", "cuda", "--dtype", "bf16", "--seq", seq, "--batch", "4", "--steps", "10", "--warmup", "3",
+            ]);
+            if compile {
+                cmd.arg("--compile");
+            }
+            if let Err(e) = run(&mut cmd) {
+                eprintln!("baseline failed (seq {seq}, compile {compile}): {e:#}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn bench_plugins() -> Result<()> {
