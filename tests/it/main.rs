@@ -2,6 +2,7 @@
 
 mod augment;
 mod data_tools;
+mod evaluators;
 mod hostile;
 mod roundtrip;
 
