@@ -75,6 +75,7 @@ pub fn standard_plugins(dir: &Path) -> PathBuf {
         ("filter-lang", "filter_lang"),
         ("llm-data", "llm_data"),
         ("bfcl-ast", "bfcl_ast"),
+        ("smiles", "smiles"),
     ] {
         let text =
             std::fs::read_to_string(root().join("plugins").join(folder).join("plugin.toml")).expect("read manifest");

@@ -37,7 +37,7 @@ fn plugins_list_shows_the_standard_plugins() {
     let (ok, out, _) = run(trex_host(&plugins).args(["plugins", "list", "--json"]));
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["plugins"].as_array().unwrap().len(), 16);
+    assert_eq!(v["plugins"].as_array().unwrap().len(), 17);
 }
 
 #[test]
@@ -64,7 +64,7 @@ fn validate_reports_every_problem_and_fails() {
     let (ok, out, _) = run(trex_host(&plugins).args(["plugins", "validate"]).arg(&plugins));
     assert!(!ok);
     assert!(out.contains("typo/plugin.toml") && out.contains("unknown field `timeout`"), "{out}");
-    assert!(out.contains("16 passed, 1 failed"), "{out}");
+    assert!(out.contains("17 passed, 1 failed"), "{out}");
 }
 
 #[test]

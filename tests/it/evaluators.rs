@@ -1,5 +1,6 @@
-//! The `bfcl-ast` evaluator on the real BFCL fixture's ground truth: the canonical calls pass,
-//! equivalent spellings pass, and each kind of mistake gets its own tag.
+//! The task evaluators. `bfcl-ast` on the real BFCL fixture's ground truth: the canonical calls
+//! pass, equivalent spellings pass, and each kind of mistake gets its own tag. `smiles` on real
+//! MOSES molecules and on hand-written valid and invalid SMILES.
 
 use serde_json::{Value, json};
 use trex_core::plugin::{CallEnv, EvalItem, PluginHost};
@@ -100,4 +101,70 @@ async fn bfcl_ast_passes_equivalent_calls_and_tags_each_mistake() {
     let bad = vec![EvalItem { id: "x".into(), example: json!({"question": "?"}), output: "[]".into() }];
     let err = host.evaluate("bfcl-ast", &json!({}), &bad, 1, &CallEnv::default()).await.unwrap_err().to_string();
     assert!(err.contains("answer_field") || err.contains("has no `answer`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smiles_checks_validity_uniqueness_and_novelty() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = trex_tests::standard_plugins(dir.path());
+    let host = PluginHost::discover(&plugins, test_config(dir.path().join("s"))).await.unwrap();
+    let item = |i: usize, output: &str| EvalItem { id: i.to_string(), example: json!({}), output: output.into() };
+    // The 12 real MOSES molecules of the fixture are all valid.
+    let moses = trex_tests::root().join("tests/fixtures/moses");
+    let mut text = String::new();
+    flate2_read(&moses.join("train-head.csv.gz"), &mut text);
+    let molecules: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(molecules.len(), 12);
+    let items: Vec<EvalItem> = molecules.iter().enumerate().map(|(i, m)| item(i, m)).collect();
+    let report = host.evaluate("smiles", &json!({}), &items, 5, &CallEnv::default()).await.unwrap();
+    for (m, r) in molecules.iter().zip(&report.results) {
+        assert!(r.passed, "{m}: {}", r.explanation);
+    }
+    assert_eq!((report.metrics["validity"], report.metrics["uniqueness"]), (1.0, 1.0));
+    // Against the same molecules as the reference set, none is novel.
+    let env = CallEnv { dataset_dir: Some(moses.clone()), ..CallEnv::default() };
+    let config = json!({"reference": "train-head.csv.gz"});
+    let report = host.evaluate("smiles", &config, &items, 5, &env).await.unwrap();
+    assert!(report.results.iter().all(|r| r.tags == ["not-novel"]), "{:?}", report.results);
+    assert_eq!((report.score, report.metrics["novelty"]), (0.0, 0.0));
+
+    let cases: Vec<(&str, Option<&str>)> = vec![
+        ("CCO", None),
+        ("OCC", None), // the same molecule: not unique
+        ("c1ccccc1O<|im_end|>", None),
+        ("Oc1ccccc1 and some words", None), // the same again
+        ("c1cc[nH]c1", None),
+        ("[O-][N+](=O)c1ccccc1", None),
+        ("[NH4+]", None),
+        ("FC(F)(F)Cl", None),
+        ("C1CC2CCC1C2", None),
+        ("CC(=O)O.[Na+]", None),
+        ("", Some("empty-output")),
+        ("C1CCC", Some("unclosed-ring")),
+        ("C(C", Some("invalid-syntax")),
+        ("CXC", Some("invalid-syntax")),
+        ("CC(C)(C)(C)(C)C", Some("valence")),
+        ("O=O=O", Some("valence")),
+        ("c1ccnc1", Some("aromaticity")),
+        ("cc", Some("aromaticity")),
+        ("C11", Some("unclosed-ring")),
+    ];
+    let items: Vec<EvalItem> = cases.iter().enumerate().map(|(i, (m, _))| item(i, m)).collect();
+    let report = host.evaluate("smiles", &json!({}), &items, 7, &CallEnv::default()).await.unwrap();
+    for ((m, want), r) in cases.iter().zip(&report.results) {
+        match want {
+            None => assert!(r.passed, "{m}: {}", r.explanation),
+            Some(tag) => assert!(!r.passed && r.tags == [tag.to_string()], "{m}: {:?} {}", r.tags, r.explanation),
+        }
+    }
+    let total = cases.len() as f64;
+    assert_eq!(report.metrics["validity"], 10.0 / total);
+    assert_eq!(report.metrics["uniqueness"], 8.0 / 10.0);
+    assert_eq!(report.score, 8.0 / total, "valid, first of their kind, and (no reference) novel");
+}
+
+/// Decompress a gzip file into `out` (the test crate has no gzip dependency; `gzip -dc` does it).
+fn flate2_read(path: &std::path::Path, out: &mut String) {
+    let o = std::process::Command::new("gzip").arg("-dc").arg(path).output().expect("gzip runs");
+    out.push_str(&String::from_utf8(o.stdout).unwrap());
 }

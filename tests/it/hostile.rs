@@ -262,7 +262,7 @@ async fn one_broken_plugin_does_not_hide_the_others() {
     std::fs::create_dir_all(plugins.join("broken")).unwrap();
     std::fs::write(plugins.join("broken/plugin.toml"), "name = \"broken\"\nkind = \"data-tool\"\n").unwrap();
     let host = PluginHost::discover(&plugins, test_config(dir.path().join("s"))).await.unwrap();
-    assert_eq!(host.plugins().count(), 16);
+    assert_eq!(host.plugins().count(), 17);
     assert_eq!(host.failures().len(), 1);
     let text = host.failures()[0].error.to_string();
     assert!(text.contains("broken/plugin.toml") && text.contains("missing field `version`"), "{text}");
