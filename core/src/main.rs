@@ -244,6 +244,11 @@ struct SearchArgs {
     /// Environment variable holding the LLM API key (the key never leaves the host).
     #[arg(long)]
     llm_api_key_env: Option<String>,
+    /// Switch parts of the system off to measure what they contribute (comma-separated):
+    /// `bad-cases` (no bad-case analysis for the Researcher), `data-tools` (training-recipe
+    /// changes only), `memory` (the Researcher sees only the node it expands).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    ablate: Vec<trex_core::search::Ablation>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -564,6 +569,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     token_budget: args.context_tokens,
                     ..Default::default()
                 },
+                ablations: args.ablate.clone(),
                 ..Default::default()
             };
             let llm = match (&args.llm_base_url, &args.llm_model) {

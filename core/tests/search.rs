@@ -410,3 +410,47 @@ async fn workers_run_nodes_at_once_within_one_budget() {
     assert!(second_start < first_done, "node 2 started after node 1 finished: {ev:?}");
     assert_eq!(count(&ev, |e| matches!(e, Event::Done { .. })), 5);
 }
+
+#[test]
+fn ablations_switch_off_data_tools_memory_and_bad_cases() {
+    trex_tests::build_plugins();
+    // The scripted Researcher first asks for a data step, which the task offers but the
+    // ablation does not, so the `llm` Researcher refuses it and asks again.
+    let server = start(vec![
+        completion(&proposal(1e-2, r#", {"plugin": "dedup-exact"}"#), 100, 20),
+        completion(&proposal(1e-2, ""), 100, 20),
+        completion(&proposal(2e-2, ""), 100, 20),
+    ]);
+    let f = fixture(40, QUICK, &llm_section(&server.base_url), trex_core::model::LlamaConfig::tiny());
+    let run_dir = f.dir.path().join("run");
+    let (ok, _, err) = output(
+        trex_host(&f)
+            .env("TREX_TEST_LLM_KEY", "sk-test")
+            .args(["search", "--nodes", "2", "--ablate", "data-tools,memory,bad-cases", "--run-dir"])
+            .arg(&run_dir)
+            .arg(&f.task),
+    );
+    assert!(ok, "{err}");
+    let ev = events(&run_dir);
+    let recipes: Vec<Vec<String>> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Created { proposal: Some(p), .. } => {
+                Some(p.data_recipe.steps.iter().map(|s| s.plugin.clone()).collect())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recipes, vec![vec!["chat-format".to_string()]; 2], "every node keeps the start's data recipe: {ev:?}");
+    let reqs = server.requests.lock().unwrap();
+    assert_eq!(reqs.len(), 3);
+    let text = |i: usize| reqs[i].body["messages"].to_string();
+    // No data steps are offered, and the second round's context holds only the node expanded.
+    assert!(!text(0).contains("dedup-exact") && !text(0).contains("hostile"), "{}", text(0));
+    assert!(text(1).contains("`dedup-exact` is not offered"), "{}", text(1));
+    for part in
+        [r#"\"siblings\":[]"#, r#"\"best\":[]"#, r#"\"worst\":[]"#, r#"\"parent_path\":[]"#, r#"\"bad_cases\":[]"#]
+    {
+        assert!(text(2).contains(part), "{part} missing from {}", text(2));
+    }
+}

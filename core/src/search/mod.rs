@@ -50,9 +50,33 @@ pub struct Settings {
     /// Proposals asked for per round; the first valid one that is not a repeat is run.
     #[serde(default = "three")]
     pub proposals_per_round: u32,
-    /// Leave the Researcher's bad-case analysis out of its context (an ablation).
+    /// Leave the Researcher's bad-case analysis out of its context (an ablation; the same as
+    /// `Ablation::BadCases`, kept for runs journaled before `ablations` existed).
     #[serde(default)]
     pub hide_bad_cases: bool,
+    /// Parts of the system switched off, to measure what each contributes.
+    #[serde(default)]
+    pub ablations: Vec<Ablation>,
+}
+
+/// A part of the system that an ablation switches off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ablation {
+    /// The Researcher gets no bad-case analysis.
+    BadCases,
+    /// Training-recipe changes only: the Researcher is offered no data steps, and every node
+    /// keeps its parent's data recipe.
+    DataTools,
+    /// The Researcher sees only the node it expands: no path, siblings, best or worst nodes.
+    Memory,
+}
+
+impl Settings {
+    /// Whether `a` is switched off.
+    pub fn ablated(&self, a: Ablation) -> bool {
+        self.ablations.contains(&a) || (a == Ablation::BadCases && self.hide_bad_cases)
+    }
 }
 
 impl Default for Settings {
@@ -67,6 +91,7 @@ impl Default for Settings {
             max_rejections: 3,
             proposals_per_round: 3,
             hide_bad_cases: false,
+            ablations: Vec::new(),
         }
     }
 }
@@ -315,14 +340,13 @@ impl<'a> Search<'a> {
         meter: Arc<TokenMeter>,
     ) -> Result<Search<'a>, String> {
         let task = &lab.task;
+        let mut brief = task.brief(settings.seed);
+        if settings.ablated(Ablation::DataTools) {
+            brief.search_space.data_steps.clear();
+        }
         let mut researcher = lab
             .host
-            .open_researcher(
-                &task.researcher.plugin,
-                &task.researcher.config,
-                &task.brief(settings.seed),
-                &CallEnv::default(),
-            )
+            .open_researcher(&task.researcher.plugin, &task.researcher.config, &brief, &CallEnv::default())
             .await
             .map_err(|e| format!("opening the Researcher: {e}"))?;
         for n in state.tree.nodes.iter().filter(|n| matches!(n.status, NodeStatus::Done | NodeStatus::Failed)) {
@@ -423,9 +447,22 @@ impl<'a> Search<'a> {
     /// Ask the Researcher for a child of `parent`; `None` when it gave nothing usable.
     async fn propose(&mut self, parent: u64) -> Result<Option<u64>, String> {
         let mut ctx = memory::context(&self.state.tree, parent, self.notes(), &self.settings.memory);
-        if self.settings.hide_bad_cases {
+        if self.settings.ablated(Ablation::BadCases) {
             ctx.bad_cases.clear();
         }
+        if self.settings.ablated(Ablation::Memory) {
+            ctx.parent_path.clear();
+            ctx.siblings.clear();
+            ctx.best.clear();
+            ctx.worst.clear();
+        }
+        // Without data tools every node keeps its parent's data recipe.
+        let parent_data = self.settings.ablated(Ablation::DataTools).then(|| {
+            self.state.tree.nodes[parent as usize]
+                .proposal
+                .as_ref()
+                .map_or_else(|| self.lab.task.start.data_recipe.clone(), |p| p.data_recipe.clone())
+        });
         let before = self.meter.spent();
         let proposals = self.researcher.propose(&ctx, self.settings.proposals_per_round.max(1)).await;
         let llm_tokens = self.meter.spent() - before;
@@ -438,7 +475,12 @@ impl<'a> Search<'a> {
                 for (i, p) in list.into_iter().enumerate() {
                     let checked = match p {
                         Err(e) => Err(e),
-                        Ok(p) => check_proposal(self.lab, p).await.and_then(|p| self.not_a_repeat(parent, p)),
+                        Ok(mut p) => {
+                            if let Some(data) = &parent_data {
+                                p.data_recipe = data.clone();
+                            }
+                            check_proposal(self.lab, p).await.and_then(|p| self.not_a_repeat(parent, p))
+                        }
                     };
                     match checked {
                         Ok(p) => {
