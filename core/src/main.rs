@@ -331,6 +331,10 @@ enum BenchCommand {
         /// Comma-separated strategies.
         #[arg(long, value_delimiter = ',', default_value = "mcts,greedy,sequential,random")]
         strategies: Vec<trex_core::search::tree::Strategy>,
+        /// Ablations to compare with the full system, each on its own at the same budget
+        /// (comma-separated: bad-cases, data-tools, memory).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        ablate: Vec<trex_core::search::Ablation>,
         /// Comma-separated seeds.
         #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
         seeds: Vec<u64>,
@@ -622,7 +626,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(BenchCommand::Search { task, strategies, seeds, nodes, out }) => {
+        Command::Bench(BenchCommand::Search { task, strategies, ablate, seeds, nodes, out }) => {
             let req = trex_core::search::run::SearchRequest {
                 task: task.clone(),
                 plugins: cli.plugins.clone(),
@@ -641,7 +645,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 run_dir: None,
             };
             std::fs::create_dir_all(out)?;
-            let runs = trex_core::search::run::bench_search(req, strategies, seeds, out, |r| {
+            let runs = trex_core::search::run::bench_search(req, strategies, ablate, seeds, out, |r| {
                 eprintln!(
                     "{} seed {}: validation gain {:+.3}, test gain {:+.3} ({} experiments, {:.0} s)",
                     r.strategy, r.seed, r.validation_gain, r.test_gain, r.nodes, r.seconds

@@ -454,3 +454,47 @@ fn ablations_switch_off_data_tools_memory_and_bad_cases() {
         assert!(text(2).contains(part), "{part} missing from {}", text(2));
     }
 }
+
+#[test]
+fn bench_search_compares_each_ablation_with_the_full_system_and_reuses_finished_runs() {
+    trex_tests::build_plugins();
+    let f = fixture(40, QUICK, "", trex_core::model::LlamaConfig::tiny());
+    let out = f.dir.path().join("bench");
+    let bench = || {
+        output(
+            trex_host(&f)
+                .args([
+                    "bench",
+                    "search",
+                    "--strategies",
+                    "greedy",
+                    "--ablate",
+                    "memory",
+                    "--seeds",
+                    "0",
+                    "--nodes",
+                    "1",
+                ])
+                .arg("--out")
+                .arg(&out)
+                .arg(&f.task),
+        )
+    };
+    let (ok, stdout, err) = bench();
+    assert!(ok, "{err}");
+    assert!(stdout.contains("| greedy | 1 |") && stdout.contains("| greedy without memory | 1 |"), "{stdout}");
+    let settings = |folder: &str| match &events(&out.join(folder))[0] {
+        Event::Start { settings, .. } => settings.ablations.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(settings("greedy-s0"), vec![]);
+    assert_eq!(settings("greedy-no-memory-s0"), vec![trex_core::search::Ablation::Memory]);
+    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(table.contains("greedy without memory"), "{table}");
+    // A second call finds both runs finished and runs nothing.
+    let journal = std::fs::read_to_string(out.join("greedy-s0/journal.jsonl")).unwrap();
+    let (ok, again, err) = bench();
+    assert!(ok, "{err}");
+    assert_eq!(again, stdout);
+    assert_eq!(std::fs::read_to_string(out.join("greedy-s0/journal.jsonl")).unwrap(), journal);
+}

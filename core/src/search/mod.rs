@@ -72,6 +72,17 @@ pub enum Ablation {
     Memory,
 }
 
+impl Ablation {
+    /// The name used on the command line and in run folders.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ablation::BadCases => "bad-cases",
+            Ablation::DataTools => "data-tools",
+            Ablation::Memory => "memory",
+        }
+    }
+}
+
 impl Settings {
     /// Whether `a` is switched off.
     pub fn ablated(&self, a: Ablation) -> bool {

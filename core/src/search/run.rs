@@ -280,51 +280,70 @@ pub struct BenchRun {
 pub async fn bench_search(
     base: SearchRequest,
     strategies: &[super::tree::Strategy],
+    ablations: &[super::Ablation],
     seeds: &[u64],
     out: &Path,
     mut on_run: impl FnMut(&BenchRun),
 ) -> Result<Vec<BenchRun>, String> {
     let mut runs = Vec::new();
+    // The full system, then each ablation on its own, at the same budget.
+    let variants: Vec<Option<super::Ablation>> =
+        std::iter::once(None).chain(ablations.iter().copied().map(Some)).collect();
     for &strategy in strategies {
-        for &seed in seeds {
-            let run_dir = out.join(format!("{}-s{seed}", strategy.as_str()));
-            let done = view(&run_dir).ok().filter(|v| v.final_result.is_some());
-            if done.is_none() {
-                if Journal::path_in(&run_dir).is_file() {
-                    resume(&run_dir, &base.plugins, base.host.clone(), None).await?;
-                } else {
-                    let mut req = base.clone();
-                    req.settings.strategy = strategy;
-                    req.settings.seed = seed;
-                    req.run_dir = Some(run_dir.clone());
-                    search(req).await?;
-                }
-            }
-            let v = view(&run_dir)?;
-            let f =
-                v.final_result.clone().ok_or_else(|| format!("{}: the run has no final result", run_dir.display()))?;
-            let tree = Tree { nodes: v.nodes.clone() };
-            let best = tree.best().and_then(|n| n.result.clone());
-            let run = BenchRun {
-                strategy: strategy.as_str().into(),
-                seed,
-                run_dir: run_dir.clone(),
-                validation_gain: best.as_ref().map_or(0.0, |r| r.reward),
-                test_gain: f["test_gain"].as_f64().unwrap_or(0.0),
-                best_validation: best.as_ref().map_or(0.0, |r| r.score),
-                best_test: f["best_test"].as_f64().unwrap_or(0.0),
-                nodes: v.nodes.len().saturating_sub(1),
-                failed: v.nodes.iter().filter(|n| n.status == NodeStatus::Failed).count(),
-                seconds: v.seconds,
+        for &variant in &variants {
+            let label = match variant {
+                None => strategy.as_str().to_string(),
+                Some(a) => format!("{} without {}", strategy.as_str(), a.as_str()),
             };
-            on_run(&run);
-            runs.push(run);
+            for &seed in seeds {
+                let folder = match variant {
+                    None => format!("{}-s{seed}", strategy.as_str()),
+                    Some(a) => format!("{}-no-{}-s{seed}", strategy.as_str(), a.as_str()),
+                };
+                let run_dir = out.join(folder);
+                let done = view(&run_dir).ok().filter(|v| v.final_result.is_some());
+                if done.is_none() {
+                    if Journal::path_in(&run_dir).is_file() {
+                        resume(&run_dir, &base.plugins, base.host.clone(), None).await?;
+                    } else {
+                        let mut req = base.clone();
+                        req.settings.strategy = strategy;
+                        req.settings.seed = seed;
+                        req.settings.ablations = variant.into_iter().collect();
+                        req.run_dir = Some(run_dir.clone());
+                        search(req).await?;
+                    }
+                }
+                let run = bench_run(&run_dir, &label, seed)?;
+                on_run(&run);
+                runs.push(run);
+            }
         }
     }
     let json = serde_json::to_string_pretty(&runs).expect("bench runs serialize");
     std::fs::write(out.join("results.json"), json).map_err(|e| format!("{}: {e}", out.display()))?;
     std::fs::write(out.join("table.md"), bench_table(&runs)).map_err(|e| format!("{}: {e}", out.display()))?;
     Ok(runs)
+}
+
+/// One finished benchmark run, read back from its folder.
+fn bench_run(run_dir: &Path, label: &str, seed: u64) -> Result<BenchRun, String> {
+    let v = view(run_dir)?;
+    let f = v.final_result.clone().ok_or_else(|| format!("{}: the run has no final result", run_dir.display()))?;
+    let tree = Tree { nodes: v.nodes.clone() };
+    let best = tree.best().and_then(|n| n.result.clone());
+    Ok(BenchRun {
+        strategy: label.into(),
+        seed,
+        run_dir: run_dir.to_path_buf(),
+        validation_gain: best.as_ref().map_or(0.0, |r| r.reward),
+        test_gain: f["test_gain"].as_f64().unwrap_or(0.0),
+        best_validation: best.as_ref().map_or(0.0, |r| r.score),
+        best_test: f["best_test"].as_f64().unwrap_or(0.0),
+        nodes: v.nodes.len().saturating_sub(1),
+        failed: v.nodes.iter().filter(|n| n.status == NodeStatus::Failed).count(),
+        seconds: v.seconds,
+    })
 }
 
 fn mean_sd(xs: &[f64]) -> (f64, f64) {
