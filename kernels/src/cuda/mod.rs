@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::CUdeviceptr;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
 };
@@ -465,7 +466,7 @@ impl Device {
         alpha: f32,
         beta: f32,
     ) -> Result<(), CudaError> {
-        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+        use cudarc::cublas::sys::cudaDataType;
         let (m, k) = if a.t { (a.cols, a.rows) } else { (a.rows, a.cols) };
         let (k2, n) = if b.t { (b.cols, b.rows) } else { (b.rows, b.cols) };
         check(
@@ -477,32 +478,53 @@ impl Device {
             2 => cudaDataType::CUDA_R_16BF,
             _ => return Err(CudaError::Shape("gemm: C must be f32 or bf16 (u16)".into())),
         };
-        // cuBLAS is column-major: row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ,
-        // so B goes first and each operand's transpose flag keeps its meaning.
-        let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
         let (ap, _ra) = a.data.device_ptr(&self.stream);
         let (bp, _rb) = b.data.device_ptr(&self.stream);
         let (cp, _rc) = c.device_ptr_mut(&self.stream);
         // SAFETY: the pointers come from live buffers whose sizes were checked against m, n, k;
         // the leading dimensions are the stored row lengths.
+        unsafe { self.gemm_ptrs((ap, a.cols, a.t), (bp, b.cols, b.t), (cp, c_type), (m, n, k), alpha, beta) }
+    }
+
+    /// Row-major `C [m, n] = alpha·op(A)·op(B) + beta·C` through `cublasGemmEx`, with bf16 A and
+    /// B and f32 accumulation. An operand is (device pointer, stored row length, transposed); C
+    /// is (device pointer, data type) with rows of n values.
+    ///
+    /// # Safety
+    ///
+    /// The pointers must address live buffers holding the operands and C at these shapes.
+    unsafe fn gemm_ptrs(
+        &self,
+        a: (CUdeviceptr, usize, bool),
+        b: (CUdeviceptr, usize, bool),
+        c: (CUdeviceptr, cudarc::cublas::sys::cudaDataType),
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        beta: f32,
+    ) -> Result<(), CudaError> {
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+        // cuBLAS is column-major: row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ,
+        // so B goes first and each operand's transpose flag keeps its meaning.
+        let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+        // SAFETY: the caller vouches for the buffers; alpha and beta outlive the call.
         unsafe {
             cudarc::cublas::result::gemm_ex(
                 *self.blas.handle(),
-                op(b.t),
-                op(a.t),
+                op(b.2),
+                op(a.2),
                 n as i32,
                 m as i32,
                 k as i32,
                 (&alpha as *const f32).cast(),
-                bp as *const std::ffi::c_void,
+                b.0 as *const std::ffi::c_void,
                 cudaDataType::CUDA_R_16BF,
-                b.cols as i32,
-                ap as *const std::ffi::c_void,
+                b.1 as i32,
+                a.0 as *const std::ffi::c_void,
                 cudaDataType::CUDA_R_16BF,
-                a.cols as i32,
+                a.1 as i32,
                 (&beta as *const f32).cast(),
-                cp as *mut std::ffi::c_void,
-                c_type,
+                c.0 as *mut std::ffi::c_void,
+                c.1,
                 n as i32,
                 cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -584,37 +606,12 @@ impl Device {
         d: usize,
         out: &mut cudarc::driver::CudaViewMut<'_, f32>,
     ) -> Result<(), CudaError> {
-        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
-        let (alpha, beta) = (1.0f32, 0.0f32);
         let (hp, _r1) = h.data.device_ptr(&self.stream);
         let (wp, _r2) = w.device_ptr(&self.stream);
         let (op, _r3) = out.device_ptr_mut(&self.stream);
-        // SAFETY: h is [rows, d], w is [width, d], out is [rows, width]; column-major this is
-        // outᵀ [width, rows] = w [width, d] · hᵀ [d, rows].
-        unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *self.blas.handle(),
-                cublasOperation_t::CUBLAS_OP_T,
-                cublasOperation_t::CUBLAS_OP_N,
-                width as i32,
-                h.rows as i32,
-                d as i32,
-                (&alpha as *const f32).cast(),
-                wp as *const std::ffi::c_void,
-                cudaDataType::CUDA_R_16BF,
-                d as i32,
-                hp as *const std::ffi::c_void,
-                cudaDataType::CUDA_R_16BF,
-                d as i32,
-                (&beta as *const f32).cast(),
-                op as *mut std::ffi::c_void,
-                cudaDataType::CUDA_R_32F,
-                width as i32,
-                cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(driver_err)
+        let c = (op, cudarc::cublas::sys::cudaDataType::CUDA_R_32F);
+        // SAFETY: h is [rows, d], w is [width, d], out is [rows, width].
+        unsafe { self.gemm_ptrs((hp, d, false), (wp, d, true), c, (h.rows, width, d), 1.0, 0.0) }
     }
 
     /// `dh [rows, d] (bf16) = beta·dh + dl [rows, width] · w [width, d]`.
@@ -629,36 +626,12 @@ impl Device {
         dh: &mut CudaSlice<u16>,
         beta: f32,
     ) -> Result<(), CudaError> {
-        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
-        let alpha = 1.0f32;
         let (lp, _r1) = dl.device_ptr(&self.stream);
         let (wp, _r2) = w.device_ptr(&self.stream);
         let (hp, _r3) = dh.device_ptr_mut(&self.stream);
-        // SAFETY: column-major dhᵀ [d, rows] = wᵀ [d, width] · dlᵀ [width, rows]; sizes as documented.
-        unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *self.blas.handle(),
-                cublasOperation_t::CUBLAS_OP_N,
-                cublasOperation_t::CUBLAS_OP_N,
-                d as i32,
-                rows as i32,
-                width as i32,
-                (&alpha as *const f32).cast(),
-                wp as *const std::ffi::c_void,
-                cudaDataType::CUDA_R_16BF,
-                d as i32,
-                lp as *const std::ffi::c_void,
-                cudaDataType::CUDA_R_16BF,
-                width as i32,
-                (&beta as *const f32).cast(),
-                hp as *mut std::ffi::c_void,
-                cudaDataType::CUDA_R_16BF,
-                d as i32,
-                cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(driver_err)
+        let c = (hp, cudarc::cublas::sys::cudaDataType::CUDA_R_16BF);
+        // SAFETY: dl is [rows, width], w is [width, d], dh is [rows, d].
+        unsafe { self.gemm_ptrs((lp, width, false), (wp, d, false), c, (rows, d, width), 1.0, beta) }
     }
 
     /// Causal GQA attention forward: `out` [seq, heads, head_dim] and `lse` [heads, seq].

@@ -10,6 +10,19 @@
 #define MAX_D 128
 #define PAD (MAX_D + 1)
 
+// Stage rows [start, start + TILE) of head `h` of two [seq, n_heads, head_dim] tensors into
+// shared tiles, zeros past the end. The whole block calls it, between barriers.
+__device__ void stage_tiles(const bf16* __restrict__ x, const bf16* __restrict__ y, int start, int seq, int n_heads,
+                            int h, int head_dim, float (*xs)[PAD], float (*ys)[PAD]) {
+    for (int e = threadIdx.x; e < TILE * head_dim; e += blockDim.x) {
+        int r = e / head_dim, d = e % head_dim;
+        bool in = start + r < seq;
+        size_t at = ((size_t)(start + r) * n_heads + h) * head_dim + d;
+        xs[r][d] = in ? bf16_to_f32(x[at]) : 0.0f;
+        ys[r][d] = in ? bf16_to_f32(y[at]) : 0.0f;
+    }
+}
+
 // out = softmax(scale·q·kᵀ + causal mask)·v; lse[h, i] = log Σ_j exp(scale·q_i·k_j).
 extern "C" __global__ void attention_forward(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                              const bf16* __restrict__ v, int seq, int heads, int kv_heads,
@@ -31,13 +44,7 @@ extern "C" __global__ void attention_forward(const bf16* __restrict__ q, const b
     int last = min(seq - 1, (int)(blockIdx.x * ROWS + ROWS - 1));
     for (int start = 0; start <= last; start += TILE) {
         __syncthreads();
-        for (int e = threadIdx.x; e < TILE * head_dim; e += blockDim.x) {
-            int j = e / head_dim, d = e % head_dim;
-            bool in = start + j < seq;
-            size_t at = ((size_t)(start + j) * kv_heads + hk) * head_dim + d;
-            ks[j][d] = in ? bf16_to_f32(k[at]) : 0.0f;
-            vs[j][d] = in ? bf16_to_f32(v[at]) : 0.0f;
-        }
+        stage_tiles(k, v, start, seq, kv_heads, hk, head_dim, ks, vs);
         __syncthreads();
         if (!active || start > i) continue;
         // Lane j scores key start + j.
@@ -112,13 +119,7 @@ extern "C" __global__ void attention_backward_dq(const bf16* __restrict__ q, con
     int last = min(seq - 1, (int)(blockIdx.x * ROWS + ROWS - 1));
     for (int start = 0; start <= last; start += TILE) {
         __syncthreads();
-        for (int e = threadIdx.x; e < TILE * head_dim; e += blockDim.x) {
-            int j = e / head_dim, d = e % head_dim;
-            bool in = start + j < seq;
-            size_t at = ((size_t)(start + j) * kv_heads + hk) * head_dim + d;
-            ks[j][d] = in ? bf16_to_f32(k[at]) : 0.0f;
-            vs[j][d] = in ? bf16_to_f32(v[at]) : 0.0f;
-        }
+        stage_tiles(k, v, start, seq, kv_heads, hk, head_dim, ks, vs);
         __syncthreads();
         if (!active || start > i) continue;
         int j = start + lane;
@@ -178,13 +179,7 @@ extern "C" __global__ void attention_backward_dkv(const bf16* __restrict__ q, co
         int h = hk * group + g;
         for (int start = first - first % TILE; start < seq; start += TILE) {
             __syncthreads();
-            for (int e = threadIdx.x; e < TILE * head_dim; e += blockDim.x) {
-                int r = e / head_dim, d = e % head_dim;
-                bool in = start + r < seq;
-                size_t at = ((size_t)(start + r) * heads + h) * head_dim + d;
-                qs[r][d] = in ? bf16_to_f32(q[at]) : 0.0f;
-                dos[r][d] = in ? bf16_to_f32(dout[at]) : 0.0f;
-            }
+            stage_tiles(q, dout, start, seq, heads, h, head_dim, qs, dos);
             for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
                 bool in = start + r < seq;
                 lses[r] = in ? lse[(size_t)h * seq + start + r] : 0.0f;
