@@ -64,7 +64,29 @@ for step in range(a.warmup + a.steps):
     if step >= a.warmup:
         times.append(time.perf_counter() - t)
 tok = a.batch * a.seq
+
+
+def model_flops_per_token(seq, rank, with_loss):
+    """Same convention as trex's `model_flops_per_token`: frozen linears forward + input gradient
+    (4 FLOPs per weight), causal attention (half the square), LoRA, the LM head where there is a loss."""
+    d, f, q, kv, layers, vocab = 576, 1536, 9 * 64, 3 * 64, 30, 49152
+    linear = d * q + 2 * d * kv + q * d + 3 * d * f
+    lora_io = (q + d) + 2 * (kv + d) + (d + q) + 2 * (f + d) + (d + f)
+    attention = 12 * (seq + 1) / 2 * q
+    return layers * (4 * linear + attention + 8 * rank * lora_io) + 4 * vocab * d * with_loss
+
+
+tps = tok / statistics.median(times)
+extra = {}
+if a.device == "cuda":
+    name = torch.cuda.get_device_name()
+    peaks = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
+    peak = next((v for k, v in peaks.items() if k in name.upper()), None)
+    with_loss = (labels[:, 1:] != -100).sum().item() / labels.numel()
+    flops = model_flops_per_token(a.seq, a.rank, with_loss)
+    extra = {"gpu": name, "model_tflops": tps * flops / 1e12,
+             "mfu": (tps * flops / peak) if peak else None}
 print(json.dumps({"impl": "pytorch+peft" + (" compiled" if a.compile else ""), "device": a.device, "dtype": a.dtype,
                   "torch": torch.__version__, "tokens_per_s": tok / statistics.median(times),
                   "step_s_min": min(times), "step_s_max": max(times),
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}))

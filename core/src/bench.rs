@@ -203,6 +203,8 @@ pub struct TrainBench {
     pub steps: usize,
     /// Fraction of positions that carry a loss (the rest are prompt).
     pub completion_fraction: f64,
+    /// Where to train.
+    pub device: crate::train::ComputeDevice,
 }
 
 /// FLOPs of one training token for `config` at sequence length `seq` with LoRA rank `rank` on
@@ -252,6 +254,29 @@ fn gemm_gflops() -> f64 {
     2.0 * (m * n * k * reps) as f64 / t.elapsed().as_secs_f64() / 1e9
 }
 
+/// Model FLOPs of one training token, the convention of MFU figures: the frozen linear layers
+/// forward and input-gradient (4 FLOPs per weight), causal attention (half the square: q·kᵀ and
+/// p·v, forward and backward), LoRA, and the LM head where there is a loss.
+pub fn model_flops_per_token(config: &crate::model::LlamaConfig, seq: usize, rank: usize, with_loss: f64) -> f64 {
+    let (d, f) = (config.hidden as f64, config.intermediate as f64);
+    let (q, kv) = ((config.heads * config.head_dim) as f64, (config.kv_heads * config.head_dim) as f64);
+    let linear = d * q + 2.0 * d * kv + q * d + 3.0 * d * f;
+    let lora_io = (q + d) + 2.0 * (kv + d) + (d + q) + 2.0 * (f + d) + (d + f);
+    let cols = (seq as f64 + 1.0) / 2.0;
+    let attention = 12.0 * cols * q;
+    let per_layer = 4.0 * linear + attention + 8.0 * rank as f64 * lora_io;
+    config.layers as f64 * per_layer + 4.0 * config.vocab as f64 * d * with_loss
+}
+
+/// Dense bf16 peak of known GPUs in FLOP/s (for MFU), by device name.
+pub fn gpu_peak_flops(name: &str) -> Option<f64> {
+    let n = name.to_ascii_uppercase();
+    [("H200", 989e12), ("H100", 989e12), ("GH200", 989e12), ("A100", 312e12), ("L40S", 362e12), ("A10", 125e12)]
+        .iter()
+        .find(|(k, _)| n.contains(k))
+        .map(|&(_, v)| v)
+}
+
 /// LoRA training throughput on the SmolLM2-135M shape with random weights; prints a table row.
 pub fn train(opts: &TrainBench) -> Result<()> {
     use crate::model::lora::SplitMix;
@@ -259,8 +284,8 @@ pub fn train(opts: &TrainBench) -> Result<()> {
     use trex_sdk::types::{LoraTarget, TrainRecipe};
     let config = LlamaConfig::smollm2_135m();
     let model = Llama::new(config.clone(), Weights::<f32>::random(&config, 1));
-    let mut adapter = LoraAdapter::<f32>::new(&config, opts.rank, 2.0 * opts.rank as f64, 0.0, &LoraTarget::ALL, 0);
-    let mut opt = crate::train::AdamW::new(&adapter);
+    let adapter = LoraAdapter::<f32>::new(&config, opts.rank, 2.0 * opts.rank as f64, 0.0, &LoraTarget::ALL, 0);
+    let mut engine = crate::train::engine(opts.device, &model, &adapter)?;
     let recipe = TrainRecipe::default();
     let mut rng = SplitMix(7);
     let mut batch = Batch::default();
@@ -275,13 +300,14 @@ pub fn train(opts: &TrainBench) -> Result<()> {
     }
     let n_targets = batch.target_count();
     let mut times = Vec::new();
-    for step in 0..=opts.steps {
+    let warmup = if opts.device == crate::train::ComputeDevice::Cuda { 3 } else { 1 };
+    for step in 0..warmup + opts.steps {
         let t = Instant::now();
-        let mut grads = adapter.zeros_like();
-        let (loss, _) = model.train_step(&batch, &adapter, &mut grads, 1.0 / n_targets as f32, step as u64);
-        opt.step(&mut adapter, &grads, recipe.learning_rate, 0.0);
+        let (loss, _) = engine.accumulate(&batch, 1.0 / n_targets as f32, step as u64)?;
+        engine.update(recipe.learning_rate, 0.0, 1.0)?;
+        engine.synchronize()?;
         anyhow::ensure!(loss.is_finite(), "loss is not finite");
-        if step > 0 {
+        if step >= warmup {
             times.push(t.elapsed());
         }
     }
@@ -289,7 +315,27 @@ pub fn train(opts: &TrainBench) -> Result<()> {
     let med = median(times.clone()).as_secs_f64();
     let (lo, hi) = spread(&times);
     let tps = tokens / med;
-    let flops = train_flops_per_token(&config, opts.seq, opts.rank, n_targets as f64 / tokens);
+    let with_loss = n_targets as f64 / tokens;
+    if opts.device == crate::train::ComputeDevice::Cuda {
+        let name = engine.device_name();
+        let flops = model_flops_per_token(&config, opts.seq, opts.rank, with_loss);
+        let mfu = gpu_peak_flops(&name)
+            .map(|p| format!("{:.1}% of {:.0} TFLOP/s", 100.0 * tps * flops / p, p / 1e12))
+            .unwrap_or_else(|| "unknown peak".into());
+        println!(
+            "| trex cuda ({name}) | {} x {} | {:.0}% | {:.0} | {:.3}..{:.3} s | {:.2} GFLOP | {:.1} TFLOP/s, MFU {mfu} | - |",
+            opts.batch,
+            opts.seq,
+            opts.completion_fraction * 100.0,
+            tps,
+            lo.as_secs_f64(),
+            hi.as_secs_f64(),
+            flops / 1e9,
+            tps * flops / 1e12,
+        );
+        return Ok(());
+    }
+    let flops = train_flops_per_token(&config, opts.seq, opts.rank, with_loss);
     let gemm = gemm_gflops();
     println!(
         "| trex | {} x {} | {:.0}% | {:.1} | {:.2}..{:.2} s | {:.2} GFLOP | {:.1} GFLOP/s ({:.0}% of {:.0} GFLOP/s GEMM) | {:.0} MiB |",

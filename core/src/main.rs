@@ -145,6 +145,9 @@ enum Command {
         /// Nodes run at once (default: as the run began).
         #[arg(long)]
         workers: Option<usize>,
+        /// Where nodes train from now on (default: as the run began).
+        #[arg(long, value_enum)]
+        device: Option<trex_core::train::ComputeDevice>,
     },
 
     /// Print a run's experiment tree with scores (also while it runs).
@@ -184,6 +187,10 @@ struct TrainArgs {
     /// Also write the base model with the adapter merged in, as a Hugging Face folder (OUT/merged).
     #[arg(long)]
     merge: bool,
+    /// Where to train: `cpu` (f32, the reference) or `cuda` (the first NVIDIA GPU; bf16
+    /// activations, f32 LoRA weights; needs the NVIDIA driver, NVRTC and cuBLAS).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: trex_core::train::ComputeDevice,
 }
 
 #[derive(clap::Args, Debug)]
@@ -249,6 +256,9 @@ struct SearchArgs {
     /// changes only), `memory` (the Researcher sees only the node it expands).
     #[arg(long, value_enum, value_delimiter = ',')]
     ablate: Vec<trex_core::search::Ablation>,
+    /// Where nodes train: `cpu` or `cuda` (the first NVIDIA GPU).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: trex_core::train::ComputeDevice,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -399,6 +409,9 @@ enum BenchCommand {
         /// Fraction of positions with a loss (1: every position, as in pre-training).
         #[arg(long, default_value_t = 1.0)]
         completion_fraction: f64,
+        /// Where to train: `cpu`, or `cuda` (also prints MFU against the GPU's bf16 peak).
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: trex_core::train::ComputeDevice,
     },
 }
 
@@ -574,6 +587,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     ..Default::default()
                 },
                 ablations: args.ablate.clone(),
+                device: args.device,
                 ..Default::default()
             };
             let llm = match (&args.llm_base_url, &args.llm_model) {
@@ -608,8 +622,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Resume { run_dir, workers } => {
-            let summary = trex_core::search::run::resume(run_dir, &cli.plugins, host_config(&cli)?, *workers)
+        Command::Resume { run_dir, workers, device } => {
+            let summary = trex_core::search::run::resume(run_dir, &cli.plugins, host_config(&cli)?, *workers, *device)
                 .await
                 .map_err(anyhow::Error::msg)?;
             let view = trex_core::search::run::view(run_dir).map_err(anyhow::Error::msg)?;
@@ -656,7 +670,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", trex_core::search::run::bench_table(&runs));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(BenchCommand::Train { seq, batch, rank, steps, completion_fraction }) => {
+        Command::Bench(BenchCommand::Train { seq, batch, rank, steps, completion_fraction, device }) => {
             println!(
                 "| impl | batch x seq | positions with loss | tokens/s | step time | FLOP/token | achieved | peak RSS |"
             );
@@ -667,6 +681,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 rank: *rank,
                 steps: *steps,
                 completion_fraction: *completion_fraction,
+                device: *device,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -925,7 +940,7 @@ fn train_command(args: &TrainArgs) -> Result<()> {
         tokenized.iter().filter(|e| e.truncated).count(),
         recipe.max_seq_len
     );
-    let report = train::train(&model, &mut adapter, &tokenized, &recipe, Some(&checkpoints), |s| {
+    let report = train::train(args.device, &model, &mut adapter, &tokenized, &recipe, Some(&checkpoints), |s| {
         bar.set_length(s.total_steps as u64);
         bar.set_position(s.step as u64);
         bar.set_message(format!(

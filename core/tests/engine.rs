@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use trex_core::model::{BaseModel, Llama, LlamaConfig, LoraAdapter, Tokenizer, Weights, export_hf_dir};
-use trex_core::train::{self, TokenizedExample, peft};
+use trex_core::train::{self, ComputeDevice, TokenizedExample, peft};
 use trex_sdk::types::{LoraTarget, TrainRecipe};
 
 /// A word-level tokenizer over a tiny vocabulary, as a Hugging Face `tokenizer.json`.
@@ -68,7 +68,7 @@ fn tiny_model_memorizes_a_small_dataset() {
     let model = tiny_model();
     let r = recipe();
     let mut adapter = LoraAdapter::new(&model.config, 8, 16.0, 0.0, &r.targets, r.seed);
-    let report = train::train(&model, &mut adapter, &dataset(), &r, None, |_| {}).unwrap();
+    let report = train::train(ComputeDevice::Cpu, &model, &mut adapter, &dataset(), &r, None, |_| {}).unwrap();
     assert!(report.first_loss > 3.0, "starts far from the data: {}", report.first_loss);
     // Threshold: mean completion-token loss below 0.05 nats after 120 steps.
     assert!(
@@ -95,7 +95,7 @@ fn training_is_reproducible_with_a_seed() {
         let mut r = r.clone();
         r.seed = seed;
         let mut a = LoraAdapter::new(&model.config, 8, 16.0, 0.1, &r.targets, seed);
-        let rep = train::train(&model, &mut a, &dataset(), &r, None, |_| {}).unwrap();
+        let rep = train::train(ComputeDevice::Cpu, &model, &mut a, &dataset(), &r, None, |_| {}).unwrap();
         (a, rep.losses)
     };
     let (a1, l1) = run(3);
@@ -144,6 +144,7 @@ fn hugging_face_directory_round_trip_and_training_from_jsonl() {
     let model = Llama::new(base.config.clone(), base.weights);
     let mut adapter = LoraAdapter::new(&model.config, 4, 8.0, 0.0, &[LoraTarget::QProj], 0);
     let report = train::train(
+        ComputeDevice::Cpu,
         &model,
         &mut adapter,
         &tokenized,
@@ -314,14 +315,14 @@ fn checkpoints_are_written_and_training_continues_from_a_parent() {
     let dir = tempfile::tempdir().unwrap();
     let cp = train::Checkpointing { dir: dir.path().to_path_buf(), every: 15, base_model: "tiny".into() };
     let mut parent = LoraAdapter::new(&model.config, 8, 16.0, 0.0, &r.targets, r.seed);
-    let first = train::train(&model, &mut parent, &dataset(), &r, Some(&cp), |_| {}).unwrap();
+    let first = train::train(ComputeDevice::Cpu, &model, &mut parent, &dataset(), &r, Some(&cp), |_| {}).unwrap();
     assert_eq!(first.steps, 40);
     assert!(!dir.path().join("checkpoint-40").exists(), "the final adapter is the caller's to save");
     for step in [15, 30] {
         assert!(dir.path().join(format!("checkpoint-{step}/adapter_model.safetensors")).is_file(), "checkpoint {step}");
     }
     let mut child = peft::load_adapter(&dir.path().join("checkpoint-30"), &model.config).unwrap();
-    let cont = train::train(&model, &mut child, &dataset(), &r, None, |_| {}).unwrap();
+    let cont = train::train(ComputeDevice::Cpu, &model, &mut child, &dataset(), &r, None, |_| {}).unwrap();
     assert!(
         cont.first_loss < first.first_loss / 2.0,
         "the child starts where the parent got to: {} vs {}",

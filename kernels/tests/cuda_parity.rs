@@ -90,6 +90,19 @@ fn rope_matches_cpu_both_layouts_and_directions() {
         dev.rope(&mut xd, &cd, &sd, heads, hd, start, interleaved, -1.0).unwrap();
         close(&unbf(&dev.download(&xd).unwrap()), &want, BF16_TOL, &format!("rope backward {layout:?}"));
     }
+    // Packed: two sequences, each starting again at position 0.
+    let lens = [7usize, 12];
+    let x = random(tokens * heads * hd, 5, 1.0);
+    let mut want = x.clone();
+    let mut at = 0;
+    for &len in &lens {
+        cpu::rope_forward(&mut want[at * heads * hd..(at + len) * heads * hd], &table, heads, 0, RopeLayout::HalfSplit);
+        at += len;
+    }
+    let positions: Vec<i32> = lens.iter().flat_map(|&l| 0..l as i32).collect();
+    let mut xd = dev.upload(&bf(&x)).unwrap();
+    dev.rope_packed(&mut xd, &cd, &sd, heads, hd, &dev.upload(&positions).unwrap(), 11, false, 1.0).unwrap();
+    close(&unbf(&dev.download(&xd).unwrap()), &want, BF16_TOL, "rope packed");
 }
 
 #[test]
@@ -133,8 +146,8 @@ fn embedding_and_gemm_match_cpu() {
         let (br, bc) = if tb { (n, k) } else { (k, n) };
         let mut cd = dev.zeros::<f32>(m * n).unwrap();
         dev.gemm(
-            Mat { data: &ad, rows: ar, cols: ac, t: ta },
-            Mat { data: &bd, rows: br, cols: bc, t: tb },
+            Mat { data: &ad, offset: 0, rows: ar, cols: ac, t: ta },
+            Mat { data: &bd, offset: 0, rows: br, cols: bc, t: tb },
             &mut cd,
             1.0,
             0.0,
@@ -225,4 +238,99 @@ fn flash_attention_matches_cpu_forward_and_backward() {
         close(&unbf(&dev.download(&dkd).unwrap()), &dk, 3e-2, &format!("{what} dk"));
         close(&unbf(&dev.download(&dvd).unwrap()), &dv, 3e-2, &format!("{what} dv"));
     }
+}
+
+/// Three sequences packed end to end: each attends only within itself, as three separate calls
+/// on the CPU do.
+#[test]
+#[ignore = "needs a CUDA device: cargo xtask device-check"]
+fn packed_attention_matches_per_sequence_cpu() {
+    let dev = device();
+    let (heads, kv_heads, head_dim) = (9, 3, 64);
+    let lens = [21usize, 50, 3];
+    let tokens: usize = lens.iter().sum();
+    let (q, k, v) = (
+        random(tokens * heads * head_dim, 25, 1.0),
+        random(tokens * kv_heads * head_dim, 26, 1.0),
+        random(tokens * kv_heads * head_dim, 27, 1.0),
+    );
+    let dout = random(q.len(), 28, 1.0);
+    let (mut out, mut dq, mut dk, mut dv) =
+        (vec![0.0; q.len()], vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    let mut at = 0;
+    for &seq in &lens {
+        let shape = AttentionShape { seq, heads, kv_heads, head_dim };
+        let (qs, ks) = (
+            at * heads * head_dim..(at + seq) * heads * head_dim,
+            at * kv_heads * head_dim..(at + seq) * kv_heads * head_dim,
+        );
+        let mut probs = vec![0.0; heads * seq * seq];
+        cpu::attention_forward(shape, &q[qs.clone()], &k[ks.clone()], &v[ks.clone()], &mut out[qs.clone()], &mut probs);
+        cpu::attention_backward(
+            shape,
+            &q[qs.clone()],
+            &k[ks.clone()],
+            &v[ks.clone()],
+            &probs,
+            &dout[qs.clone()],
+            &mut dq[qs],
+            &mut dk[ks.clone()],
+            &mut dv[ks],
+        );
+        at += seq;
+    }
+    let shape = AttentionShape { seq: 0, heads, kv_heads, head_dim };
+    let packing = dev.packing(&lens).unwrap();
+    let (qd, kd, vd) = (dev.upload(&bf(&q)).unwrap(), dev.upload(&bf(&k)).unwrap(), dev.upload(&bf(&v)).unwrap());
+    let (mut od, mut lse) = (dev.zeros::<u16>(q.len()).unwrap(), dev.zeros::<f32>(heads * tokens).unwrap());
+    dev.attention_forward_packed(shape, &packing, &qd, &kd, &vd, &mut od, &mut lse).unwrap();
+    close(&unbf(&dev.download(&od).unwrap()), &out, BF16_TOL, "packed attention forward");
+    let dod = dev.upload(&bf(&dout)).unwrap();
+    let (mut dqd, mut dkd, mut dvd) =
+        (dev.zeros::<u16>(q.len()).unwrap(), dev.zeros::<u16>(k.len()).unwrap(), dev.zeros::<u16>(v.len()).unwrap());
+    dev.attention_backward_packed(shape, &packing, &qd, &kd, &vd, &od, &lse, &dod, &mut dqd, &mut dkd, &mut dvd)
+        .unwrap();
+    close(&unbf(&dev.download(&dqd).unwrap()), &dq, 3e-2, "packed attention dq");
+    close(&unbf(&dev.download(&dkd).unwrap()), &dk, 3e-2, "packed attention dk");
+    close(&unbf(&dev.download(&dvd).unwrap()), &dv, 3e-2, "packed attention dv");
+}
+
+/// Bias, scatter, dropout (rate, scaling, reproducibility) and the sum of squares.
+#[test]
+#[ignore = "needs a CUDA device: cargo xtask device-check"]
+fn bias_scatter_dropout_and_sum_of_squares() {
+    let dev = device();
+    let (rows, cols) = (13, 40);
+    let (y, b) = (random(rows * cols, 30, 1.0), random(cols, 31, 1.0));
+    let mut yd = dev.upload(&bf(&y)).unwrap();
+    dev.add_bias(&mut yd, &dev.upload(&bf(&b)).unwrap()).unwrap();
+    let want: Vec<f32> = y.iter().enumerate().map(|(i, v)| v + b[i % cols]).collect();
+    close(&unbf(&dev.download(&yd).unwrap()), &want, 1e-2, "add_bias");
+    let rows_idx = vec![4i32, 0, 11];
+    let src = random(3 * cols, 32, 1.0);
+    let mut dst = dev.zeros::<u16>(rows * cols).unwrap();
+    dev.scatter_rows(&dev.upload(&bf(&src)).unwrap(), &dev.upload(&rows_idx).unwrap(), cols, &mut dst).unwrap();
+    let got = unbf(&dev.download(&dst).unwrap());
+    for (j, &r) in rows_idx.iter().enumerate() {
+        assert_eq!(&got[r as usize * cols..(r as usize + 1) * cols], &src[j * cols..(j + 1) * cols]);
+    }
+    assert!(got[cols..2 * cols].iter().all(|&x| x == 0.0), "rows not named stay untouched");
+    let n = 100_000;
+    let ones = dev.upload(&vec![to_bf16(1.0); n]).unwrap();
+    let mut out = dev.zeros::<u16>(n).unwrap();
+    dev.dropout(&ones, &mut out, 0.25, 7).unwrap();
+    let kept = unbf(&dev.download(&out).unwrap());
+    let rate = kept.iter().filter(|&&x| x == 0.0).count() as f32 / n as f32;
+    assert!((rate - 0.25).abs() < 0.01, "dropout rate {rate}");
+    assert!(kept.iter().all(|&x| x == 0.0 || (x - 4.0 / 3.0).abs() < 1e-2), "kept values are scaled by 1/(1-p)");
+    let mut again = dev.zeros::<u16>(n).unwrap();
+    dev.dropout(&ones, &mut again, 0.25, 7).unwrap();
+    assert_eq!(dev.download(&again).unwrap(), dev.download(&out).unwrap(), "same seed, same mask");
+    let mut acc = dev.zeros::<u16>(n).unwrap();
+    dev.dropout_add(&mut acc, &ones, 0.25, 7).unwrap();
+    assert_eq!(dev.download(&acc).unwrap(), dev.download(&out).unwrap(), "dropout_add adds the same mask");
+    let g = random(50_000, 33, 1.0);
+    let ss = dev.sum_squares(&dev.upload(&g).unwrap()).unwrap();
+    let want: f64 = g.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    assert!((ss - want).abs() / want < 1e-4, "sum of squares {ss} vs {want}");
 }

@@ -23,8 +23,9 @@ commands:
   nvrtc-check     fetch NVRTC from the `nvidia-cuda-nvrtc-cu12` wheel and compile every CUDA
                   kernel for sm_80 and sm_90 (no GPU needed; part of `ci`)
   device-check    on a machine with an NVIDIA GPU: build the CUDA backend, check every op
-                  against the CPU reference on fresh random inputs, then time the PyTorch + PEFT
-                  LoRA baseline on the same GPU
+                  against the CPU reference on fresh random inputs, check a full training step
+                  and short runs against the CPU engine, then time LoRA training (tokens/s, MFU)
+                  for trex and for PyTorch + PEFT (eager, compiled) on the same GPU
   gen-unit-data   regenerate the synthetic unit-conversion example data (seeded, deterministic)
 ";
 
@@ -229,43 +230,70 @@ fn nvrtc_check() -> Result<()> {
 fn device_check() -> Result<()> {
     let mut dirs = Vec::new();
     if let Ok(py) = python() {
+        // PyTorch's CUDA libraries: `nvidia/<lib>/lib` (CUDA 12 wheels) or `nvidia/cu13/lib`.
         let out = Command::new(&py)
             .args([
                 "-c",
-                "import importlib,os\nfor m in ('nvidia.cuda_nvrtc','nvidia.cublas','nvidia.cuda_runtime'):\n try: print(os.path.join(list(importlib.import_module(m).__path__)[0],'lib'))\n except Exception: pass",
+                "import glob,os,site\nfor s in site.getsitepackages():\n for d in sorted(set(os.path.dirname(p) for p in glob.glob(os.path.join(s,'nvidia','*','lib','lib*.so*')))): print(d)",
             ])
             .output();
         if let Ok(o) = out {
             dirs.extend(String::from_utf8_lossy(&o.stdout).lines().map(PathBuf::from).filter(|p| p.is_dir()));
         }
     }
-    eprintln!("CUDA library folders from the Python environment: {dirs:?}");
-    let mut cmd = cargo();
-    cmd.current_dir(root()).args([
-        "test",
-        "--release",
-        "-p",
-        "trex-kernels",
-        "--features",
-        "cuda",
-        "--test",
-        "nvrtc",
-        "--test",
-        "cuda_parity",
-        "--",
-        "--include-ignored",
-        "--nocapture",
-        "--test-threads",
-        "1",
-    ]);
-    with_library_path(&mut cmd, &dirs);
-    run(&mut cmd)?;
-    // The PyTorch + PEFT side of the throughput comparison on the same GPU (SmolLM2-135M shape,
-    // random weights, rank 16, all linear targets). The trex side needs the CUDA trainer, which
-    // is not wired into `trex-host train` yet.
+    dirs.extend(["/usr/local/cuda/lib64"].map(PathBuf::from).into_iter().filter(|p| p.is_dir()));
+    eprintln!("CUDA library folders: {dirs:?}");
+    // cudarc's bindings must match the installed major version: CUDA 13 libraries lack symbols
+    // the CUDA 12 bindings load.
+    let cuda13 = dirs.iter().any(|d| d.join("libnvrtc.so.13").exists());
+    let version = if cuda13 { "13000" } else { "12080" };
+    eprintln!("building against the CUDA {} API", if cuda13 { "13.0" } else { "12.8" });
+    let test = |package: &str, tests: &[&str], features: &[&str]| -> Result<()> {
+        let mut cmd = cargo();
+        cmd.current_dir(root()).env("CUDARC_CUDA_VERSION", version).args(["test", "--release", "-p", package]);
+        for f in features {
+            cmd.args(["--features", f]);
+        }
+        for t in tests {
+            cmd.args(["--test", t]);
+        }
+        cmd.args(["--", "--include-ignored", "--nocapture", "--test-threads", "1"]);
+        with_library_path(&mut cmd, &dirs);
+        run(&mut cmd)
+    };
+    // Every op against the CPU reference, then a full training step and short training runs
+    // against the CPU engine.
+    test("trex-kernels", &["nvrtc", "cuda_parity"], &["cuda"])?;
+    test("trex-core", &["cuda_train"], &[])?;
+    // Throughput on the SmolLM2-135M shape (random weights, rank 16, all linear targets): trex,
+    // then PyTorch + PEFT eager and compiled on the same GPU.
     let py = python()?;
     for seq in ["512", "2048"] {
-        for compile in [false, true] {
+        let mut cmd = cargo();
+        cmd.current_dir(root()).env("CUDARC_CUDA_VERSION", version).args([
+            "run",
+            "--release",
+            "-p",
+            "trex-core",
+            "--bin",
+            "trex-host",
+            "--",
+            "bench",
+            "train",
+            "--device",
+            "cuda",
+            "--seq",
+            seq,
+            "--batch",
+            "4",
+            "--steps",
+            "10",
+        ]);
+        with_library_path(&mut cmd, &dirs);
+        run(&mut cmd)?;
+    }
+    for compile in [false, true] {
+        for seq in ["512", "2048"] {
             let mut cmd = Command::new(&py);
             cmd.current_dir(root()).arg("core/reference/bench_lora_train.py").args([
                 "--device", "cuda", "--dtype", "bf16", "--seq", seq, "--batch", "4", "--steps", "10", "--warmup", "3",

@@ -129,6 +129,11 @@ impl<T: Real> Llama<T> {
         Self { config, weights, rope }
     }
 
+    /// The RoPE table (cos and sin per position).
+    pub fn rope_table(&self) -> &RopeTable<T> {
+        &self.rope
+    }
+
     fn lm_head(&self) -> &[T] {
         self.weights.lm_head.as_deref().unwrap_or(&self.weights.embed)
     }

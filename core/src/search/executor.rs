@@ -68,6 +68,8 @@ pub struct Lab {
     test: Vec<EvalRecord>,
     /// Progress bars of running nodes.
     pub progress: indicatif::MultiProgress,
+    /// Where nodes train.
+    pub device: train::ComputeDevice,
 }
 
 impl std::fmt::Debug for Lab {
@@ -158,6 +160,7 @@ impl Lab {
             validation,
             test,
             progress: indicatif::MultiProgress::new(),
+            device: train::ComputeDevice::Cpu,
         })
     }
 
@@ -365,10 +368,11 @@ impl Lab {
             ),
         };
         let model = self.model.clone();
+        let device = self.device;
         let b = bar.clone();
         let n_examples = tokenized.len() as u64;
         let trained = tokio::task::spawn_blocking(move || {
-            let r = train::train(&model, &mut adapter, &tokenized, &recipe, None, |s| {
+            let r = train::train(device, &model, &mut adapter, &tokenized, &recipe, None, |s| {
                 b.set_length(s.total_steps as u64);
                 b.set_position(s.step as u64);
                 b.set_message(format!("train loss {:.3}", s.loss));

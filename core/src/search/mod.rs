@@ -57,6 +57,9 @@ pub struct Settings {
     /// Parts of the system switched off, to measure what each contributes.
     #[serde(default)]
     pub ablations: Vec<Ablation>,
+    /// Where nodes train.
+    #[serde(default)]
+    pub device: crate::train::ComputeDevice,
 }
 
 /// A part of the system that an ablation switches off.
@@ -103,6 +106,7 @@ impl Default for Settings {
             proposals_per_round: 3,
             hide_bad_cases: false,
             ablations: Vec::new(),
+            device: crate::train::ComputeDevice::Cpu,
         }
     }
 }

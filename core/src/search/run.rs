@@ -103,7 +103,8 @@ pub async fn search(req: SearchRequest) -> Result<(PathBuf, SearchSummary), Stri
         .map_err(|e| e.to_string())?;
     journal.append(0.0, Event::Session { resumed: false }).map_err(|e| e.to_string())?;
     eprintln!("run folder: {}", run_dir.display());
-    let lab = Lab::open(host, task, base, run_dir.clone())?;
+    let mut lab = Lab::open(host, task, base, run_dir.clone())?;
+    lab.device = settings.device;
     let search = Search::new(&lab, settings, journal, RunState::default(), meter).await?;
     let summary = search.run().await?;
     Ok((run_dir, summary))
@@ -116,10 +117,14 @@ pub async fn resume(
     plugins: &Path,
     host: HostConfig,
     workers: Option<usize>,
+    device: Option<crate::train::ComputeDevice>,
 ) -> Result<SearchSummary, String> {
     let (mut journal, _task_file, mut task, mut settings, model, state) = load_run(run_dir)?;
     if let Some(w) = workers {
         settings.workers = w;
+    }
+    if let Some(d) = device {
+        settings.device = d;
     }
     let meter = Arc::new(TokenMeter::new(settings.budget.llm_tokens));
     meter.add(state.llm_tokens);
@@ -129,7 +134,8 @@ pub async fn resume(
     let host = open_host(plugins, host_config, task.llm.as_ref(), &meter).await?;
     task.validate_with(&host).await.map_err(|e| format!("the run's task no longer validates: {e}"))?;
     journal.append(state.t_offset, Event::Session { resumed: true }).map_err(|e| e.to_string())?;
-    let lab = Lab::open(host, task, base, run_dir.to_path_buf())?;
+    let mut lab = Lab::open(host, task, base, run_dir.to_path_buf())?;
+    lab.device = settings.device;
     let search = Search::new(&lab, settings, journal, state, meter).await?;
     search.run().await
 }
@@ -304,7 +310,7 @@ pub async fn bench_search(
                 let done = view(&run_dir).ok().filter(|v| v.final_result.is_some());
                 if done.is_none() {
                     if Journal::path_in(&run_dir).is_file() {
-                        resume(&run_dir, &base.plugins, base.host.clone(), None).await?;
+                        resume(&run_dir, &base.plugins, base.host.clone(), None, None).await?;
                     } else {
                         let mut req = base.clone();
                         req.settings.strategy = strategy;

@@ -2,6 +2,8 @@
 //! cosine, gradient clipping and accumulation, loss on completion tokens only, seeded; progress
 //! reports, periodic checkpoints, continuing from a parent adapter.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod data;
 pub mod peft;
 
@@ -28,6 +30,9 @@ pub enum TrainError {
     /// Reading or writing an adapter failed.
     #[error(transparent)]
     Adapter(#[from] peft::AdapterError),
+    /// The compute device failed or is missing.
+    #[error("device: {0}")]
+    Device(String),
     /// The loss became NaN or infinite.
     #[error(
         "the loss diverged (became {loss}) at step {step}: lower the learning rate (now {lr:.2e}) or enable gradient clipping"
@@ -167,6 +172,113 @@ fn pack(examples: &[TokenizedExample], idx: &[usize]) -> Batch {
     b
 }
 
+/// Where training runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDevice {
+    /// The CPU backend (the numerical reference; f32).
+    #[default]
+    Cpu,
+    /// The first NVIDIA GPU: bf16 weights and activations, f32 LoRA weights and optimizer state.
+    Cuda,
+}
+
+impl std::fmt::Display for ComputeDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ComputeDevice::Cpu => "cpu",
+            ComputeDevice::Cuda => "cuda",
+        })
+    }
+}
+
+/// One backend's training state: the adapter, its gradients and the optimizer's moments, where
+/// the backend keeps them.
+pub trait Engine {
+    /// Add the gradients of `grad_scale ×` the summed loss of `batch`; returns the summed loss
+    /// and the positions counted. `seed` makes dropout masks reproducible.
+    fn accumulate(&mut self, batch: &Batch, grad_scale: f32, seed: u64) -> Result<(f64, usize), TrainError>;
+    /// The L2 norm of the accumulated gradients.
+    fn grad_norm(&mut self) -> Result<f64, TrainError>;
+    /// One AdamW update with the gradients times `grad_scale` (clipping), then zero them.
+    fn update(&mut self, lr: f64, weight_decay: f64, grad_scale: f32) -> Result<(), TrainError>;
+    /// Copy the current adapter weights into `adapter` (same shape as the one trained).
+    fn read_adapter(&mut self, adapter: &mut LoraAdapter<f32>) -> Result<(), TrainError>;
+    /// Wait until queued work has finished (for timing); the CPU engine never queues.
+    fn synchronize(&mut self) -> Result<(), TrainError> {
+        Ok(())
+    }
+    /// The device's name, for reports.
+    fn device_name(&self) -> String {
+        "cpu".into()
+    }
+}
+
+/// The CPU engine: the f32 reference implementation.
+#[derive(Debug)]
+pub struct CpuEngine<'a> {
+    model: &'a Llama<f32>,
+    adapter: LoraAdapter<f32>,
+    grads: LoraAdapter<f32>,
+    opt: AdamW,
+}
+
+impl<'a> CpuEngine<'a> {
+    /// Train `adapter` on `model`.
+    pub fn new(model: &'a Llama<f32>, adapter: &LoraAdapter<f32>) -> Self {
+        Self { model, grads: adapter.zeros_like(), opt: AdamW::new(adapter), adapter: adapter.clone() }
+    }
+}
+
+impl CpuEngine<'_> {
+    /// The accumulated gradients (for checks against other engines).
+    pub fn read_gradients(&self, grads: &mut LoraAdapter<f32>) {
+        grads.clone_from(&self.grads);
+    }
+}
+
+impl Engine for CpuEngine<'_> {
+    fn accumulate(&mut self, batch: &Batch, grad_scale: f32, seed: u64) -> Result<(f64, usize), TrainError> {
+        let (l, n) = self.model.train_step(batch, &self.adapter, &mut self.grads, grad_scale, seed);
+        Ok((f64::from(l), n))
+    }
+
+    fn grad_norm(&mut self) -> Result<f64, TrainError> {
+        Ok(global_norm(&self.grads))
+    }
+
+    fn update(&mut self, lr: f64, weight_decay: f64, grad_scale: f32) -> Result<(), TrainError> {
+        if grad_scale != 1.0 {
+            self.grads.for_each_mut(|g| g.iter_mut().for_each(|x| *x *= grad_scale));
+        }
+        self.opt.step(&mut self.adapter, &self.grads, lr, weight_decay);
+        self.grads.for_each_mut(|g| g.iter_mut().for_each(|x| *x = 0.0));
+        Ok(())
+    }
+
+    fn read_adapter(&mut self, adapter: &mut LoraAdapter<f32>) -> Result<(), TrainError> {
+        adapter.clone_from(&self.adapter);
+        Ok(())
+    }
+}
+
+/// Open the engine for `device`.
+pub fn engine<'a>(
+    device: ComputeDevice,
+    model: &'a Llama<f32>,
+    adapter: &LoraAdapter<f32>,
+) -> Result<Box<dyn Engine + 'a>, TrainError> {
+    match device {
+        ComputeDevice::Cpu => Ok(Box::new(CpuEngine::new(model, adapter))),
+        #[cfg(feature = "cuda")]
+        ComputeDevice::Cuda => Ok(Box::new(cuda::CudaEngine::new(model, adapter)?)),
+        #[cfg(not(feature = "cuda"))]
+        ComputeDevice::Cuda => Err(TrainError::Device(
+            "this trex-host was built without CUDA support: rebuild with `cargo build --release --features cuda` (the default) or train with --device cpu".into(),
+        )),
+    }
+}
+
 /// AdamW state for a LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct AdamW {
@@ -212,8 +324,9 @@ fn global_norm(grads: &LoraAdapter<f32>) -> f64 {
     s.sqrt()
 }
 
-/// Train `adapter` (fresh or continued from a parent) on `examples` with `recipe`.
+/// Train `adapter` (fresh or continued from a parent) on `examples` with `recipe`, on `device`.
 pub fn train(
+    device: ComputeDevice,
     model: &Llama<f32>,
     adapter: &mut LoraAdapter<f32>,
     examples: &[TokenizedExample],
@@ -243,22 +356,21 @@ pub fn train(
     }
     let accum = recipe.grad_accumulation as usize;
     let total_steps = schedule.len().div_ceil(accum);
-    let mut opt = AdamW::new(adapter);
+    let mut engine = engine(device, model, adapter)?;
     let started = Instant::now();
     let (mut tokens, mut target_tokens) = (0usize, 0usize);
     let mut losses = Vec::with_capacity(total_steps);
     for (step, group) in schedule.chunks(accum).enumerate() {
         let batches: Vec<Batch> = group.iter().map(|idx| pack(examples, idx)).collect();
         let targets: usize = batches.iter().map(Batch::target_count).sum();
-        let mut grads = adapter.zeros_like();
         let mut loss_sum = 0.0f64;
         for (mi, b) in batches.iter().enumerate() {
             if b.target_count() == 0 {
                 continue;
             }
             let seed = recipe.seed ^ ((step as u64) << 20) ^ mi as u64;
-            let (l, _) = model.train_step(b, adapter, &mut grads, 1.0 / targets.max(1) as f32, seed);
-            loss_sum += l as f64;
+            let (l, _) = engine.accumulate(b, 1.0 / targets.max(1) as f32, seed)?;
+            loss_sum += l;
             tokens += b.tokens.len();
         }
         target_tokens += targets;
@@ -267,12 +379,13 @@ pub fn train(
         if !loss.is_finite() {
             return Err(TrainError::Diverged { step: step + 1, loss, lr });
         }
-        let norm = global_norm(&grads);
-        if recipe.grad_clip > 0.0 && norm > recipe.grad_clip as f64 {
-            let s = (recipe.grad_clip as f64 / norm) as f32;
-            grads.for_each_mut(|g| g.iter_mut().for_each(|x| *x *= s));
-        }
-        opt.step(adapter, &grads, lr, recipe.weight_decay);
+        let norm = engine.grad_norm()?;
+        let clip = if recipe.grad_clip > 0.0 && norm > recipe.grad_clip as f64 {
+            (recipe.grad_clip as f64 / norm) as f32
+        } else {
+            1.0
+        };
+        engine.update(lr, recipe.weight_decay, clip)?;
         losses.push(loss);
         on_step(&StepReport {
             step: step + 1,
@@ -288,9 +401,11 @@ pub fn train(
             && (step + 1) % cp.every == 0
             && step + 1 < total_steps
         {
+            engine.read_adapter(adapter)?;
             peft::save_adapter(&cp.dir.join(format!("checkpoint-{}", step + 1)), adapter, &cp.base_model)?;
         }
     }
+    engine.read_adapter(adapter)?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(TrainReport {
         steps: total_steps,

@@ -41,6 +41,16 @@ impl<T: Real> RopeTable<T> {
         Self { cos, sin, half, max_pos }
     }
 
+    /// `cos(p·θᵢ)` as [max_pos, head_dim/2].
+    pub fn cos(&self) -> &[T] {
+        &self.cos
+    }
+
+    /// `sin(p·θᵢ)` as [max_pos, head_dim/2].
+    pub fn sin(&self) -> &[T] {
+        &self.sin
+    }
+
     /// Positions the table covers.
     pub fn max_pos(&self) -> usize {
         self.max_pos

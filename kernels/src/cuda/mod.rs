@@ -16,11 +16,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use cudarc::driver::CudaSlice;
+
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 /// Helpers every kernel file includes.
 const COMMON: &str = include_str!("kernels/common.cuh");
@@ -49,6 +49,10 @@ const FUNCTIONS: &[(&str, &[&str])] = &[
             "cast_f32_to_bf16",
             "cast_bf16_to_f32",
             "add_bf16",
+            "add_bias_bf16",
+            "scatter_rows",
+            "dropout_bf16",
+            "dropout_add_bf16",
         ],
     ),
     ("adamw", &["adamw", "sum_squares"]),
@@ -96,16 +100,33 @@ fn driver_err(e: impl std::fmt::Debug) -> CudaError {
     CudaError::Driver(format!("CUDA call failed: {e:?}"))
 }
 
+/// The CUDA version the bindings were built for (`CUDARC_CUDA_VERSION`, see .cargo/config.toml).
+pub fn bindings_version() -> String {
+    format!("{}.{}", env!("CUDA_MAJOR_VERSION_OF_BINDINGS"), env!("CUDA_MINOR_VERSION_OF_BINDINGS"))
+}
+
+/// Load a library through cudarc, turning the panic it raises when the library lacks a symbol of
+/// the bindings' CUDA version (a CUDA 13 library under CUDA 12 bindings) into an error.
+fn probe(what: &str, present: impl FnOnce() -> bool + std::panic::UnwindSafe) -> Result<bool, CudaError> {
+    std::panic::catch_unwind(present).map_err(|_| {
+        CudaError::Missing(format!(
+            "{what} was found but does not match the CUDA {} API trex was built for: install the CUDA {} libraries, or rebuild trex with CUDARC_CUDA_VERSION set to the installed version (e.g. `CUDARC_CUDA_VERSION=13000 cargo build --release`)",
+            bindings_version(),
+            env!("CUDA_MAJOR_VERSION_OF_BINDINGS"),
+        ))
+    })
+}
+
 /// Whether NVRTC (`libnvrtc.so`) can be loaded.
 pub fn nvrtc_available() -> bool {
     // SAFETY: only tries to open the shared library.
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+    probe("NVRTC", || unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false)
 }
 
 /// Whether the CUDA driver (`libcuda.so`) can be loaded.
 pub fn driver_available() -> bool {
     // SAFETY: only tries to open the shared library.
-    unsafe { cudarc::driver::sys::is_culib_present() }
+    probe("the CUDA driver", || unsafe { cudarc::driver::sys::is_culib_present() }).unwrap_or(false)
 }
 
 /// The full source of a kernel module: the shared helpers, then the module.
@@ -163,7 +184,8 @@ fn arch_name(major: i32, minor: i32) -> Result<&'static str, CudaError> {
 /// Compile a kernel module to PTX for `arch` (e.g. `compute_80`), through the on-disk cache.
 pub fn compile(module: &str, arch: &'static str) -> Result<String, CudaError> {
     let src = source(module).ok_or_else(|| CudaError::Shape(format!("no kernel module `{module}`")))?;
-    if !nvrtc_available() {
+    // SAFETY: only tries to open the shared library.
+    if !probe("NVRTC", || unsafe { cudarc::nvrtc::sys::is_culib_present() })? {
         return Err(CudaError::Missing(
             "NVRTC (libnvrtc.so) was not found: install the CUDA toolkit, or `pip install nvidia-cuda-nvrtc-cu12` and add its `nvidia/cuda_nvrtc/lib` folder to LD_LIBRARY_PATH".into(),
         ));
@@ -230,12 +252,14 @@ fn rows_cfg(rows: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// A matrix operand of [`Device::gemm`]: a row-major `[rows, cols]` buffer, used as it is or
-/// transposed.
+/// A matrix operand of [`Device::gemm`]: a row-major `[rows, cols]` matrix stored in a bf16
+/// buffer from element `offset` on (so one arena can hold many), used as it is or transposed.
 #[derive(Debug, Clone, Copy)]
 pub struct Mat<'a> {
     /// The buffer.
     pub data: &'a CudaSlice<u16>,
+    /// First element of the matrix in the buffer.
+    pub offset: usize,
     /// Rows as stored.
     pub rows: usize,
     /// Columns as stored.
@@ -244,11 +268,29 @@ pub struct Mat<'a> {
     pub t: bool,
 }
 
+impl<'a> Mat<'a> {
+    /// The whole of `data` as a `[rows, cols]` matrix, not transposed.
+    pub fn new(data: &'a CudaSlice<u16>, rows: usize, cols: usize) -> Self {
+        Self { data, offset: 0, rows, cols, t: false }
+    }
+
+    /// The same matrix at element `offset` of its buffer.
+    pub fn at(self, offset: usize) -> Self {
+        Self { offset, ..self }
+    }
+
+    /// Its transpose.
+    pub fn t(self) -> Self {
+        Self { t: !self.t, ..self }
+    }
+}
+
 impl Device {
     /// Open GPU `ordinal`, compile (or load from the cache) every kernel for its architecture,
     /// and create a cuBLAS handle.
     pub fn open(ordinal: usize) -> Result<Self, CudaError> {
-        if !driver_available() {
+        // SAFETY: only tries to open the shared library.
+        if !probe("the CUDA driver", || unsafe { cudarc::driver::sys::is_culib_present() })? {
             return Err(CudaError::Missing(
                 "the CUDA driver (libcuda.so) was not found: this machine has no NVIDIA driver; train on the CPU (the default) or install the driver".into(),
             ));
@@ -259,6 +301,8 @@ impl Device {
         let arch = arch_name(major, minor)?;
         let name = ctx.name().unwrap_or_else(|_| format!("GPU {ordinal}"));
         let stream = ctx.default_stream();
+        // SAFETY: only tries to open the shared library.
+        probe("cuBLAS", || unsafe { cudarc::cublas::sys::is_culib_present() })?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| {
             CudaError::Missing(format!(
                 "cuBLAS could not be loaded ({e:?}): install the CUDA toolkit or `pip install nvidia-cublas-cu12` and add its lib folder to LD_LIBRARY_PATH"
@@ -349,8 +393,41 @@ impl Device {
         unsafe { b.launch(rows_cfg(rows)) }.map(drop).map_err(driver_err)
     }
 
-    /// Rotary embedding in place on `x` ([tokens, heads, head_dim]); `sign` −1 is the backward.
-    /// `cos`/`sin` are [max_pos, head_dim/2].
+    /// Rotary embedding in place on a packed `x` ([tokens, heads, head_dim]) where token t sits
+    /// at position `positions[t]`; `sign` −1 is the backward. `cos`/`sin` are
+    /// [max_pos, head_dim/2] and must cover `max_position`, the largest of `positions`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_packed(
+        &self,
+        x: &mut CudaSlice<u16>,
+        cos: &CudaSlice<f32>,
+        sin: &CudaSlice<f32>,
+        heads: usize,
+        head_dim: usize,
+        positions: &CudaSlice<i32>,
+        max_position: usize,
+        interleaved: bool,
+        sign: f32,
+    ) -> Result<(), CudaError> {
+        let tokens = x.len() / (heads * head_dim);
+        let half = head_dim / 2;
+        check(
+            x.len() == tokens * heads * head_dim
+                && positions.len() == tokens
+                && cos.len() == sin.len()
+                && cos.len() > max_position * half,
+            "rope_packed",
+        )?;
+        let (t, h, hd, il) = (tokens as i32, heads as i32, head_dim as i32, i32::from(interleaved));
+        let zero = 0i32;
+        let mut b = self.stream.launch_builder(self.f("rope"));
+        b.arg(x).arg(cos).arg(sin).arg(&t).arg(&h).arg(&hd).arg(&zero).arg(positions).arg(&il).arg(&sign);
+        // SAFETY: the caller's positions are below max_position, which the table covers.
+        unsafe { b.launch(grid_for(tokens * heads * half)) }.map(drop).map_err(driver_err)
+    }
+
+    /// Rotary embedding in place on `x` ([tokens, heads, head_dim]), token t at position
+    /// `start_pos + t`; `sign` −1 is the backward. `cos`/`sin` are [max_pos, head_dim/2].
     #[allow(clippy::too_many_arguments)]
     pub fn rope(
         &self,
@@ -371,8 +448,9 @@ impl Device {
         )?;
         let (t, h, hd, sp, il) =
             (tokens as i32, heads as i32, head_dim as i32, start_pos as i32, i32::from(interleaved));
+        let null: u64 = 0;
         let mut b = self.stream.launch_builder(self.f("rope"));
-        b.arg(x).arg(cos).arg(sin).arg(&t).arg(&h).arg(&hd).arg(&sp).arg(&il).arg(&sign);
+        b.arg(x).arg(cos).arg(sin).arg(&t).arg(&h).arg(&hd).arg(&sp).arg(&null).arg(&il).arg(&sign);
         // SAFETY: the table covers every position used, checked above; x has tokens·heads·head_dim values.
         unsafe { b.launch(grid_for(tokens * heads * half)) }.map(drop).map_err(driver_err)
     }
@@ -466,11 +544,28 @@ impl Device {
         alpha: f32,
         beta: f32,
     ) -> Result<(), CudaError> {
+        self.gemm_at(a, b, c, 0, alpha, beta)
+    }
+
+    /// [`Device::gemm`] writing C from element `c_offset` of its buffer (a gradient arena).
+    pub fn gemm_at<C: cudarc::driver::DeviceRepr>(
+        &self,
+        a: Mat<'_>,
+        b: Mat<'_>,
+        c: &mut CudaSlice<C>,
+        c_offset: usize,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<(), CudaError> {
         use cudarc::cublas::sys::cudaDataType;
         let (m, k) = if a.t { (a.cols, a.rows) } else { (a.rows, a.cols) };
         let (k2, n) = if b.t { (b.cols, b.rows) } else { (b.rows, b.cols) };
+        let whole_c = c_offset == 0 && c.len() == m * n;
         check(
-            k == k2 && c.len() == m * n && a.data.len() >= a.rows * a.cols && b.data.len() >= b.rows * b.cols,
+            k == k2
+                && (whole_c || c_offset + m * n <= c.len())
+                && a.data.len() >= a.offset + a.rows * a.cols
+                && b.data.len() >= b.offset + b.rows * b.cols,
             "gemm",
         )?;
         let c_type = match std::mem::size_of::<C>() {
@@ -478,12 +573,14 @@ impl Device {
             2 => cudaDataType::CUDA_R_16BF,
             _ => return Err(CudaError::Shape("gemm: C must be f32 or bf16 (u16)".into())),
         };
+        let c_bytes = (c_offset * std::mem::size_of::<C>()) as u64;
         let (ap, _ra) = a.data.device_ptr(&self.stream);
         let (bp, _rb) = b.data.device_ptr(&self.stream);
         let (cp, _rc) = c.device_ptr_mut(&self.stream);
-        // SAFETY: the pointers come from live buffers whose sizes were checked against m, n, k;
-        // the leading dimensions are the stored row lengths.
-        unsafe { self.gemm_ptrs((ap, a.cols, a.t), (bp, b.cols, b.t), (cp, c_type), (m, n, k), alpha, beta) }
+        let (ap, bp) = (ap + 2 * a.offset as u64, bp + 2 * b.offset as u64);
+        // SAFETY: the pointers come from live buffers whose sizes were checked against m, n, k
+        // and the offsets; the leading dimensions are the stored row lengths.
+        unsafe { self.gemm_ptrs((ap, a.cols, a.t), (bp, b.cols, b.t), (cp + c_bytes, c_type), (m, n, k), alpha, beta) }
     }
 
     /// Row-major `C [m, n] = alpha·op(A)·op(B) + beta·C` through `cublasGemmEx`, with bf16 A and
@@ -560,7 +657,7 @@ impl Device {
         let mut target_logit = self.zeros::<f32>(rows)?;
         let mut logits = self.zeros::<f32>(rows * chunk)?;
         let mut dlogits = self.zeros::<u16>(rows * chunk)?;
-        let hm = Mat { data: h, rows, cols: d, t: false };
+        let hm = Mat::new(h, rows, d);
         for offset in (0..vocab).step_by(chunk) {
             let width = chunk.min(vocab - offset);
             let w = head.slice(offset * d..(offset + width) * d);
@@ -634,8 +731,8 @@ impl Device {
         unsafe { self.gemm_ptrs((lp, width, false), (wp, d, false), c, (rows, d, width), 1.0, beta) }
     }
 
-    /// Causal GQA attention forward: `out` [seq, heads, head_dim] and `lse` [heads, seq].
-    #[allow(clippy::too_many_arguments)]
+    /// Causal GQA attention forward on one sequence: `out` [seq, heads, head_dim] and `lse`
+    /// [seq, heads].
     pub fn attention_forward(
         &self,
         shape: crate::cpu::AttentionShape,
@@ -645,17 +742,56 @@ impl Device {
         out: &mut CudaSlice<u16>,
         lse: &mut CudaSlice<f32>,
     ) -> Result<(), CudaError> {
-        let (seq, heads, kv, hd) = check_attention(shape, q, k, v)?;
-        check(out.len() == q.len() && lse.len() == heads * seq, "attention_forward")?;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let (s, h, kvh, d) = (seq as i32, heads as i32, kv as i32, hd as i32);
-        let mut b = self.stream.launch_builder(self.f("attention_forward"));
-        b.arg(q).arg(k).arg(v).arg(&s).arg(&h).arg(&kvh).arg(&d).arg(&scale).arg(out).arg(lse);
-        // SAFETY: shapes checked by `check_attention`; head_dim ≤ 128 as the kernel requires.
-        unsafe { b.launch(attention_cfg(seq, heads)) }.map(drop).map_err(driver_err)
+        let packed = self.packing(&[shape.seq])?;
+        self.attention_forward_packed(shape, &packed, q, k, v, out, lse)
     }
 
-    /// Causal GQA attention backward from `dout`, with the forward's `out` and `lse`.
+    /// Describe a packed batch of sequences of these lengths for the attention kernels.
+    pub fn packing(&self, seq_lens: &[usize]) -> Result<Packing, CudaError> {
+        let mut cu = Vec::with_capacity(seq_lens.len() + 1);
+        cu.push(0i32);
+        let mut total = 0usize;
+        for &l in seq_lens {
+            total += l;
+            cu.push(i32::try_from(total).map_err(|_| CudaError::Shape("attention: batch over 2^31 tokens".into()))?);
+        }
+        Ok(Packing {
+            cu: self.upload(&cu)?,
+            sequences: seq_lens.len(),
+            tokens: total,
+            max_seq: seq_lens.iter().copied().max().unwrap_or(0),
+        })
+    }
+
+    /// Causal GQA attention forward on a packed batch (each sequence attends within itself):
+    /// `out` [tokens, heads, head_dim] and `lse` [tokens, heads]. `shape.seq` is ignored.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward_packed(
+        &self,
+        shape: crate::cpu::AttentionShape,
+        packing: &Packing,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        v: &CudaSlice<u16>,
+        out: &mut CudaSlice<u16>,
+        lse: &mut CudaSlice<f32>,
+    ) -> Result<(), CudaError> {
+        let (heads, kv, hd) = check_attention(shape, packing, q, k, v)?;
+        check(out.len() == q.len() && lse.len() == heads * packing.tokens, "attention_forward")?;
+        if packing.tokens == 0 {
+            return Ok(());
+        }
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (h, kvh, d) = (heads as i32, kv as i32, hd as i32);
+        let mut b = self.stream.launch_builder(self.f("attention_forward"));
+        b.arg(q).arg(k).arg(v).arg(&packing.cu).arg(&h).arg(&kvh).arg(&d).arg(&scale).arg(out).arg(lse);
+        // SAFETY: shapes checked by `check_attention`; head_dim ≤ 128 as the kernel requires;
+        // the offsets in `cu` add up to the token count the buffers hold.
+        unsafe { b.launch(attention_cfg(packing, heads)) }.map(drop).map_err(driver_err)
+    }
+
+    /// Causal GQA attention backward on one sequence, from `dout`, with the forward's `out`
+    /// and `lse`.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_backward(
         &self,
@@ -670,45 +806,166 @@ impl Device {
         dk: &mut CudaSlice<u16>,
         dv: &mut CudaSlice<u16>,
     ) -> Result<(), CudaError> {
-        let (seq, heads, kv, hd) = check_attention(shape, q, k, v)?;
+        let packed = self.packing(&[shape.seq])?;
+        self.attention_backward_packed(shape, &packed, q, k, v, out, lse, dout, dq, dk, dv)
+    }
+
+    /// Causal GQA attention backward on a packed batch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward_packed(
+        &self,
+        shape: crate::cpu::AttentionShape,
+        packing: &Packing,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        v: &CudaSlice<u16>,
+        out: &CudaSlice<u16>,
+        lse: &CudaSlice<f32>,
+        dout: &CudaSlice<u16>,
+        dq: &mut CudaSlice<u16>,
+        dk: &mut CudaSlice<u16>,
+        dv: &mut CudaSlice<u16>,
+    ) -> Result<(), CudaError> {
+        let (heads, kv, hd) = check_attention(shape, packing, q, k, v)?;
         check(
             out.len() == q.len()
                 && dout.len() == q.len()
                 && dq.len() == q.len()
                 && dk.len() == k.len()
-                && dv.len() == v.len(),
+                && dv.len() == v.len()
+                && lse.len() == heads * packing.tokens,
             "attention_backward",
         )?;
+        if packing.tokens == 0 {
+            return Ok(());
+        }
         let scale = 1.0 / (hd as f32).sqrt();
-        let (s, h, kvh, d) = (seq as i32, heads as i32, kv as i32, hd as i32);
-        let mut delta = self.zeros::<f32>(heads * seq)?;
+        let (h, kvh, d, t) = (heads as i32, kv as i32, hd as i32, packing.tokens as i32);
+        let mut delta = self.zeros::<f32>(heads * packing.tokens)?;
         let mut b = self.stream.launch_builder(self.f("attention_backward_delta"));
-        b.arg(out).arg(dout).arg(&s).arg(&h).arg(&d).arg(&mut delta);
-        let rows = (seq * heads).div_ceil(ATTENTION_ROWS as usize) as u32;
+        b.arg(out).arg(dout).arg(&t).arg(&h).arg(&d).arg(&mut delta);
+        let rows = (packing.tokens * heads).div_ceil(ATTENTION_ROWS as usize) as u32;
         let cfg = LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (32 * ATTENTION_ROWS, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: out and dout are [seq, heads, head_dim]; delta holds heads·seq values.
+        // SAFETY: out and dout are [tokens, heads, head_dim]; delta holds tokens·heads values.
         unsafe { b.launch(cfg) }.map_err(driver_err)?;
         let mut b = self.stream.launch_builder(self.f("attention_backward_dq"));
-        b.arg(q).arg(k).arg(v).arg(dout).arg(lse).arg(&delta).arg(&s).arg(&h).arg(&kvh).arg(&d).arg(&scale).arg(dq);
+        b.arg(q).arg(k).arg(v).arg(dout).arg(lse).arg(&delta).arg(&packing.cu).arg(&h).arg(&kvh).arg(&d).arg(&scale);
+        b.arg(dq);
         // SAFETY: as in the forward.
-        unsafe { b.launch(attention_cfg(seq, heads)) }.map_err(driver_err)?;
+        unsafe { b.launch(attention_cfg(packing, heads)) }.map_err(driver_err)?;
         let mut b = self.stream.launch_builder(self.f("attention_backward_dkv"));
-        b.arg(q)
-            .arg(k)
-            .arg(v)
-            .arg(dout)
-            .arg(lse)
-            .arg(&delta)
-            .arg(&s)
-            .arg(&h)
-            .arg(&kvh)
-            .arg(&d)
-            .arg(&scale)
-            .arg(dk)
-            .arg(dv);
+        b.arg(q).arg(k).arg(v).arg(dout).arg(lse).arg(&delta).arg(&packing.cu).arg(&h).arg(&kvh).arg(&d).arg(&scale);
+        b.arg(dk).arg(dv);
         // SAFETY: one warp per key row of each key/value head.
-        unsafe { b.launch(attention_cfg(seq, kv)) }.map(drop).map_err(driver_err)
+        unsafe { b.launch(attention_cfg(packing, kv)) }.map(drop).map_err(driver_err)
     }
+
+    /// `y[r, c] += bias[c]` for a `[rows, bias.len()]` matrix.
+    pub fn add_bias(&self, y: &mut CudaSlice<u16>, bias: &CudaSlice<u16>) -> Result<(), CudaError> {
+        let (n, cols) = (y.len(), bias.len());
+        check(cols > 0 && n.is_multiple_of(cols), "add_bias")?;
+        let c32 = cols as i32;
+        let mut b = self.stream.launch_builder(self.f("add_bias_bf16"));
+        b.arg(y).arg(bias).arg(&n).arg(&c32);
+        // SAFETY: y holds n values, bias cols.
+        unsafe { b.launch(grid_for(n)) }.map(drop).map_err(driver_err)
+    }
+
+    /// `y += x`, element-wise, in bf16.
+    pub fn add(&self, y: &mut CudaSlice<u16>, x: &CudaSlice<u16>) -> Result<(), CudaError> {
+        let n = y.len();
+        check(x.len() == n, "add")?;
+        let mut b = self.stream.launch_builder(self.f("add_bf16"));
+        b.arg(y).arg(x).arg(&n);
+        // SAFETY: two buffers of n values.
+        unsafe { b.launch(grid_for(n)) }.map(drop).map_err(driver_err)
+    }
+
+    /// `dst[rows[t], :] = src[t, :]` for rows of width `d`; other rows of `dst` are untouched.
+    pub fn scatter_rows(
+        &self,
+        src: &CudaSlice<u16>,
+        rows: &CudaSlice<i32>,
+        d: usize,
+        dst: &mut CudaSlice<u16>,
+    ) -> Result<(), CudaError> {
+        check(src.len() == rows.len() * d && dst.len().is_multiple_of(d), "scatter_rows")?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let d32 = d as i32;
+        let mut b = self.stream.launch_builder(self.f("scatter_rows"));
+        b.arg(src).arg(rows).arg(&d32).arg(dst);
+        // SAFETY: the caller's row indices are below dst.len() / d.
+        unsafe { b.launch(rows_cfg(rows.len())) }.map(drop).map_err(driver_err)
+    }
+
+    /// `out = dropout(x)` with probability `p` and the mask of `seed` (inverted scaling).
+    pub fn dropout(&self, x: &CudaSlice<u16>, out: &mut CudaSlice<u16>, p: f32, seed: u64) -> Result<(), CudaError> {
+        let n = x.len();
+        check(out.len() == n && (0.0..1.0).contains(&p), "dropout")?;
+        let mut b = self.stream.launch_builder(self.f("dropout_bf16"));
+        b.arg(x).arg(out).arg(&n).arg(&p).arg(&seed);
+        // SAFETY: two buffers of n values.
+        unsafe { b.launch(grid_for(n)) }.map(drop).map_err(driver_err)
+    }
+
+    /// `y += dropout(x)` with the mask of `seed`: the backward of [`Device::dropout`], added.
+    pub fn dropout_add(&self, y: &mut CudaSlice<u16>, x: &CudaSlice<u16>, p: f32, seed: u64) -> Result<(), CudaError> {
+        let n = y.len();
+        check(x.len() == n && (0.0..1.0).contains(&p), "dropout_add")?;
+        let mut b = self.stream.launch_builder(self.f("dropout_add_bf16"));
+        b.arg(y).arg(x).arg(&n).arg(&p).arg(&seed);
+        // SAFETY: two buffers of n values.
+        unsafe { b.launch(grid_for(n)) }.map(drop).map_err(driver_err)
+    }
+
+    /// `Σ g²` over an f32 buffer (for gradient-norm clipping).
+    pub fn sum_squares(&self, g: &CudaSlice<f32>) -> Result<f64, CudaError> {
+        let n = g.len();
+        let mut out = self.zeros::<f32>(1)?;
+        let mut b = self.stream.launch_builder(self.f("sum_squares"));
+        b.arg(g).arg(&n).arg(&mut out);
+        // SAFETY: g holds n values; out one.
+        unsafe { b.launch(grid_for(n)) }.map_err(driver_err)?;
+        Ok(f64::from(self.download(&out)?[0]))
+    }
+
+    /// Set a buffer to zero.
+    pub fn fill_zero<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        x: &mut CudaSlice<T>,
+    ) -> Result<(), CudaError> {
+        self.stream.memset_zeros(x).map_err(driver_err)
+    }
+
+    /// A copy of a device buffer.
+    pub fn duplicate<T: cudarc::driver::DeviceRepr>(&self, x: &CudaSlice<T>) -> Result<CudaSlice<T>, CudaError> {
+        self.stream.clone_dtod(x).map_err(driver_err)
+    }
+
+    /// Cast f32 values to bf16.
+    pub fn cast_to_bf16(&self, x: &CudaSlice<f32>, y: &mut CudaSlice<u16>) -> Result<(), CudaError> {
+        let n = x.len();
+        check(y.len() == n, "cast_to_bf16")?;
+        let mut b = self.stream.launch_builder(self.f("cast_f32_to_bf16"));
+        b.arg(x).arg(y).arg(&n);
+        // SAFETY: two buffers of n values.
+        unsafe { b.launch(grid_for(n)) }.map(drop).map_err(driver_err)
+    }
+}
+
+/// A packed batch's layout for the attention kernels: sequence b holds tokens
+/// `[cu[b], cu[b+1])`.
+#[derive(Debug)]
+pub struct Packing {
+    cu: CudaSlice<i32>,
+    /// Sequences.
+    pub sequences: usize,
+    /// Tokens in all.
+    pub tokens: usize,
+    /// The longest sequence.
+    pub max_seq: usize,
 }
 
 /// AdamW hyper-parameters.
@@ -726,9 +983,9 @@ pub struct AdamW {
     pub weight_decay: f32,
 }
 
-fn attention_cfg(seq: usize, heads: usize) -> LaunchConfig {
+fn attention_cfg(packing: &Packing, heads: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (seq.div_ceil(ATTENTION_ROWS as usize) as u32, heads as u32, 1),
+        grid_dim: (packing.max_seq.div_ceil(ATTENTION_ROWS as usize) as u32, heads as u32, packing.sequences as u32),
         block_dim: (32 * ATTENTION_ROWS, 1, 1),
         shared_mem_bytes: 0,
     }
@@ -740,21 +997,20 @@ fn check(ok: bool, op: &str) -> Result<(), CudaError> {
 
 fn check_attention(
     shape: crate::cpu::AttentionShape,
+    packing: &Packing,
     q: &CudaSlice<u16>,
     k: &CudaSlice<u16>,
     v: &CudaSlice<u16>,
-) -> Result<(usize, usize, usize, usize), CudaError> {
-    let crate::cpu::AttentionShape { seq, heads, kv_heads, head_dim } = shape;
+) -> Result<(usize, usize, usize), CudaError> {
+    let crate::cpu::AttentionShape { heads, kv_heads, head_dim, .. } = shape;
     if head_dim > 128 || head_dim % 2 != 0 || kv_heads == 0 || heads % kv_heads != 0 {
         return Err(CudaError::Shape(format!(
             "attention: head_dim {head_dim} (at most 128, even), heads {heads} over kv_heads {kv_heads} (must divide)"
         )));
     }
-    check(
-        q.len() == seq * heads * head_dim && k.len() == seq * kv_heads * head_dim && v.len() == k.len(),
-        "attention",
-    )?;
-    Ok((seq, heads, kv_heads, head_dim))
+    let t = packing.tokens;
+    check(q.len() == t * heads * head_dim && k.len() == t * kv_heads * head_dim && v.len() == k.len(), "attention")?;
+    Ok((heads, kv_heads, head_dim))
 }
 
 /// Round an f32 to bf16 bits (nearest even), as the kernels do.

@@ -1,9 +1,10 @@
 // Causal grouped-query attention, forward and backward, flash-style: keys and values stream
 // through shared memory in tiles of 32 with an online softmax, so no [seq, seq] matrix is ever
-// stored. Layouts: q, out, dq [seq, heads, head_dim]; k, v, dk, dv [seq, kv_heads, head_dim]
-// (bf16); lse and delta [heads, seq] (f32). Query head h reads key/value head
-// h / (heads / kv_heads). head_dim ≤ 128. A block is ROWS warps; each warp owns one query row
-// (forward, dq) or one key row (dk, dv), so no output needs atomics.
+// stored. Batches are packed: sequence b holds tokens [cu[b], cu[b+1]) and attends only within
+// itself; grid.z runs over sequences. Layouts: q, out, dq [tokens, heads, head_dim]; k, v, dk, dv
+// [tokens, kv_heads, head_dim] (bf16); lse and delta [tokens, heads] (f32). Query head h reads
+// key/value head h / (heads / kv_heads). head_dim ≤ 128. A block is ROWS warps; each warp owns
+// one query row (forward, dq) or one key row (dk, dv), so no output needs atomics.
 
 #define ROWS 4
 #define TILE 32
@@ -25,9 +26,16 @@ __device__ void stage_tiles(const bf16* __restrict__ x, const bf16* __restrict__
 
 // out = softmax(scale·q·kᵀ + causal mask)·v; lse[h, i] = log Σ_j exp(scale·q_i·k_j).
 extern "C" __global__ void attention_forward(const bf16* __restrict__ q, const bf16* __restrict__ k,
-                                             const bf16* __restrict__ v, int seq, int heads, int kv_heads,
-                                             int head_dim, float scale, bf16* __restrict__ out,
+                                             const bf16* __restrict__ v, const int* __restrict__ cu, int heads,
+                                             int kv_heads, int head_dim, float scale, bf16* __restrict__ out,
                                              float* __restrict__ lse) {
+    int s0 = cu[blockIdx.z], seq = cu[blockIdx.z + 1] - s0;
+    if ((int)(blockIdx.x * ROWS) >= seq) return;  // the whole block: past this sequence's end
+    q += (size_t)s0 * heads * head_dim;
+    k += (size_t)s0 * kv_heads * head_dim;
+    v += (size_t)s0 * kv_heads * head_dim;
+    out += (size_t)s0 * heads * head_dim;
+    lse += (size_t)s0 * heads;
     __shared__ float qs[ROWS][MAX_D];
     __shared__ float ks[TILE][PAD];
     __shared__ float vs[TILE][PAD];
@@ -76,28 +84,36 @@ extern "C" __global__ void attention_forward(const bf16* __restrict__ q, const b
         int d = lane + 32 * c;
         if (d < head_dim) out[((size_t)i * heads + h) * head_dim + d] = f32_to_bf16(acc[c] * inv);
     }
-    if (lane == 0) lse[(size_t)h * seq + i] = m + __logf(l);
+    if (lane == 0) lse[(size_t)i * heads + h] = m + __logf(l);
 }
 
-// delta[h, i] = Σ_d dout[i, h, d] · out[i, h, d]; one warp per row.
+// delta[t, h] = Σ_d dout[t, h, d] · out[t, h, d] over every packed token; one warp per row.
 extern "C" __global__ void attention_backward_delta(const bf16* __restrict__ out, const bf16* __restrict__ dout,
-                                                    int seq, int heads, int head_dim, float* __restrict__ delta) {
+                                                    int tokens, int heads, int head_dim, float* __restrict__ delta) {
     int row = blockIdx.x * ROWS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (row >= seq * heads) return;
-    int i = row / heads, h = row % heads;
+    if (row >= tokens * heads) return;
     size_t o = (size_t)row * head_dim;
     float s = 0.0f;
     for (int d = lane; d < head_dim; d += 32) s += bf16_to_f32(out[o + d]) * bf16_to_f32(dout[o + d]);
     s = warp_sum(s);
-    if (lane == 0) delta[(size_t)h * seq + i] = s;
+    if (lane == 0) delta[row] = s;
 }
 
 // dq_i = scale · Σ_{j≤i} p_ij (dp_ij − delta_i) k_j, with p recomputed from lse.
 extern "C" __global__ void attention_backward_dq(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                                  const bf16* __restrict__ v, const bf16* __restrict__ dout,
                                                  const float* __restrict__ lse, const float* __restrict__ delta,
-                                                 int seq, int heads, int kv_heads, int head_dim, float scale,
-                                                 bf16* __restrict__ dq) {
+                                                 const int* __restrict__ cu, int heads, int kv_heads, int head_dim,
+                                                 float scale, bf16* __restrict__ dq) {
+    int s0 = cu[blockIdx.z], seq = cu[blockIdx.z + 1] - s0;
+    if ((int)(blockIdx.x * ROWS) >= seq) return;
+    q += (size_t)s0 * heads * head_dim;
+    dout += (size_t)s0 * heads * head_dim;
+    dq += (size_t)s0 * heads * head_dim;
+    k += (size_t)s0 * kv_heads * head_dim;
+    v += (size_t)s0 * kv_heads * head_dim;
+    lse += (size_t)s0 * heads;
+    delta += (size_t)s0 * heads;
     __shared__ float qs[ROWS][MAX_D];
     __shared__ float dos[ROWS][MAX_D];
     __shared__ float ks[TILE][PAD];
@@ -112,8 +128,8 @@ extern "C" __global__ void attention_backward_dq(const bf16* __restrict__ q, con
         qs[warp][d] = active ? bf16_to_f32(q[at]) : 0.0f;
         dos[warp][d] = active ? bf16_to_f32(dout[at]) : 0.0f;
     }
-    float row_lse = active ? lse[(size_t)h * seq + i] : 0.0f;
-    float row_delta = active ? delta[(size_t)h * seq + i] : 0.0f;
+    float row_lse = active ? lse[(size_t)i * heads + h] : 0.0f;
+    float row_delta = active ? delta[(size_t)i * heads + h] : 0.0f;
     float acc[MAX_D / 32];
     for (int c = 0; c < MAX_D / 32; c++) acc[c] = 0.0f;
     int last = min(seq - 1, (int)(blockIdx.x * ROWS + ROWS - 1));
@@ -154,8 +170,18 @@ extern "C" __global__ void attention_backward_dq(const bf16* __restrict__ q, con
 extern "C" __global__ void attention_backward_dkv(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                                   const bf16* __restrict__ v, const bf16* __restrict__ dout,
                                                   const float* __restrict__ lse, const float* __restrict__ delta,
-                                                  int seq, int heads, int kv_heads, int head_dim, float scale,
-                                                  bf16* __restrict__ dk, bf16* __restrict__ dv) {
+                                                  const int* __restrict__ cu, int heads, int kv_heads, int head_dim,
+                                                  float scale, bf16* __restrict__ dk, bf16* __restrict__ dv) {
+    int s0 = cu[blockIdx.z], seq = cu[blockIdx.z + 1] - s0;
+    if ((int)(blockIdx.x * ROWS) >= seq) return;
+    q += (size_t)s0 * heads * head_dim;
+    dout += (size_t)s0 * heads * head_dim;
+    k += (size_t)s0 * kv_heads * head_dim;
+    v += (size_t)s0 * kv_heads * head_dim;
+    dk += (size_t)s0 * kv_heads * head_dim;
+    dv += (size_t)s0 * kv_heads * head_dim;
+    lse += (size_t)s0 * heads;
+    delta += (size_t)s0 * heads;
     __shared__ float kr[ROWS][MAX_D];
     __shared__ float vr[ROWS][MAX_D];
     __shared__ float qs[TILE][PAD];
@@ -182,8 +208,8 @@ extern "C" __global__ void attention_backward_dkv(const bf16* __restrict__ q, co
             stage_tiles(q, dout, start, seq, heads, h, head_dim, qs, dos);
             for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
                 bool in = start + r < seq;
-                lses[r] = in ? lse[(size_t)h * seq + start + r] : 0.0f;
-                deltas[r] = in ? delta[(size_t)h * seq + start + r] : 0.0f;
+                lses[r] = in ? lse[(size_t)(start + r) * heads + h] : 0.0f;
+                deltas[r] = in ? delta[(size_t)(start + r) * heads + h] : 0.0f;
             }
             __syncthreads();
             if (!active) continue;

@@ -57,3 +57,45 @@ extern "C" __global__ void add_bf16(bf16* __restrict__ y, const bf16* __restrict
         y[i] = f32_to_bf16(bf16_to_f32(y[i]) + bf16_to_f32(x[i]));
     }
 }
+
+// y[r, c] += bias[c] for a [rows, cols] bf16 matrix (Qwen2's q/k/v biases).
+extern "C" __global__ void add_bias_bf16(bf16* __restrict__ y, const bf16* __restrict__ bias, size_t n, int cols) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        y[i] = f32_to_bf16(bf16_to_f32(y[i]) + bf16_to_f32(bias[i % cols]));
+    }
+}
+
+// dst[rows[t], :] = src[t, :]; one block per source row (the inverse of a gather by
+// embedding_forward).
+extern "C" __global__ void scatter_rows(const bf16* __restrict__ src, const int* __restrict__ rows, int d,
+                                        bf16* __restrict__ dst) {
+    bf16* to = dst + (size_t)rows[blockIdx.x] * d;
+    const bf16* from = src + (size_t)blockIdx.x * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) to[i] = from[i];
+}
+
+// Inverted dropout with a counter-based mask: element i is kept (and scaled by 1/(1−p)) when the
+// hash of (seed, i) is at least p. The same seed gives the same mask, so the backward pass
+// regenerates it instead of storing it. out may alias x.
+__device__ __forceinline__ float dropout_keep(unsigned long long seed, size_t i, float p) {
+    unsigned long long z = seed + 0x9e3779b97f4a7c15ull * (i + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    float u = (float)(z >> 40) * (1.0f / 16777216.0f);
+    return u < p ? 0.0f : 1.0f / (1.0f - p);
+}
+
+extern "C" __global__ void dropout_bf16(const bf16* x, bf16* out, size_t n, float p, unsigned long long seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        out[i] = f32_to_bf16(bf16_to_f32(x[i]) * dropout_keep(seed, i, p));
+    }
+}
+
+// y += dropout(x) with the mask of `seed` (the backward of dropout, accumulated).
+extern "C" __global__ void dropout_add_bf16(bf16* __restrict__ y, const bf16* __restrict__ x, size_t n, float p,
+                                            unsigned long long seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        y[i] = f32_to_bf16(bf16_to_f32(y[i]) + bf16_to_f32(x[i]) * dropout_keep(seed, i, p));
+    }
+}
