@@ -231,12 +231,12 @@ impl CudaEngine {
             dev.rope_packed(x, &self.cos, &self.sin, heads, hd, &positions, max_pos.saturating_sub(1), false, sign)
         };
 
-        let mut x = dev.zeros::<u16>(n * d)?;
+        let mut x = dev.scratch::<u16>(n * d)?;
         dev.embedding_forward(&self.embed, &dev.upload(&ids)?, d, &mut x)?;
         let mut saved = Vec::with_capacity(c.layers);
         for (li, lw) in self.layers.iter().enumerate() {
             let slot = |t: usize| lora.slots[li][t].map(|s| (s, mask_seed(seed, li, t)));
-            let (mut xn1, mut inv1) = (dev.zeros::<u16>(n * d)?, dev.zeros::<f32>(n)?);
+            let (mut xn1, mut inv1) = (dev.scratch::<u16>(n * d)?, dev.scratch::<f32>(n)?);
             dev.rms_norm_forward(&x, &lw.attn_norm, eps, d, &mut xn1, &mut inv1)?;
             let bias = lw.bias.as_ref();
             let (mut q, xa0) = linear(dev, &lora, &xn1, n, &lw.q, qd, d, bias.map(|b| &b[0]), slot(0))?;
@@ -244,17 +244,17 @@ impl CudaEngine {
             let (v, xa2) = linear(dev, &lora, &xn1, n, &lw.v, kvd, d, bias.map(|b| &b[2]), slot(2))?;
             rope(&mut q, c.heads, 1.0)?;
             rope(&mut k, c.kv_heads, 1.0)?;
-            let (mut attn, mut lse) = (dev.zeros::<u16>(n * qd)?, dev.zeros::<f32>(n * c.heads)?);
+            let (mut attn, mut lse) = (dev.scratch::<u16>(n * qd)?, dev.scratch::<f32>(n * c.heads)?);
             dev.attention_forward_packed(shape, &packing, &q, &k, &v, &mut attn, &mut lse)?;
             let (o, xa3) = linear(dev, &lora, &attn, n, &lw.o, d, qd, None, slot(3))?;
             let mut h1 = dev.duplicate(&x)?;
             dev.add(&mut h1, &o)?;
             drop(o);
-            let (mut xn2, mut inv2) = (dev.zeros::<u16>(n * d)?, dev.zeros::<f32>(n)?);
+            let (mut xn2, mut inv2) = (dev.scratch::<u16>(n * d)?, dev.scratch::<f32>(n)?);
             dev.rms_norm_forward(&h1, &lw.mlp_norm, eps, d, &mut xn2, &mut inv2)?;
             let (gate, xa4) = linear(dev, &lora, &xn2, n, &lw.gate, f, d, None, slot(4))?;
             let (up, xa5) = linear(dev, &lora, &xn2, n, &lw.up, f, d, None, slot(5))?;
-            let mut act = dev.zeros::<u16>(n * f)?;
+            let mut act = dev.scratch::<u16>(n * f)?;
             dev.swiglu_forward(&gate, &up, &mut act)?;
             let (down, xa6) = linear(dev, &lora, &act, n, &lw.down, d, f, None, slot(6))?;
             let mut next = dev.duplicate(&h1)?;
@@ -279,18 +279,18 @@ impl CudaEngine {
         }
 
         // Final norm, then the LM head and cross-entropy on the positions that have targets.
-        let (mut hf, mut inv_f) = (dev.zeros::<u16>(n * d)?, dev.zeros::<f32>(n)?);
+        let (mut hf, mut inv_f) = (dev.scratch::<u16>(n * d)?, dev.scratch::<f32>(n)?);
         dev.rms_norm_forward(&x, &self.final_norm, eps, d, &mut hf, &mut inv_f)?;
         let rows: Vec<i32> = (0..n).filter(|&i| batch.targets[i] >= 0).map(|i| i as i32).collect();
         let targets: Vec<i32> = rows.iter().map(|&i| batch.targets[i as usize] as i32).collect();
-        let mut dhf = dev.zeros::<u16>(n * d)?;
+        let mut dhf = dev.zeros::<u16>(n * d)?; // scatter_rows writes only the target rows
         let (mut loss, mut count) = (0.0f64, 0usize);
         if !rows.is_empty() {
             let m = rows.len();
             let rows_dev = dev.upload(&rows)?;
-            let mut h = dev.zeros::<u16>(m * d)?;
+            let mut h = dev.scratch::<u16>(m * d)?;
             dev.embedding_forward(&hf, &rows_dev, d, &mut h)?;
-            let mut dh = dev.zeros::<u16>(m * d)?;
+            let mut dh = dev.scratch::<u16>(m * d)?;
             // Logits chunks of about 64 Mi values.
             let chunk = ((1usize << 26) / m).max(1024).min(c.vocab);
             let head = self.head.as_ref().unwrap_or(&self.embed);
@@ -299,7 +299,7 @@ impl CudaEngine {
             dev.scatter_rows(&dh, &rows_dev, d, &mut dhf)?;
         }
         drop(hf);
-        let mut dx = dev.zeros::<u16>(n * d)?;
+        let mut dx = dev.scratch::<u16>(n * d)?;
         dev.rms_norm_backward(&x, &self.final_norm, &inv_f, &dhf, d, &mut dx)?;
         drop(dhf);
 
@@ -310,35 +310,35 @@ impl CudaEngine {
             let slot = |t: usize| {
                 lora.slots[li][t].map(|sl| (sl, s.xa[t].as_ref().expect("saved with its slot"), mask_seed(seed, li, t)))
             };
-            let mut dact = dev.zeros::<u16>(n * f)?;
+            let mut dact = dev.scratch::<u16>(n * f)?;
             linear_backward(dev, &lora, grads, &s.act, &dx, n, &lw.down, d, f, slot(6), &mut dact, false)?;
-            let (mut dgate, mut dup) = (dev.zeros::<u16>(n * f)?, dev.zeros::<u16>(n * f)?);
+            let (mut dgate, mut dup) = (dev.scratch::<u16>(n * f)?, dev.scratch::<u16>(n * f)?);
             dev.swiglu_backward(&s.gate, &s.up, &dact, &mut dgate, &mut dup)?;
             drop(dact);
-            let mut dxn2 = dev.zeros::<u16>(n * d)?;
+            let mut dxn2 = dev.scratch::<u16>(n * d)?;
             linear_backward(dev, &lora, grads, &s.xn2, &dgate, n, &lw.gate, f, d, slot(4), &mut dxn2, false)?;
             linear_backward(dev, &lora, grads, &s.xn2, &dup, n, &lw.up, f, d, slot(5), &mut dxn2, true)?;
             drop((dgate, dup));
             // The block output is h1 + mlp(h1), so dh1 = dx + norm2'(dxn2).
-            let mut dh1 = dev.zeros::<u16>(n * d)?;
+            let mut dh1 = dev.scratch::<u16>(n * d)?;
             dev.rms_norm_backward(&s.h1, &lw.mlp_norm, &s.inv2, &dxn2, d, &mut dh1)?;
             dev.add(&mut dh1, &dx)?;
-            let mut dattn = dev.zeros::<u16>(n * qd)?;
+            let mut dattn = dev.scratch::<u16>(n * qd)?;
             linear_backward(dev, &lora, grads, &s.attn, &dh1, n, &lw.o, d, qd, slot(3), &mut dattn, false)?;
             let (mut dq, mut dk, mut dv) =
-                (dev.zeros::<u16>(n * qd)?, dev.zeros::<u16>(n * kvd)?, dev.zeros::<u16>(n * kvd)?);
+                (dev.scratch::<u16>(n * qd)?, dev.scratch::<u16>(n * kvd)?, dev.scratch::<u16>(n * kvd)?);
             dev.attention_backward_packed(
                 shape, &packing, &s.q, &s.k, &s.v, &s.attn, &s.lse, &dattn, &mut dq, &mut dk, &mut dv,
             )?;
             drop(dattn);
             rope(&mut dq, c.heads, -1.0)?;
             rope(&mut dk, c.kv_heads, -1.0)?;
-            let mut dxn1 = dev.zeros::<u16>(n * d)?;
+            let mut dxn1 = dev.scratch::<u16>(n * d)?;
             linear_backward(dev, &lora, grads, &s.xn1, &dq, n, &lw.q, qd, d, slot(0), &mut dxn1, false)?;
             linear_backward(dev, &lora, grads, &s.xn1, &dk, n, &lw.k, kvd, d, slot(1), &mut dxn1, true)?;
             linear_backward(dev, &lora, grads, &s.xn1, &dv, n, &lw.v, kvd, d, slot(2), &mut dxn1, true)?;
             drop((dq, dk, dv));
-            dx = dev.zeros::<u16>(n * d)?;
+            dx = dev.scratch::<u16>(n * d)?;
             dev.rms_norm_backward(&s.x_in, &lw.attn_norm, &s.inv1, &dxn1, d, &mut dx)?;
             dev.add(&mut dx, &dh1)?;
         }
@@ -360,7 +360,7 @@ fn linear(
     bias: Option<&Buf>,
     slot: Option<(Slot, u64)>,
 ) -> Result<(Buf, Option<Buf>), CudaError> {
-    let mut y = dev.zeros::<u16>(rows * out)?;
+    let mut y = dev.scratch::<u16>(rows * out)?;
     dev.gemm(Mat::new(x, rows, inp), Mat::new(w, out, inp).t(), &mut y, 1.0, 0.0)?;
     if let Some(b) = bias {
         dev.add_bias(&mut y, b)?;
@@ -369,14 +369,14 @@ fn linear(
     let r = lora.rank;
     let dropped;
     let xin = if lora.dropout > 0.0 {
-        let mut xd = dev.zeros::<u16>(x.len())?;
+        let mut xd = dev.scratch::<u16>(x.len())?;
         dev.dropout(x, &mut xd, lora.dropout, seed)?;
         dropped = xd;
         &dropped
     } else {
         x
     };
-    let mut xa = dev.zeros::<u16>(rows * r)?;
+    let mut xa = dev.scratch::<u16>(rows * r)?;
     dev.gemm(Mat::new(xin, rows, inp), Mat::new(lora.weights, r, inp).at(s.a).t(), &mut xa, 1.0, 0.0)?;
     dev.gemm(Mat::new(&xa, rows, r), Mat::new(lora.weights, out, r).at(s.b).t(), &mut y, lora.scale, 1.0)?;
     Ok((y, Some(xa)))
@@ -403,13 +403,13 @@ fn linear_backward(
     let Some((s, xa, seed)) = slot else { return Ok(()) };
     let (r, sc) = (lora.rank, lora.scale);
     // t = dy·B [rows, r]
-    let mut t = dev.zeros::<u16>(rows * r)?;
+    let mut t = dev.scratch::<u16>(rows * r)?;
     dev.gemm(Mat::new(dy, rows, out), Mat::new(lora.weights, out, r).at(s.b), &mut t, 1.0, 0.0)?;
     // dB += s·dyᵀ·xa [out, r]
     dev.gemm_at(Mat::new(dy, rows, out).t(), Mat::new(xa, rows, r), grads, s.b, sc, 1.0)?;
     let a = Mat::new(lora.weights, r, inp).at(s.a);
     if lora.dropout > 0.0 {
-        let mut xd = dev.zeros::<u16>(x.len())?;
+        let mut xd = dev.scratch::<u16>(x.len())?;
         dev.dropout(x, &mut xd, lora.dropout, seed)?;
         // dA += s·tᵀ·dropout(x) [r, in]; dx += dropout'(s·t·A).
         dev.gemm_at(Mat::new(&t, rows, r).t(), Mat::new(&xd, rows, inp), grads, s.a, sc, 1.0)?;

@@ -241,7 +241,7 @@ impl std::fmt::Debug for Device {
 /// Threads per block for element-wise kernels.
 const THREADS: u32 = 256;
 /// Warps per attention block (`ROWS` in attention.cu).
-const ATTENTION_ROWS: u32 = 4;
+const ATTENTION_ROWS: u32 = 8;
 
 fn grid_for(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(THREADS as usize).clamp(1, 65_535 * 8) as u32;
@@ -655,8 +655,8 @@ impl Device {
         let mut row_max = self.upload(&vec![f32::NEG_INFINITY; rows])?;
         let mut row_sum = self.zeros::<f32>(rows)?;
         let mut target_logit = self.zeros::<f32>(rows)?;
-        let mut logits = self.zeros::<f32>(rows * chunk)?;
-        let mut dlogits = self.zeros::<u16>(rows * chunk)?;
+        let mut logits = self.scratch::<f32>(rows * chunk)?;
+        let mut dlogits = self.scratch::<u16>(rows * chunk)?;
         let hm = Mat::new(h, rows, d);
         for offset in (0..vocab).step_by(chunk) {
             let width = chunk.min(vocab - offset);
@@ -669,8 +669,8 @@ impl Device {
             // SAFETY: lg holds rows·width logits; the row statistics hold rows values.
             unsafe { b.launch(rows_cfg(rows)) }.map_err(driver_err)?;
         }
-        let mut lse = self.zeros::<f32>(rows)?;
-        let mut loss = self.zeros::<f32>(rows)?;
+        let mut lse = self.scratch::<f32>(rows)?;
+        let mut loss = self.scratch::<f32>(rows)?;
         let r32 = rows as i32;
         let mut b = self.stream.launch_builder(self.f("ce_finish"));
         b.arg(&row_max).arg(&row_sum).arg(&target_logit).arg(&t_dev).arg(&r32).arg(&mut lse).arg(&mut loss);
@@ -841,7 +841,7 @@ impl Device {
         }
         let scale = 1.0 / (hd as f32).sqrt();
         let (h, kvh, d, t) = (heads as i32, kv as i32, hd as i32, packing.tokens as i32);
-        let mut delta = self.zeros::<f32>(heads * packing.tokens)?;
+        let mut delta = self.scratch::<f32>(heads * packing.tokens)?;
         let mut b = self.stream.launch_builder(self.f("attention_backward_delta"));
         b.arg(out).arg(dout).arg(&t).arg(&h).arg(&d).arg(&mut delta);
         let rows = (packing.tokens * heads).div_ceil(ATTENTION_ROWS as usize) as u32;
@@ -929,6 +929,17 @@ impl Device {
         // SAFETY: g holds n values; out one.
         unsafe { b.launch(grid_for(n)) }.map_err(driver_err)?;
         Ok(f64::from(self.download(&out)?[0]))
+    }
+
+    /// A device buffer for an op to overwrite entirely: no zero-fill pass. Its values are
+    /// whatever the allocator hands out until written.
+    pub fn scratch<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>, CudaError> {
+        // SAFETY: T is a plain number type (ValidAsZeroBits: every bit pattern the device can
+        // leave is a valid value); the memory is owned by the returned slice.
+        unsafe { self.stream.alloc::<T>(n) }.map_err(driver_err)
     }
 
     /// Set a buffer to zero.

@@ -6,7 +6,7 @@
 // key/value head h / (heads / kv_heads). head_dim ≤ 128. A block is ROWS warps; each warp owns
 // one query row (forward, dq) or one key row (dk, dv), so no output needs atomics.
 
-#define ROWS 4
+#define ROWS 8
 #define TILE 32
 #define MAX_D 128
 #define PAD (MAX_D + 1)
