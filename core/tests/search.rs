@@ -498,3 +498,72 @@ fn bench_search_compares_each_ablation_with_the_full_system_and_reuses_finished_
     assert_eq!(again, stdout);
     assert_eq!(std::fs::read_to_string(out.join("greedy-s0/journal.jsonl")).unwrap(), journal);
 }
+
+#[test]
+fn bench_tasks_tabulates_and_plots_every_task_and_strategy_and_reuses_finished_runs() {
+    trex_tests::build_plugins();
+    let f = fixture(40, QUICK, "", trex_core::model::LlamaConfig::tiny());
+    // A second task: the same data under another name.
+    let second = f.dir.path().join("second");
+    std::fs::create_dir_all(&second).unwrap();
+    let toml = std::fs::read_to_string(&f.task).unwrap().replace("name = \"tiny\"", "name = \"tiny-two\"");
+    let data = f.task.parent().unwrap().join("data");
+    std::fs::write(
+        second.join("task.toml"),
+        toml.replace("dataset_dir = \"data\"", &format!("dataset_dir = {:?}", data.display().to_string())),
+    )
+    .unwrap();
+    let out = f.dir.path().join("suite");
+    let bench = || {
+        output(
+            trex_host(&f)
+                .args([
+                    "bench",
+                    "tasks",
+                    "--strategies",
+                    "greedy,sequential",
+                    "--seeds",
+                    "0",
+                    "--budget",
+                    "1",
+                    "--tasks",
+                ])
+                .arg(format!("{},{}", f.task.display(), second.display()))
+                .arg("--out")
+                .arg(&out),
+        )
+    };
+    let (ok, stdout, err) = bench();
+    assert!(ok, "{err}");
+    for row in [
+        "| tiny | greedy | 1 |",
+        "| tiny | sequential | 1 |",
+        "| tiny-two | greedy | 1 |",
+        "| tiny-two | sequential | 1 |",
+    ] {
+        assert!(stdout.contains(row), "{row} missing from\n{stdout}");
+    }
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let runs = results.as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    for r in runs {
+        // The base model, then one experiment; the best score never goes down.
+        let curve: Vec<f64> = r["curve"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(curve.len(), 2, "{r}");
+        assert!(curve[1] >= curve[0], "{r}");
+        assert_eq!(r["base_validation"].as_f64().unwrap(), curve[0]);
+        assert!(r["train_tokens"].as_u64().unwrap() > 0, "{r}");
+    }
+    let svg = std::fs::read_to_string(out.join("plot.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 4, "{svg}");
+    assert!(svg.contains(">tiny-two<") && svg.contains(">sequential<"), "{svg}");
+    assert_eq!(std::fs::read_to_string(out.join("table.md")).unwrap(), stdout);
+    // A second call finds every run finished and runs nothing.
+    let journal = std::fs::read_to_string(out.join("tiny-two/greedy-s0/journal.jsonl")).unwrap();
+    let (ok, again, err) = bench();
+    assert!(ok, "{err}");
+    assert_eq!(again, stdout);
+    assert_eq!(std::fs::read_to_string(out.join("tiny-two/greedy-s0/journal.jsonl")).unwrap(), journal);
+}

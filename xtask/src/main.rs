@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod tasks;
+
 use anyhow::{Context, Result, bail};
 use trex_sdk::rng::SplitMix64;
 
@@ -27,6 +29,8 @@ commands:
                   and short runs against the CPU engine, then time LoRA training (tokens/s, MFU)
                   for trex and for PyTorch + PEFT (eager, compiled) on the same GPU
   gen-unit-data   regenerate the synthetic unit-conversion example data (seeded, deterministic)
+  gen-task-data   regenerate the data of the synthetic benchmark tasks (finance-ratios,
+                  clinical-vitals, deposit-statute, review-sentiment; seeded, deterministic)
 ";
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +52,7 @@ fn dispatch() -> Result<()> {
         Some("ci") => ci(),
         Some("bench-plugins") => bench_plugins(),
         Some("gen-unit-data") => gen_unit_data(),
+        Some("gen-task-data") => tasks::generate_all(&root()),
         Some("nvrtc-check") => nvrtc_check(),
         Some("device-check") => device_check(),
         Some("-h" | "--help" | "help") | None => {

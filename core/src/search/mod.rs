@@ -7,6 +7,7 @@ pub mod executor;
 pub mod journal;
 pub mod memory;
 pub mod run;
+pub mod suite;
 pub mod task;
 pub mod tree;
 

