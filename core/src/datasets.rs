@@ -124,13 +124,8 @@ fn canonical_calls(truth: &[Value]) -> String {
     format!("[{}]", calls.join(", "))
 }
 
-/// BFCL simple_python → 240 train, 80 validation, 80 test records: `prompt` (the function
-/// signatures and the request), `completion` (the canonical calls as JSON), `answer` (the
-/// ground truth for `bfcl-ast`).
-fn prepare_bfcl(work: &Path, out: &Path) -> Result<(), String> {
-    let data = work.join("unpacked/bfcl_eval/data");
-    let questions = read(&data.join("BFCL_v4_simple_python.json"))?;
-    let answers = read(&data.join("possible_answer/BFCL_v4_simple_python.json"))?;
+/// One record per BFCL question that has a ground truth (JSON lines of both files).
+fn bfcl_records(questions: &str, answers: &str) -> Result<Vec<String>, String> {
     let mut truth = std::collections::HashMap::new();
     for line in answers.lines().filter(|l| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(line).map_err(|e| format!("BFCL answers: {e}"))?;
@@ -156,6 +151,17 @@ fn prepare_bfcl(work: &Path, out: &Path) -> Result<(), String> {
                 .to_string(),
         );
     }
+    Ok(records)
+}
+
+/// BFCL simple_python → 240 train, 80 validation, 80 test records: `prompt` (the function
+/// signatures and the request), `completion` (the canonical calls as JSON), `answer` (the
+/// ground truth for `bfcl-ast`).
+fn prepare_bfcl(work: &Path, out: &Path) -> Result<(), String> {
+    let data = work.join("unpacked/bfcl_eval/data");
+    let questions = read(&data.join("BFCL_v4_simple_python.json"))?;
+    let answers = read(&data.join("possible_answer/BFCL_v4_simple_python.json"))?;
+    let mut records = bfcl_records(&questions, &answers)?;
     if records.len() < 300 {
         return Err(format!("BFCL simple_python: only {} questions with ground truth", records.len()));
     }
@@ -227,4 +233,67 @@ fn prepare_moses(work: &Path, out: &Path) -> Result<(), String> {
         "MOSES (moses/dataset/data/train.csv.gz, test.csv.gz), PyPI molsets==0.3.1, MIT.\n",
     )
     .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(path: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(path)
+    }
+
+    #[test]
+    fn bfcl_questions_become_prompts_with_signatures_and_canonical_calls() {
+        let q = read(&fixture("bfcl/BFCL_v4_simple_python.json")).unwrap();
+        let a = read(&fixture("bfcl/possible_answer/BFCL_v4_simple_python.json")).unwrap();
+        let records: Vec<Value> =
+            bfcl_records(&q, &a).unwrap().iter().map(|r| serde_json::from_str(r).unwrap()).collect();
+        // The fixture's fourth question (multi-turn) has no ground truth and is left out.
+        assert_eq!(records.len(), 3);
+        let first = &records[0];
+        assert_eq!(first["id"], "simple_python_0");
+        let prompt = first["prompt"].as_str().unwrap();
+        assert!(
+            prompt.starts_with(
+                "Functions:\ncalculate_triangle_area(base: integer, height: integer, unit?: string): Calculate the area"
+            ),
+            "{prompt}"
+        );
+        assert!(
+            prompt.ends_with("Request: Find the area of a triangle with a base of 10 units and height of 5 units.")
+        );
+        // The optional `unit` (acceptable values include "") is left out of the canonical call.
+        assert_eq!(
+            first["completion"],
+            r#"[{"name": "calculate_triangle_area", "arguments": {"base":10,"height":5}}]"#
+        );
+        assert_eq!(first["answer"][0]["calculate_triangle_area"]["unit"], json!(["units", ""]));
+        for r in &records {
+            let calls: Value = serde_json::from_str(r["completion"].as_str().unwrap()).unwrap();
+            let name = calls[0]["name"].as_str().unwrap();
+            assert!(r["answer"][0].get(name).is_some(), "{r}");
+        }
+    }
+
+    #[test]
+    fn moses_csv_reads_the_smiles_column_and_prompts_start_the_molecule() {
+        let smiles = moses_smiles(&fixture("moses/train-head.csv.gz")).unwrap();
+        assert_eq!(smiles.len(), 12);
+        assert_eq!(smiles[0], "CCCS(=O)c1ccc2[nH]c(=NC(=O)OC)[nH]c2c1");
+        let mut rng = SplitMix64(1);
+        for (i, s) in smiles.iter().enumerate() {
+            let r: Value = serde_json::from_str(&moses_record(format!("m{i}"), s, &mut rng)).unwrap();
+            let prompt = r["prompt"].as_str().unwrap();
+            let prefix = prompt.rsplit(' ').next().unwrap();
+            assert!(s.starts_with(prefix) && prefix.len() >= 3 && prefix.len() < s.len(), "{prompt} / {s}");
+            assert_eq!(r["completion"], s.as_str());
+        }
+    }
+
+    #[test]
+    fn an_unknown_data_set_names_the_known_ones() {
+        let e = fetch("no-such-set").unwrap_err();
+        assert!(e.contains("bfcl-simple") && e.contains("moses"), "{e}");
+    }
 }
