@@ -335,7 +335,7 @@ enum BenchCommand {
     /// FT-Bench-lite: a search per task, strategy, ablation and seed at equal budget, then one
     /// table across tasks (base and best scores on validation and test, normalized gains, cost;
     /// mean ± spread over seeds) and an SVG plot of the best validation score against experiments.
-    /// Writes OUT/<task>/<strategy>-s<seed>/ per run (finished runs are reused, interrupted ones
+    /// Writes `OUT/<task>/<strategy>-s<seed>/` per run (finished runs are reused, interrupted ones
     /// resumed), and OUT/results.json, OUT/table.md and OUT/plot.svg after each task.
     Tasks {
         /// Comma-separated task folders (default: every folder of examples/tasks holding a task.toml).
