@@ -241,14 +241,12 @@ fn sentiment(rng: &mut SplitMix64) -> Example {
     Example { prompt: format!("Review: {text} Sentiment?"), answer: answer.into(), tag: answer.into() }
 }
 
+/// Makes one example from the random stream.
+type Generator = fn(&mut SplitMix64) -> Example;
+
 /// Write train / validation / test splits for one generator. The test split shares no prompt
 /// with the other two.
-fn write_splits(
-    dir: &Path,
-    seed: u64,
-    sizes: (usize, usize, usize),
-    generate: fn(&mut SplitMix64) -> Example,
-) -> Result<()> {
+fn write_splits(dir: &Path, seed: u64, sizes: (usize, usize, usize), generate: Generator) -> Result<()> {
     let mut rng = SplitMix64(seed);
     let line = |e: &Example, id: String| {
         json!({"id": id, "prompt": e.prompt, "response": e.answer, "tags": [e.tag]}).to_string()
@@ -281,7 +279,7 @@ fn write_splits(
 
 /// Regenerate every synthetic task's data under `examples/tasks/<task>/data`.
 pub fn generate_all(root: &Path) -> Result<()> {
-    let tasks: [(&str, u64, fn(&mut SplitMix64) -> Example); 4] = [
+    let tasks: [(&str, u64, Generator); 4] = [
         ("finance-ratios", 11, finance),
         ("clinical-vitals", 12, clinical),
         ("deposit-statute", 13, statute),
