@@ -225,7 +225,17 @@ fn with_library_path(cmd: &mut Command, dirs: &[PathBuf]) {
 fn nvrtc_check() -> Result<()> {
     let lib = nvrtc_lib_dir()?;
     let mut cmd = cargo();
-    cmd.current_dir(root()).args(["test", "-p", "trex-kernels", "--features", "cuda", "--test", "nvrtc"]);
+    cmd.current_dir(root()).args([
+        "test",
+        "-p",
+        "trex-kernels",
+        "--features",
+        "cuda",
+        "--test",
+        "nvrtc",
+        "--",
+        "--include-ignored",
+    ]);
     with_library_path(&mut cmd, &[lib]);
     run(&mut cmd)
 }
