@@ -442,6 +442,25 @@ enum BenchCommand {
     },
 }
 
+/// The search request a benchmark starts from: the task's own settings, a budget of `nodes`
+/// experiments (the task's when `None`) and no wall-clock cut-off, so budgets are equal in
+/// experiments.
+fn bench_request(cli: &Cli, task: PathBuf, nodes: Option<u64>) -> Result<trex_core::search::run::SearchRequest> {
+    Ok(trex_core::search::run::SearchRequest {
+        task,
+        plugins: cli.plugins.clone(),
+        host: host_config(cli)?,
+        settings: trex_core::search::Settings {
+            budget: trex_core::search::task::Budget { nodes, wall_minutes: Some(1e9), ..Default::default() },
+            ..Default::default()
+        },
+        researcher: None,
+        model: None,
+        llm: None,
+        run_dir: None,
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
@@ -686,24 +705,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if tasks.is_empty() {
                 bail!("no tasks: pass --tasks, or run from the repository root (examples/tasks)");
             }
-            let req = trex_core::search::run::SearchRequest {
-                task: tasks[0].clone(),
-                plugins: cli.plugins.clone(),
-                host: host_config(&cli)?,
-                settings: trex_core::search::Settings {
-                    budget: trex_core::search::task::Budget {
-                        nodes: *budget,
-                        // Equal budgets in experiments: no wall-clock cut-off.
-                        wall_minutes: Some(1e9),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-                researcher: None,
-                model: None,
-                llm: None,
-                run_dir: None,
-            };
+            let req = bench_request(&cli, tasks[0].clone(), *budget)?;
             std::fs::create_dir_all(out)?;
             let runs = trex_core::search::suite::bench_tasks(req, &tasks, strategies, ablate, seeds, out, |task, r| {
                 eprintln!(
@@ -718,23 +720,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Search { task, strategies, ablate, seeds, nodes, out }) => {
-            let req = trex_core::search::run::SearchRequest {
-                task: task.clone(),
-                plugins: cli.plugins.clone(),
-                host: host_config(&cli)?,
-                settings: trex_core::search::Settings {
-                    budget: trex_core::search::task::Budget {
-                        nodes: Some(*nodes),
-                        wall_minutes: Some(1e9),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-                researcher: None,
-                model: None,
-                llm: None,
-                run_dir: None,
-            };
+            let req = bench_request(&cli, task.clone(), Some(*nodes))?;
             std::fs::create_dir_all(out)?;
             let runs = trex_core::search::run::bench_search(req, strategies, ablate, seeds, out, |r| {
                 eprintln!(

@@ -352,7 +352,8 @@ fn bench_run(run_dir: &Path, label: &str, seed: u64) -> Result<BenchRun, String>
     })
 }
 
-fn mean_sd(xs: &[f64]) -> (f64, f64) {
+/// Mean and sample standard deviation (0 for a single value).
+pub(crate) fn mean_sd(xs: &[f64]) -> (f64, f64) {
     let n = xs.len().max(1) as f64;
     let m = xs.iter().sum::<f64>() / n;
     let v = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0).max(1.0);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::run::{self, BenchRun, SearchRequest};
+use super::run::{self, BenchRun, SearchRequest, mean_sd};
 use super::tree::{NodeStatus, Strategy};
 
 /// One finished run of the suite, with what the table and the plot need.
@@ -103,13 +103,6 @@ fn write_outputs(runs: &[SuiteRun], out: &Path) -> Result<(), String> {
     write("results.json", serde_json::to_string_pretty(runs).expect("suite runs serialize"))?;
     write("table.md", table(runs))?;
     write("plot.svg", plot(runs))
-}
-
-fn mean_sd(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len().max(1) as f64;
-    let m = xs.iter().sum::<f64>() / n;
-    let v = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0).max(1.0);
-    (m, v.sqrt())
 }
 
 /// Groups of runs by (task, strategy label), in first-seen order.
