@@ -51,7 +51,7 @@ pub fn install(dir: &Path, folder: &str, lib: &str, manifest: &str) -> PathBuf {
 /// A manifest for component `lib` under `name` and `kind`, with extra TOML appended.
 pub fn manifest(name: &str, kind: &str, lib: &str, extra: &str) -> String {
     format!(
-        "name = \"{name}\"\nkind = \"{kind}\"\nversion = \"0.1.0\"\napi-version = \"0.1.0\"\nwasm = \"{lib}.wasm\"\n{extra}\n"
+        "name = \"{name}\"\nkind = \"{kind}\"\nversion = \"0.1.0\"\napi-version = \"0.1.1\"\nwasm = \"{lib}.wasm\"\n{extra}\n"
     )
 }
 
@@ -188,4 +188,26 @@ pub mod llm_server {
         });
         Server { base_url: format!("http://127.0.0.1:{port}/v1"), requests }
     }
+}
+
+/// A Hugging Face `tokenizer.json` for a word-level vocabulary `w0` .. `w{vocab-1}` split on
+/// whitespace (unknown words become `w0`).
+pub fn word_level_tokenizer(vocab: usize) -> serde_json::Value {
+    let words: serde_json::Map<String, serde_json::Value> =
+        (0..vocab).map(|i| (format!("w{i}"), serde_json::Value::from(i))).collect();
+    serde_json::json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": words, "unk_token": "w0"}})
+}
+
+/// A tiny model with random weights (seed 1) and [`word_level_tokenizer`], exported as a
+/// Hugging Face folder `dir/model` the way a user would export one; returns that folder.
+pub fn tiny_model(dir: &Path, config: &trex_model::LlamaConfig) -> PathBuf {
+    let tok_path = dir.join("tokenizer.json");
+    std::fs::write(&tok_path, word_level_tokenizer(config.vocab).to_string()).expect("write tokenizer.json");
+    let tokenizer = trex_model::Tokenizer::from_file(&tok_path).expect("the tokenizer loads");
+    let model_dir = dir.join("model");
+    let weights = trex_model::Weights::<f32>::random(config, 1);
+    trex_model::export_hf_dir(&model_dir, config, &weights, &tokenizer).expect("export the tiny model");
+    model_dir
 }

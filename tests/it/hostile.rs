@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use trex_core::plugin::{CallEnv, Capabilities, HostConfig, PluginError, PluginHost};
+use trex_plugin_host::{CallEnv, Capabilities, HostConfig, PluginError, PluginHost};
 
 use crate::test_config;
 

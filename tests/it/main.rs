@@ -1,14 +1,16 @@
 //! End-to-end tests across the trex crates, in one binary.
 
 mod augment;
+mod contract;
 mod data_tools;
 mod evaluators;
 mod hostile;
 mod roundtrip;
+mod tidy;
 
 use std::path::PathBuf;
 
-use trex_core::plugin::HostConfig;
+use trex_plugin_host::HostConfig;
 
 /// Host settings for tests: a shared compile cache under `target/` so each component is
 /// compiled once per machine rather than once per test.

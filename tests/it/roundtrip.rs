@@ -2,7 +2,7 @@
 //! validated, manifests are checked against what the component says.
 
 use serde_json::json;
-use trex_core::plugin::{CallEnv, EvalItem, PluginError, PluginHost};
+use trex_plugin_host::{CallEnv, EvalItem, PluginError, PluginHost};
 use trex_sdk::types::{NodeSummary, ResearchContext, SearchSpace, TaskBrief};
 
 use crate::test_config;
@@ -118,7 +118,8 @@ fn context() -> ResearchContext {
             id: 0,
             parent: None,
             proposal: None,
-            status: "done".into(),
+            status: trex_sdk::types::NodeStatus::Done,
+            failure: None,
             score: Some(0.1),
             reward: Some(0.0),
             lesson: String::new(),
@@ -206,7 +207,7 @@ async fn compiled_components_are_cached() {
         "dedup_exact",
         &trex_tests::manifest("dedup-exact", "data-tool", "dedup_exact", ""),
     );
-    let config = trex_core::plugin::HostConfig {
+    let config = trex_plugin_host::HostConfig {
         cache_dir: Some(dir.path().join("cache")),
         ..crate::test_config(dir.path().join("s"))
     };
@@ -218,7 +219,7 @@ async fn compiled_components_are_cached() {
     for e in std::fs::read_dir(dir.path().join("cache")).unwrap() {
         std::fs::write(e.unwrap().path(), b"garbage").unwrap();
     }
-    let config = trex_core::plugin::HostConfig {
+    let config = trex_plugin_host::HostConfig {
         cache_dir: Some(dir.path().join("cache")),
         ..crate::test_config(dir.path().join("s"))
     };
@@ -240,8 +241,8 @@ async fn manifest_must_agree_with_the_component() {
     assert!(err.contains("describe() says its name is `dedup-exact`") && err.contains("`not-dedup`"), "{err}");
 
     let text = trex_tests::manifest("dedup-exact", "data-tool", "dedup_exact", "")
-        .replace("api-version = \"0.1.0\"", "api-version = \"0.3.0\"");
+        .replace("api-version = \"0.1.1\"", "api-version = \"0.3.0\"");
     let m = trex_tests::install(dir.path(), "b", "dedup_exact", &text);
     let err = host.load(&m).await.unwrap_err().to_string();
-    assert!(err.contains("API 0.3.0") && err.contains("API 0.1.0"), "{err}");
+    assert!(err.contains("API 0.3.0") && err.contains("API 0.1.1"), "{err}");
 }

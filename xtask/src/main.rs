@@ -138,7 +138,7 @@ fn build_plugins() -> Result<()> {
 fn demo(extra: &[String]) -> Result<()> {
     build_plugins()?;
     let mut cmd = cargo();
-    cmd.current_dir(root()).args(["run", "--release", "--quiet", "-p", "trex-core", "--bin", "trex-host", "--"]);
+    cmd.current_dir(root()).args(["run", "--release", "--quiet", "-p", "trex-cli", "--bin", "trex-host", "--"]);
     cmd.args(["--plugins", "plugins", "search", "examples/tasks/unit-conversion"]);
     cmd.args(extra);
     run(&mut cmd)
@@ -232,8 +232,9 @@ fn nvrtc_check() -> Result<()> {
         "--features",
         "cuda",
         "--test",
-        "nvrtc",
+        "it",
         "--",
+        "nvrtc",
         "--include-ignored",
     ]);
     with_library_path(&mut cmd, &[lib]);
@@ -263,23 +264,21 @@ fn device_check() -> Result<()> {
     let cuda13 = dirs.iter().any(|d| d.join("libnvrtc.so.13").exists());
     let version = if cuda13 { "13000" } else { "12080" };
     eprintln!("building against the CUDA {} API", if cuda13 { "13.0" } else { "12.8" });
-    let test = |package: &str, tests: &[&str], features: &[&str]| -> Result<()> {
+    // `filter` picks the test modules of the crate's integration-test binary `it`.
+    let test = |package: &str, filter: &str, features: &[&str]| -> Result<()> {
         let mut cmd = cargo();
         cmd.current_dir(root()).env("CUDARC_CUDA_VERSION", version).args(["test", "--release", "-p", package]);
         for f in features {
             cmd.args(["--features", f]);
         }
-        for t in tests {
-            cmd.args(["--test", t]);
-        }
-        cmd.args(["--", "--include-ignored", "--nocapture", "--test-threads", "1"]);
+        cmd.args(["--test", "it", "--", filter, "--include-ignored", "--nocapture", "--test-threads", "1"]);
         with_library_path(&mut cmd, &dirs);
         run(&mut cmd)
     };
     // Every op against the CPU reference, then a full training step and short training runs
     // against the CPU engine.
-    test("trex-kernels", &["nvrtc", "cuda_parity"], &["cuda"])?;
-    test("trex-core", &["cuda_train"], &[])?;
+    test("trex-kernels", "", &["cuda"])?;
+    test("trex-model", "cuda_train", &[])?;
     // Throughput on the SmolLM2-135M shape (random weights, rank 16, all linear targets): trex,
     // then PyTorch + PEFT eager and compiled on the same GPU.
     let py = python()?;
@@ -289,7 +288,7 @@ fn device_check() -> Result<()> {
             "run",
             "--release",
             "-p",
-            "trex-core",
+            "trex-cli",
             "--bin",
             "trex-host",
             "--",
@@ -330,7 +329,7 @@ fn bench_plugins() -> Result<()> {
         "run",
         "--release",
         "-p",
-        "trex-core",
+        "trex-cli",
         "--bin",
         "trex-host",
         "--",

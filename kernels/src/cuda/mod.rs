@@ -351,6 +351,27 @@ impl Device {
         self.functions.get(name).expect("every kernel named in FUNCTIONS is loaded by open()")
     }
 
+    /// Launch kernel `name` on the stream with the arguments `args` pushes: the one place a
+    /// kernel is launched.
+    ///
+    /// # Safety
+    ///
+    /// The pushed arguments must match the kernel's signature in number, order and type, and
+    /// every buffer must hold at least the elements the kernel indexes under `cfg`. Each call
+    /// site checks the sizes first and says in its `SAFETY:` comment why the rest holds.
+    unsafe fn launch<'a>(
+        &'a self,
+        name: &str,
+        cfg: LaunchConfig,
+        args: impl FnOnce(&mut cudarc::driver::LaunchArgs<'a>),
+    ) -> Result<(), CudaError> {
+        let mut b = self.stream.launch_builder(self.f(name));
+        args(&mut b);
+        // SAFETY: the caller's contract above: the arguments match the kernel and the buffers
+        // are large enough, so the kernel reads and writes only memory it was given.
+        unsafe { b.launch(cfg) }.map(drop).map_err(driver_err)
+    }
+
     /// RMSNorm forward over rows of width `d`: `y` (bf16) and `inv_rms` (f32, one per row).
     pub fn rms_norm_forward(
         &self,
@@ -364,11 +385,13 @@ impl Device {
         let rows = x.len() / d;
         check(x.len() == rows * d && w.len() == d && y.len() == x.len() && inv_rms.len() == rows, "rms_norm_forward")?;
         let d32 = d as i32;
-        let mut b = self.stream.launch_builder(self.f("rmsnorm_forward"));
-        b.arg(x).arg(w).arg(&eps).arg(&d32).arg(y).arg(inv_rms);
         // SAFETY: the argument list matches the kernel's signature and every buffer holds the
         // rows·d (or rows) values the kernel indexes, checked above.
-        unsafe { b.launch(rows_cfg(rows)) }.map(drop).map_err(driver_err)
+        unsafe {
+            self.launch("rmsnorm_forward", rows_cfg(rows), |b| {
+                b.arg(x).arg(w).arg(&eps).arg(&d32).arg(y).arg(inv_rms);
+            })
+        }
     }
 
     /// RMSNorm backward: `dx` from `dy`.
@@ -387,10 +410,12 @@ impl Device {
             "rms_norm_backward",
         )?;
         let d32 = d as i32;
-        let mut b = self.stream.launch_builder(self.f("rmsnorm_backward"));
-        b.arg(x).arg(w).arg(inv_rms).arg(dy).arg(&d32).arg(dx);
         // SAFETY: as in `rms_norm_forward`.
-        unsafe { b.launch(rows_cfg(rows)) }.map(drop).map_err(driver_err)
+        unsafe {
+            self.launch("rmsnorm_backward", rows_cfg(rows), |b| {
+                b.arg(x).arg(w).arg(inv_rms).arg(dy).arg(&d32).arg(dx);
+            })
+        }
     }
 
     /// Rotary embedding in place on a packed `x` ([tokens, heads, head_dim]) where token t sits
@@ -420,10 +445,12 @@ impl Device {
         )?;
         let (t, h, hd, il) = (tokens as i32, heads as i32, head_dim as i32, i32::from(interleaved));
         let zero = 0i32;
-        let mut b = self.stream.launch_builder(self.f("rope"));
-        b.arg(x).arg(cos).arg(sin).arg(&t).arg(&h).arg(&hd).arg(&zero).arg(positions).arg(&il).arg(&sign);
         // SAFETY: the caller's positions are below max_position, which the table covers.
-        unsafe { b.launch(grid_for(tokens * heads * half)) }.map(drop).map_err(driver_err)
+        unsafe {
+            self.launch("rope", grid_for(tokens * heads * half), |b| {
+                b.arg(x).arg(cos).arg(sin).arg(&t).arg(&h).arg(&hd).arg(&zero).arg(positions).arg(&il).arg(&sign);
+            })
+        }
     }
 
     /// Rotary embedding in place on `x` ([tokens, heads, head_dim]), token t at position
@@ -449,10 +476,12 @@ impl Device {
         let (t, h, hd, sp, il) =
             (tokens as i32, heads as i32, head_dim as i32, start_pos as i32, i32::from(interleaved));
         let null: u64 = 0;
-        let mut b = self.stream.launch_builder(self.f("rope"));
-        b.arg(x).arg(cos).arg(sin).arg(&t).arg(&h).arg(&hd).arg(&sp).arg(&null).arg(&il).arg(&sign);
         // SAFETY: the table covers every position used, checked above; x has tokens·heads·head_dim values.
-        unsafe { b.launch(grid_for(tokens * heads * half)) }.map(drop).map_err(driver_err)
+        unsafe {
+            self.launch("rope", grid_for(tokens * heads * half), |b| {
+                b.arg(x).arg(cos).arg(sin).arg(&t).arg(&h).arg(&hd).arg(&sp).arg(&null).arg(&il).arg(&sign);
+            })
+        }
     }
 
     /// `h = silu(g)·u`.
@@ -464,10 +493,12 @@ impl Device {
     ) -> Result<(), CudaError> {
         check(g.len() == u.len() && u.len() == h.len(), "swiglu_forward")?;
         let n = g.len();
-        let mut b = self.stream.launch_builder(self.f("swiglu_forward"));
-        b.arg(g).arg(u).arg(h).arg(&n);
         // SAFETY: three buffers of n values.
-        unsafe { b.launch(grid_for(n)) }.map(drop).map_err(driver_err)
+        unsafe {
+            self.launch("swiglu_forward", grid_for(n), |b| {
+                b.arg(g).arg(u).arg(h).arg(&n);
+            })
+        }
     }
 
     /// SwiGLU backward.
@@ -481,10 +512,12 @@ impl Device {
     ) -> Result<(), CudaError> {
         let n = g.len();
         check(u.len() == n && dh.len() == n && dg.len() == n && du.len() == n, "swiglu_backward")?;
-        let mut b = self.stream.launch_builder(self.f("swiglu_backward"));
-        b.arg(g).arg(u).arg(dh).arg(dg).arg(du).arg(&n);
         // SAFETY: five buffers of n values.
-        unsafe { b.launch(grid_for(n)) }.map(drop).map_err(driver_err)
+        unsafe {
+            self.launch("swiglu_backward", grid_for(n), |b| {
+                b.arg(g).arg(u).arg(dh).arg(dg).arg(du).arg(&n);
+            })
+        }
     }
 
     /// `out[t] = table[ids[t]]` for a [vocab, d] table.
@@ -497,10 +530,12 @@ impl Device {
     ) -> Result<(), CudaError> {
         check(out.len() == ids.len() * d && table.len().is_multiple_of(d), "embedding_forward")?;
         let d32 = d as i32;
-        let mut b = self.stream.launch_builder(self.f("embedding_forward"));
-        b.arg(table).arg(ids).arg(&d32).arg(out);
         // SAFETY: ids index rows of the table; the caller's tokenizer keeps them below vocab.
-        unsafe { b.launch(rows_cfg(ids.len())) }.map(drop).map_err(driver_err)
+        unsafe {
+            self.launch("embedding_forward", rows_cfg(ids.len()), |b| {
+                b.arg(table).arg(ids).arg(&d32).arg(out);
+            })
+        }
     }
 
     /// Fused AdamW over flat f32 arenas (parameters, gradients, moments); also writes the bf16
@@ -521,17 +556,26 @@ impl Device {
         check(g.len() == n && m.len() == n && v.len() == n && p_bf16.as_ref().is_none_or(|b| b.len() == n), "adamw")?;
         let bc1 = 1.0 - hp.beta1.powi(step as i32);
         let bc2 = 1.0 - hp.beta2.powi(step as i32);
-        let mut b = self.stream.launch_builder(self.f("adamw"));
-        b.arg(p).arg(g).arg(m).arg(v);
         let null: u64 = 0;
-        match p_bf16 {
-            Some(copy) => b.arg(copy),
-            None => b.arg(&null),
-        };
-        b.arg(&n).arg(&hp.lr).arg(&hp.beta1).arg(&hp.beta2).arg(&hp.eps).arg(&hp.weight_decay).arg(&bc1).arg(&bc2);
-        b.arg(&grad_scale);
         // SAFETY: four (or five) arenas of n values; a null bf16 pointer is checked in the kernel.
-        unsafe { b.launch(grid_for(n)) }.map(drop).map_err(driver_err)
+        unsafe {
+            self.launch("adamw", grid_for(n), |b| {
+                b.arg(p).arg(g).arg(m).arg(v);
+                match p_bf16 {
+                    Some(copy) => b.arg(copy),
+                    None => b.arg(&null),
+                };
+                b.arg(&n)
+                    .arg(&hp.lr)
+                    .arg(&hp.beta1)
+                    .arg(&hp.beta2)
+                    .arg(&hp.eps)
+                    .arg(&hp.weight_decay)
+                    .arg(&bc1)
+                    .arg(&bc2);
+                b.arg(&grad_scale);
+            })
+        }
     }
 
     /// `C = alpha·op(A)·op(B) + beta·C` with bf16 A and B, f32 accumulation, and C in f32
@@ -664,18 +708,28 @@ impl Device {
             let mut lg = logits.slice_mut(0..rows * width);
             self.gemm_view(hm, &w, width, d, &mut lg)?;
             let (w32, o32) = (width as i32, offset as i32);
-            let mut b = self.stream.launch_builder(self.f("ce_chunk_lse"));
-            b.arg(&mut lg).arg(&w32).arg(&o32).arg(&t_dev).arg(&mut row_max).arg(&mut row_sum).arg(&mut target_logit);
             // SAFETY: lg holds rows·width logits; the row statistics hold rows values.
-            unsafe { b.launch(rows_cfg(rows)) }.map_err(driver_err)?;
+            unsafe {
+                self.launch("ce_chunk_lse", rows_cfg(rows), |b| {
+                    b.arg(&mut lg)
+                        .arg(&w32)
+                        .arg(&o32)
+                        .arg(&t_dev)
+                        .arg(&mut row_max)
+                        .arg(&mut row_sum)
+                        .arg(&mut target_logit);
+                })
+            }?;
         }
         let mut lse = self.scratch::<f32>(rows)?;
         let mut loss = self.scratch::<f32>(rows)?;
         let r32 = rows as i32;
-        let mut b = self.stream.launch_builder(self.f("ce_finish"));
-        b.arg(&row_max).arg(&row_sum).arg(&target_logit).arg(&t_dev).arg(&r32).arg(&mut lse).arg(&mut loss);
         // SAFETY: every buffer holds rows values.
-        unsafe { b.launch(grid_for(rows)) }.map_err(driver_err)?;
+        unsafe {
+            self.launch("ce_finish", grid_for(rows), |b| {
+                b.arg(&row_max).arg(&row_sum).arg(&target_logit).arg(&t_dev).arg(&r32).arg(&mut lse).arg(&mut loss);
+            })
+        }?;
         for offset in (0..vocab).step_by(chunk) {
             let width = chunk.min(vocab - offset);
             let w = head.slice(offset * d..(offset + width) * d);
@@ -683,10 +737,12 @@ impl Device {
             self.gemm_view(hm, &w, width, d, &mut lg)?;
             let (w32, o32) = (width as i32, offset as i32);
             let mut dl = dlogits.slice_mut(0..rows * width);
-            let mut b = self.stream.launch_builder(self.f("ce_chunk_grad"));
-            b.arg(&mut lg).arg(&r32).arg(&w32).arg(&o32).arg(&t_dev).arg(&lse).arg(&scale).arg(&mut dl);
             // SAFETY: lg and dl hold rows·width values.
-            unsafe { b.launch(grid_for(rows * width)) }.map_err(driver_err)?;
+            unsafe {
+                self.launch("ce_chunk_grad", grid_for(rows * width), |b| {
+                    b.arg(&mut lg).arg(&r32).arg(&w32).arg(&o32).arg(&t_dev).arg(&lse).arg(&scale).arg(&mut dl);
+                })
+            }?;
             // dh (+)= dlogits [rows, width] · W_chunk [width, d].
             self.gemm_acc(&dl, rows, width, &w, d, dh, if offset == 0 { 0.0 } else { 1.0 })?;
         }
@@ -783,11 +839,13 @@ impl Device {
         }
         let scale = 1.0 / (hd as f32).sqrt();
         let (h, kvh, d) = (heads as i32, kv as i32, hd as i32);
-        let mut b = self.stream.launch_builder(self.f("attention_forward"));
-        b.arg(q).arg(k).arg(v).arg(&packing.cu).arg(&h).arg(&kvh).arg(&d).arg(&scale).arg(out).arg(lse);
         // SAFETY: shapes checked by `check_attention`; head_dim ≤ 128 as the kernel requires;
         // the offsets in `cu` add up to the token count the buffers hold.
-        unsafe { b.launch(attention_cfg(packing, heads)) }.map(drop).map_err(driver_err)
+        unsafe {
+            self.launch("attention_forward", attention_cfg(packing, heads), |b| {
+                b.arg(q).arg(k).arg(v).arg(&packing.cu).arg(&h).arg(&kvh).arg(&d).arg(&scale).arg(out).arg(lse);
+            })
+        }
     }
 
     /// Causal GQA attention backward on one sequence, from `dout`, with the forward's `out`
@@ -842,22 +900,48 @@ impl Device {
         let scale = 1.0 / (hd as f32).sqrt();
         let (h, kvh, d, t) = (heads as i32, kv as i32, hd as i32, packing.tokens as i32);
         let mut delta = self.scratch::<f32>(heads * packing.tokens)?;
-        let mut b = self.stream.launch_builder(self.f("attention_backward_delta"));
-        b.arg(out).arg(dout).arg(&t).arg(&h).arg(&d).arg(&mut delta);
         let rows = (packing.tokens * heads).div_ceil(ATTENTION_ROWS as usize) as u32;
         let cfg = LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (32 * ATTENTION_ROWS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: out and dout are [tokens, heads, head_dim]; delta holds tokens·heads values.
-        unsafe { b.launch(cfg) }.map_err(driver_err)?;
-        let mut b = self.stream.launch_builder(self.f("attention_backward_dq"));
-        b.arg(q).arg(k).arg(v).arg(dout).arg(lse).arg(&delta).arg(&packing.cu).arg(&h).arg(&kvh).arg(&d).arg(&scale);
-        b.arg(dq);
+        unsafe {
+            self.launch("attention_backward_delta", cfg, |b| {
+                b.arg(out).arg(dout).arg(&t).arg(&h).arg(&d).arg(&mut delta);
+            })
+        }?;
         // SAFETY: as in the forward.
-        unsafe { b.launch(attention_cfg(packing, heads)) }.map_err(driver_err)?;
-        let mut b = self.stream.launch_builder(self.f("attention_backward_dkv"));
-        b.arg(q).arg(k).arg(v).arg(dout).arg(lse).arg(&delta).arg(&packing.cu).arg(&h).arg(&kvh).arg(&d).arg(&scale);
-        b.arg(dk).arg(dv);
+        unsafe {
+            self.launch("attention_backward_dq", attention_cfg(packing, heads), |b| {
+                b.arg(q)
+                    .arg(k)
+                    .arg(v)
+                    .arg(dout)
+                    .arg(lse)
+                    .arg(&delta)
+                    .arg(&packing.cu)
+                    .arg(&h)
+                    .arg(&kvh)
+                    .arg(&d)
+                    .arg(&scale);
+                b.arg(dq);
+            })
+        }?;
         // SAFETY: one warp per key row of each key/value head.
-        unsafe { b.launch(attention_cfg(packing, kv)) }.map(drop).map_err(driver_err)
+        unsafe {
+            self.launch("attention_backward_dkv", attention_cfg(packing, kv), |b| {
+                b.arg(q)
+                    .arg(k)
+                    .arg(v)
+                    .arg(dout)
+                    .arg(lse)
+                    .arg(&delta)
+                    .arg(&packing.cu)
+                    .arg(&h)
+                    .arg(&kvh)
+                    .arg(&d)
+                    .arg(&scale);
+                b.arg(dk).arg(dv);
+            })
+        }
     }
 
     /// `y[r, c] += bias[c]` for a `[rows, bias.len()]` matrix.
@@ -865,20 +949,24 @@ impl Device {
         let (n, cols) = (y.len(), bias.len());
         check(cols > 0 && n.is_multiple_of(cols), "add_bias")?;
         let c32 = cols as i32;
-        let mut b = self.stream.launch_builder(self.f("add_bias_bf16"));
-        b.arg(y).arg(bias).arg(&n).arg(&c32);
         // SAFETY: y holds n values, bias cols.
-        unsafe { b.launch(grid_for(n)) }.map(drop).map_err(driver_err)
+        unsafe {
+            self.launch("add_bias_bf16", grid_for(n), |b| {
+                b.arg(y).arg(bias).arg(&n).arg(&c32);
+            })
+        }
     }
 
     /// `y += x`, element-wise, in bf16.
     pub fn add(&self, y: &mut CudaSlice<u16>, x: &CudaSlice<u16>) -> Result<(), CudaError> {
         let n = y.len();
         check(x.len() == n, "add")?;
-        let mut b = self.stream.launch_builder(self.f("add_bf16"));
-        b.arg(y).arg(x).arg(&n);
         // SAFETY: two buffers of n values.
-        unsafe { b.launch(grid_for(n)) }.map(drop).map_err(driver_err)
+        unsafe {
+            self.launch("add_bf16", grid_for(n), |b| {
+                b.arg(y).arg(x).arg(&n);
+            })
+        }
     }
 
     /// `dst[rows[t], :] = src[t, :]` for rows of width `d`; other rows of `dst` are untouched.
@@ -894,40 +982,48 @@ impl Device {
             return Ok(());
         }
         let d32 = d as i32;
-        let mut b = self.stream.launch_builder(self.f("scatter_rows"));
-        b.arg(src).arg(rows).arg(&d32).arg(dst);
         // SAFETY: the caller's row indices are below dst.len() / d.
-        unsafe { b.launch(rows_cfg(rows.len())) }.map(drop).map_err(driver_err)
+        unsafe {
+            self.launch("scatter_rows", rows_cfg(rows.len()), |b| {
+                b.arg(src).arg(rows).arg(&d32).arg(dst);
+            })
+        }
     }
 
     /// `out = dropout(x)` with probability `p` and the mask of `seed` (inverted scaling).
     pub fn dropout(&self, x: &CudaSlice<u16>, out: &mut CudaSlice<u16>, p: f32, seed: u64) -> Result<(), CudaError> {
         let n = x.len();
         check(out.len() == n && (0.0..1.0).contains(&p), "dropout")?;
-        let mut b = self.stream.launch_builder(self.f("dropout_bf16"));
-        b.arg(x).arg(out).arg(&n).arg(&p).arg(&seed);
         // SAFETY: two buffers of n values.
-        unsafe { b.launch(grid_for(n)) }.map(drop).map_err(driver_err)
+        unsafe {
+            self.launch("dropout_bf16", grid_for(n), |b| {
+                b.arg(x).arg(out).arg(&n).arg(&p).arg(&seed);
+            })
+        }
     }
 
     /// `y += dropout(x)` with the mask of `seed`: the backward of [`Device::dropout`], added.
     pub fn dropout_add(&self, y: &mut CudaSlice<u16>, x: &CudaSlice<u16>, p: f32, seed: u64) -> Result<(), CudaError> {
         let n = y.len();
         check(x.len() == n && (0.0..1.0).contains(&p), "dropout_add")?;
-        let mut b = self.stream.launch_builder(self.f("dropout_add_bf16"));
-        b.arg(y).arg(x).arg(&n).arg(&p).arg(&seed);
         // SAFETY: two buffers of n values.
-        unsafe { b.launch(grid_for(n)) }.map(drop).map_err(driver_err)
+        unsafe {
+            self.launch("dropout_add_bf16", grid_for(n), |b| {
+                b.arg(y).arg(x).arg(&n).arg(&p).arg(&seed);
+            })
+        }
     }
 
     /// `Σ g²` over an f32 buffer (for gradient-norm clipping).
     pub fn sum_squares(&self, g: &CudaSlice<f32>) -> Result<f64, CudaError> {
         let n = g.len();
         let mut out = self.zeros::<f32>(1)?;
-        let mut b = self.stream.launch_builder(self.f("sum_squares"));
-        b.arg(g).arg(&n).arg(&mut out);
         // SAFETY: g holds n values; out one.
-        unsafe { b.launch(grid_for(n)) }.map_err(driver_err)?;
+        unsafe {
+            self.launch("sum_squares", grid_for(n), |b| {
+                b.arg(g).arg(&n).arg(&mut out);
+            })
+        }?;
         Ok(f64::from(self.download(&out)?[0]))
     }
 
@@ -959,10 +1055,12 @@ impl Device {
     pub fn cast_to_bf16(&self, x: &CudaSlice<f32>, y: &mut CudaSlice<u16>) -> Result<(), CudaError> {
         let n = x.len();
         check(y.len() == n, "cast_to_bf16")?;
-        let mut b = self.stream.launch_builder(self.f("cast_f32_to_bf16"));
-        b.arg(x).arg(y).arg(&n);
         // SAFETY: two buffers of n values.
-        unsafe { b.launch(grid_for(n)) }.map(drop).map_err(driver_err)
+        unsafe {
+            self.launch("cast_f32_to_bf16", grid_for(n), |b| {
+                b.arg(x).arg(y).arg(&n);
+            })
+        }
     }
 }
 

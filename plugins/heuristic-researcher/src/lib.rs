@@ -17,7 +17,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use trex_sdk::guest::{PluginError, Researcher};
-use trex_sdk::types::{DataStep, NodeSummary, Outcome, Proposal, ResearchContext, SearchSpace, TaskBrief, TrainRecipe};
+use trex_sdk::types::{
+    DataStep, FailureKind, NodeSummary, Outcome, Proposal, ResearchContext, SearchSpace, TaskBrief, TrainRecipe,
+};
 
 /// Maps a bad-case cluster to a data step.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -90,7 +92,7 @@ impl Heuristic {
             .worst
             .iter()
             .chain(&ctx.siblings)
-            .filter(|n| n.status == "failed" && n.lesson.contains("diverged"))
+            .filter(|n| n.failure == Some(FailureKind::Diverged))
             .filter_map(|n| n.proposal.as_ref().map(|p| p.train_recipe.learning_rate * 0.7))
             .fold(f64::INFINITY, f64::min);
         let mut out = Vec::new();

@@ -18,7 +18,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use trex_sdk::guest::{
-    ChatOptions, DataTool, LogLevel, PluginError, Record, RecordReader, RecordWriter, RunStats, chat, log, progress,
+    ChatOptions, DataTool, LlmError, LogLevel, PluginError, Record, RecordReader, RecordWriter, RunStats, complete,
+    log, progress,
 };
 use trex_sdk::types::ChatMessage;
 
@@ -120,21 +121,14 @@ fn ask(config: &Config, system: &str, user: String, schema: Value, temperature: 
         max_tokens: Some(1024),
         response_schema: Some(schema),
     };
-    match chat(&messages, &options) {
+    match complete(&messages, &options) {
         Ok(reply) => Ok(match extract_json(&reply.content) {
             Some(v) => Asked::Reply(v),
             None => Asked::Bad(format!("the reply is not JSON: {}", preview(&reply.content))),
         }),
-        Err(e) => {
-            let message = e.message;
-            if message.starts_with("no LLM configured") || message.contains("may not call the LLM") {
-                Ok(Asked::Unavailable(message))
-            } else if message.contains("budget exhausted") {
-                Ok(Asked::BudgetSpent(message))
-            } else {
-                Err(PluginError::new(format!("the LLM call failed: {message}")))
-            }
-        }
+        Err(e) if e.unavailable() => Ok(Asked::Unavailable(e.to_string())),
+        Err(LlmError::BudgetExhausted(message)) => Ok(Asked::BudgetSpent(message)),
+        Err(e) => Err(PluginError::new(format!("the LLM call failed: {e}"))),
     }
 }
 

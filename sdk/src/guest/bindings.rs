@@ -6,7 +6,7 @@
 /// The imports every plugin may use, generated once and shared by the three worlds.
 pub mod imports {
     wit_bindgen::generate!({
-        path: "wit",
+        path: "wit/v0.1.1",
         world: "imports",
         runtime_path: "::trex_sdk::__private::wit_bindgen::rt",
     });
@@ -15,15 +15,15 @@ pub mod imports {
 /// `world data-tool`.
 pub mod data_tool {
     wit_bindgen::generate!({
-        path: "wit",
+        path: "wit/v0.1.1",
         world: "data-tool",
         runtime_path: "::trex_sdk::__private::wit_bindgen::rt",
         with: {
-            "trex:plugin/types@0.1.0": crate::guest::bindings::imports::trex::plugin::types,
-            "trex:plugin/host@0.1.0": crate::guest::bindings::imports::trex::plugin::host,
-            "trex:plugin/llm@0.1.0": crate::guest::bindings::imports::trex::plugin::llm,
-            "trex:plugin/tokenizer@0.1.0": crate::guest::bindings::imports::trex::plugin::tokenizer,
-            "trex:plugin/records@0.1.0": crate::guest::bindings::imports::trex::plugin::records,
+            "trex:plugin/types@0.1.1": crate::guest::bindings::imports::trex::plugin::types,
+            "trex:plugin/host@0.1.1": crate::guest::bindings::imports::trex::plugin::host,
+            "trex:plugin/llm@0.1.1": crate::guest::bindings::imports::trex::plugin::llm,
+            "trex:plugin/tokenizer@0.1.1": crate::guest::bindings::imports::trex::plugin::tokenizer,
+            "trex:plugin/records@0.1.1": crate::guest::bindings::imports::trex::plugin::records,
         },
         pub_export_macro: true,
         export_macro_name: "export_data_tool_world",
@@ -34,14 +34,14 @@ pub mod data_tool {
 /// `world evaluator`.
 pub mod evaluator {
     wit_bindgen::generate!({
-        path: "wit",
+        path: "wit/v0.1.1",
         world: "evaluator",
         runtime_path: "::trex_sdk::__private::wit_bindgen::rt",
         with: {
-            "trex:plugin/types@0.1.0": crate::guest::bindings::imports::trex::plugin::types,
-            "trex:plugin/host@0.1.0": crate::guest::bindings::imports::trex::plugin::host,
-            "trex:plugin/llm@0.1.0": crate::guest::bindings::imports::trex::plugin::llm,
-            "trex:plugin/tokenizer@0.1.0": crate::guest::bindings::imports::trex::plugin::tokenizer,
+            "trex:plugin/types@0.1.1": crate::guest::bindings::imports::trex::plugin::types,
+            "trex:plugin/host@0.1.1": crate::guest::bindings::imports::trex::plugin::host,
+            "trex:plugin/llm@0.1.1": crate::guest::bindings::imports::trex::plugin::llm,
+            "trex:plugin/tokenizer@0.1.1": crate::guest::bindings::imports::trex::plugin::tokenizer,
         },
         pub_export_macro: true,
         export_macro_name: "export_evaluator_world",
@@ -52,14 +52,14 @@ pub mod evaluator {
 /// `world researcher`.
 pub mod researcher {
     wit_bindgen::generate!({
-        path: "wit",
+        path: "wit/v0.1.1",
         world: "researcher",
         runtime_path: "::trex_sdk::__private::wit_bindgen::rt",
         with: {
-            "trex:plugin/types@0.1.0": crate::guest::bindings::imports::trex::plugin::types,
-            "trex:plugin/host@0.1.0": crate::guest::bindings::imports::trex::plugin::host,
-            "trex:plugin/llm@0.1.0": crate::guest::bindings::imports::trex::plugin::llm,
-            "trex:plugin/tokenizer@0.1.0": crate::guest::bindings::imports::trex::plugin::tokenizer,
+            "trex:plugin/types@0.1.1": crate::guest::bindings::imports::trex::plugin::types,
+            "trex:plugin/host@0.1.1": crate::guest::bindings::imports::trex::plugin::host,
+            "trex:plugin/llm@0.1.1": crate::guest::bindings::imports::trex::plugin::llm,
+            "trex:plugin/tokenizer@0.1.1": crate::guest::bindings::imports::trex::plugin::tokenizer,
         },
         pub_export_macro: true,
         export_macro_name: "export_researcher_world",

@@ -36,7 +36,7 @@ use bindings::imports::trex::plugin::{
 };
 
 /// The version of the plugin contract this SDK implements.
-pub const API_VERSION: &str = "0.1.0";
+pub const API_VERSION: &str = "0.1.1";
 
 /// Static facts about a plugin, filled in by the `export_*!` macros.
 #[derive(Debug, Clone, Copy)]
@@ -130,9 +130,47 @@ pub struct ChatOptions {
     pub response_schema: Option<serde_json::Value>,
 }
 
-/// Ask the host's LLM. Fails when no LLM is configured, the plugin lacks the `llm` capability,
-/// or the plugin's LLM budget is spent.
-pub fn chat(messages: &[ChatMessage], options: &ChatOptions) -> Result<ChatReply, PluginError> {
+/// Why the host's LLM did not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LlmError {
+    /// The plugin's manifest does not ask for the `llm` capability, or the host denied it.
+    NotGranted(String),
+    /// The host runs without an LLM.
+    NotConfigured(String),
+    /// The LLM token budget is spent.
+    BudgetExhausted(String),
+    /// The server failed or answered something unusable, after the host's retries.
+    Failed(String),
+}
+
+impl LlmError {
+    /// The message for people.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::NotGranted(m) | Self::NotConfigured(m) | Self::BudgetExhausted(m) | Self::Failed(m) => m,
+        }
+    }
+
+    /// Whether no LLM can be used at all (as opposed to a request that failed).
+    pub fn unavailable(&self) -> bool {
+        matches!(self, Self::NotGranted(_) | Self::NotConfigured(_))
+    }
+}
+
+impl std::fmt::Display for LlmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl From<LlmError> for PluginError {
+    fn from(e: LlmError) -> Self {
+        PluginError::new(e.message())
+    }
+}
+
+/// Ask the host's LLM; a failure says why as an [`LlmError`].
+pub fn complete(messages: &[ChatMessage], options: &ChatOptions) -> Result<ChatReply, LlmError> {
     let request = wit_llm::ChatRequest {
         messages: messages
             .iter()
@@ -142,13 +180,24 @@ pub fn chat(messages: &[ChatMessage], options: &ChatOptions) -> Result<ChatReply
         max_tokens: options.max_tokens,
         response_schema: options.response_schema.as_ref().map(|s| s.to_string()),
     };
-    wit_llm::chat(&request)
+    wit_llm::complete(&request)
         .map(|r| ChatReply {
             content: r.content,
             prompt_tokens: r.prompt_tokens,
             completion_tokens: r.completion_tokens,
         })
-        .map_err(PluginError::new)
+        .map_err(|e| match e {
+            wit_llm::LlmError::NotGranted(m) => LlmError::NotGranted(m),
+            wit_llm::LlmError::NotConfigured(m) => LlmError::NotConfigured(m),
+            wit_llm::LlmError::BudgetExhausted(m) => LlmError::BudgetExhausted(m),
+            wit_llm::LlmError::Failed(m) => LlmError::Failed(m),
+        })
+}
+
+/// Ask the host's LLM. Fails when no LLM is configured, the plugin lacks the `llm` capability,
+/// or the plugin's LLM budget is spent ([`complete`] says which).
+pub fn chat(messages: &[ChatMessage], options: &ChatOptions) -> Result<ChatReply, PluginError> {
+    Ok(complete(messages, options)?)
 }
 
 /// The number of tokens in each text, counted by the tokenizer of the model being fine-tuned
@@ -171,7 +220,7 @@ fn install_panic_hook() {
                 "(non-string panic payload)".to_string()
             };
             let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-            wit_host::log(LogLevel::Error, &format!("panicked{location}: {message}"));
+            wit_host::panicked(&format!("{message}{location}"));
         }));
     });
 }

@@ -1,0 +1,147 @@
+//! `trex-host bench search`: one search per strategy, ablation and seed on a task at equal budget,
+//! each in its own run folder (finished runs reused, interrupted ones resumed), then a table of
+//! the mean normalized gains.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use trex_lab::Ablation;
+use trex_lab::journal::Journal;
+use trex_lab::run::{ResumeOverrides, SearchRequest, resume, search, view};
+use trex_lab::tree::{NodeStatus, Strategy, Tree};
+
+/// One (strategy, seed) search of a benchmark.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchRun {
+    /// Strategy.
+    pub strategy: String,
+    /// Seed.
+    pub seed: u64,
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// The best node's normalized gain on validation.
+    pub validation_gain: f64,
+    /// Normalized gain on the test split.
+    pub test_gain: f64,
+    /// Best validation score.
+    pub best_validation: f64,
+    /// Best node's test score.
+    pub best_test: f64,
+    /// Experiments run.
+    pub nodes: usize,
+    /// Experiments failed.
+    pub failed: usize,
+    /// Search seconds.
+    pub seconds: f64,
+}
+
+/// Run (or resume, or reuse) one search per strategy and seed under `out`, each in its own run
+/// folder, and report every run as it finishes.
+pub async fn bench_search(
+    base: SearchRequest,
+    strategies: &[Strategy],
+    ablations: &[Ablation],
+    seeds: &[u64],
+    out: &Path,
+    mut on_run: impl FnMut(&BenchRun),
+) -> Result<Vec<BenchRun>> {
+    let mut runs = Vec::new();
+    // The full system, then each ablation on its own, at the same budget.
+    let variants: Vec<Option<Ablation>> = std::iter::once(None).chain(ablations.iter().copied().map(Some)).collect();
+    for &strategy in strategies {
+        for &variant in &variants {
+            let label = match variant {
+                None => strategy.as_str().to_string(),
+                Some(a) => format!("{} without {}", strategy.as_str(), a.as_str()),
+            };
+            for &seed in seeds {
+                let folder = match variant {
+                    None => format!("{}-s{seed}", strategy.as_str()),
+                    Some(a) => format!("{}-no-{}-s{seed}", strategy.as_str(), a.as_str()),
+                };
+                let run_dir = out.join(folder);
+                let done = view(&run_dir).ok().filter(|v| v.final_result.is_some());
+                if done.is_none() {
+                    if Journal::path_in(&run_dir).is_file() {
+                        resume(
+                            &run_dir,
+                            &base.plugins,
+                            base.host.clone(),
+                            ResumeOverrides::default(),
+                            base.observer.clone(),
+                        )
+                        .await?;
+                    } else {
+                        let mut req = base.clone();
+                        req.settings.strategy = strategy;
+                        req.settings.seed = seed;
+                        req.settings.ablations = variant.into_iter().collect();
+                        req.run_dir = Some(run_dir.clone());
+                        search(req).await?;
+                    }
+                }
+                let run = bench_run(&run_dir, &label, seed)?;
+                on_run(&run);
+                runs.push(run);
+            }
+        }
+    }
+    let json = serde_json::to_string_pretty(&runs).expect("bench runs serialize");
+    std::fs::write(out.join("results.json"), json).with_context(|| format!("cannot write {}", out.display()))?;
+    std::fs::write(out.join("table.md"), bench_table(&runs))
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(runs)
+}
+
+/// One finished benchmark run, read back from its folder.
+fn bench_run(run_dir: &Path, label: &str, seed: u64) -> Result<BenchRun> {
+    let v = view(run_dir)?;
+    let f = v.final_result.clone().with_context(|| format!("{}: the run has no final result", run_dir.display()))?;
+    let tree = Tree { nodes: v.nodes.clone() };
+    let best = tree.best().and_then(|n| n.result().cloned());
+    Ok(BenchRun {
+        strategy: label.into(),
+        seed,
+        run_dir: run_dir.to_path_buf(),
+        validation_gain: best.as_ref().map_or(0.0, |r| r.reward),
+        test_gain: f.test_gain,
+        best_validation: best.as_ref().map_or(0.0, |r| r.score),
+        best_test: f.best_test,
+        nodes: v.nodes.len().saturating_sub(1),
+        failed: v.nodes.iter().filter(|n| n.status() == NodeStatus::Failed).count(),
+        seconds: v.seconds,
+    })
+}
+
+/// Mean and sample standard deviation (0 for a single value).
+pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let v = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0).max(1.0);
+    (m, v.sqrt())
+}
+
+/// The Markdown table of a benchmark: one row per strategy, mean ± standard deviation over seeds.
+pub fn bench_table(runs: &[BenchRun]) -> String {
+    let mut out = String::from(
+        "| strategy | seeds | validation gain | test gain | best validation score | best test score | experiments (failed) | seconds |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut strategies: Vec<&str> = runs.iter().map(|r| r.strategy.as_str()).collect();
+    strategies.dedup();
+    for s in strategies {
+        let rs: Vec<&BenchRun> = runs.iter().filter(|r| r.strategy == s).collect();
+        let col = |f: fn(&BenchRun) -> f64| mean_sd(&rs.iter().map(|r| f(r)).collect::<Vec<_>>());
+        let (vg, vs) = col(|r| r.validation_gain);
+        let (tg, ts) = col(|r| r.test_gain);
+        let (bv, _) = col(|r| r.best_validation);
+        let (bt, _) = col(|r| r.best_test);
+        let (sec, _) = col(|r| r.seconds);
+        let nodes: usize = rs.iter().map(|r| r.nodes).sum();
+        let failed: usize = rs.iter().map(|r| r.failed).sum();
+        out.push_str(&format!(
+            "| {s} | {} | {vg:+.3} ± {vs:.3} | {tg:+.3} ± {ts:.3} | {bv:.3} | {bt:.3} | {nodes} ({failed}) | {sec:.0} |\n",
+            rs.len()
+        ));
+    }
+    out
+}

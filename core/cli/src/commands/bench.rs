@@ -1,0 +1,209 @@
+//! `trex-host bench ...`: benchmarks that print tables (see BENCHMARKS.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use trex_lab::observer::Silent;
+use trex_lab::run::SearchRequest;
+use trex_lab::task::Budget;
+use trex_lab::tree::Strategy;
+use trex_lab::{Ablation, Settings};
+use trex_model::train::ComputeDevice;
+
+use super::{Global, host_config};
+use crate::bench;
+
+/// Benchmarks that print tables (see BENCHMARKS.md).
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// FT-Bench-lite: a search per task, strategy, ablation and seed at equal budget, then one
+    /// table across tasks (base and best scores on validation and test, normalized gains, cost;
+    /// mean ± spread over seeds) and an SVG plot of the best validation score against experiments.
+    /// Writes `OUT/<task>/<strategy>-s<seed>/` per run (finished runs are reused, interrupted ones
+    /// resumed), and OUT/results.json, OUT/table.md and OUT/plot.svg after each task.
+    Tasks {
+        /// Comma-separated task folders (default: every folder of examples/tasks holding a task.toml).
+        #[arg(long, value_delimiter = ',')]
+        tasks: Vec<PathBuf>,
+        /// Comma-separated strategies.
+        #[arg(long, value_parser = super::named(&Strategy::NAMES, Strategy::from_name), value_delimiter = ',', default_value = "mcts,greedy")]
+        strategies: Vec<Strategy>,
+        /// Ablations to compare with the full system, each on its own at the same budget
+        /// (comma-separated: bad-cases, data-tools, memory).
+        #[arg(long, value_parser = super::named(&Ablation::NAMES, Ablation::from_name), value_delimiter = ',')]
+        ablate: Vec<Ablation>,
+        /// Comma-separated seeds.
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        seeds: Vec<u64>,
+        /// Experiments per search (default: each task's own `budget.nodes`).
+        #[arg(long)]
+        budget: Option<u64>,
+        /// Folder of the runs and the results.
+        #[arg(long, default_value = "runs/ftbench")]
+        out: PathBuf,
+    },
+    /// Search efficiency: one search per strategy and seed on a task at equal budget; prints the
+    /// mean normalized gain (validation and test) per strategy. Finished runs are reused and
+    /// interrupted ones resumed, so the command can be re-run after a stop.
+    Search {
+        /// The task (task.toml or its folder).
+        #[arg(default_value = "examples/tasks/unit-conversion")]
+        task: PathBuf,
+        /// Comma-separated strategies.
+        #[arg(long, value_parser = super::named(&Strategy::NAMES, Strategy::from_name), value_delimiter = ',', default_value = "mcts,greedy,sequential,random")]
+        strategies: Vec<Strategy>,
+        /// Ablations to compare with the full system, each on its own at the same budget
+        /// (comma-separated: bad-cases, data-tools, memory).
+        #[arg(long, value_parser = super::named(&Ablation::NAMES, Ablation::from_name), value_delimiter = ',')]
+        ablate: Vec<Ablation>,
+        /// Comma-separated seeds.
+        #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+        seeds: Vec<u64>,
+        /// Experiments per search.
+        #[arg(long, default_value_t = 4)]
+        nodes: u64,
+        /// Folder of the runs, results.json and table.md.
+        #[arg(long, default_value = "runs/bench-search")]
+        out: PathBuf,
+    },
+    /// Data-pipeline throughput: normalize → length filter → exact dedup → near dedup over
+    /// synthetic records through the plugins, against the same pipeline written with Hugging Face
+    /// `datasets` (`core/reference/bench_pipeline_datasets.py`) on the same file.
+    Pipeline {
+        /// Records to generate.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: usize,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Folder for the input, the outputs and the datasets cache.
+        #[arg(long, default_value = "runs/bench-pipeline")]
+        work: PathBuf,
+        /// Python with `datasets` and `datasketch` for the baseline (`none` skips it).
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// The baseline script.
+        #[arg(long, default_value = "core/reference/bench_pipeline_datasets.py")]
+        script: PathBuf,
+    },
+    /// Plugin call overhead against native Rust, and cold versus cached loading.
+    Plugins {
+        /// Repetitions per measurement.
+        #[arg(long, default_value_t = 7)]
+        repeat: usize,
+    },
+    /// Greedy generation tokens/s with SmolLM2-135M-Instruct, unbatched and batched.
+    /// Compare with `python core/reference/bench_generate.py` on the same machine.
+    Generate {
+        /// Prompts.
+        #[arg(long, default_value_t = 8)]
+        prompts: usize,
+        /// New tokens per prompt.
+        #[arg(long, default_value_t = 32)]
+        new: usize,
+    },
+    /// LoRA training tokens/s on the SmolLM2-135M shape (random weights), all seven targets.
+    /// Compare with `python core/reference/bench_lora_train.py` on the same machine.
+    Train {
+        /// Sequence length.
+        #[arg(long, default_value_t = 512)]
+        seq: usize,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// LoRA rank.
+        #[arg(long, default_value_t = 16)]
+        rank: usize,
+        /// Timed steps after one warm-up step.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Fraction of positions with a loss (1: every position, as in pre-training).
+        #[arg(long, default_value_t = 1.0)]
+        completion_fraction: f64,
+        /// Where to train: `cpu`, or `cuda` (also prints MFU against the GPU's bf16 peak).
+        #[arg(long, value_parser = super::device(), default_value = "cpu")]
+        device: ComputeDevice,
+    },
+}
+
+/// The search request a benchmark starts from: the task's own settings, a budget of `nodes`
+/// experiments (the task's when `None`) and no wall-clock cut-off, so budgets are equal in
+/// experiments.
+fn bench_request(global: &Global, task: &std::path::Path, nodes: Option<u64>) -> Result<SearchRequest> {
+    let (task, task_file) = crate::assets::load_task(task)?;
+    Ok(SearchRequest {
+        task,
+        task_file,
+        plugins: global.plugins.clone(),
+        host: host_config(global)?,
+        settings: Settings {
+            budget: Budget { nodes, wall_minutes: Some(1e9), ..Default::default() },
+            ..Default::default()
+        },
+        run_dir: None,
+        observer: Arc::new(Silent),
+    })
+}
+
+impl BenchCommand {
+    /// Run it.
+    pub async fn execute(self, global: &Global) -> Result<ExitCode> {
+        match self {
+            BenchCommand::Tasks { tasks, strategies, ablate, seeds, budget, out } => {
+                let tasks = if tasks.is_empty() {
+                    trex_lab::task::Task::folders(std::path::Path::new("examples/tasks"))?
+                } else {
+                    tasks
+                };
+                if tasks.is_empty() {
+                    bail!("no tasks: pass --tasks, or run from the repository root (examples/tasks)");
+                }
+                let req = bench_request(global, &tasks[0], budget)?;
+                std::fs::create_dir_all(&out)?;
+                let runs = bench::tasks::bench_tasks(req, &tasks, &strategies, &ablate, &seeds, &out, |task, r| {
+                    eprintln!(
+                        "{task} · {} seed {}: validation gain {:+.3}, test gain {:+.3} ({} experiments, {:.0} s)",
+                        r.strategy, r.seed, r.validation_gain, r.test_gain, r.nodes, r.seconds
+                    );
+                })
+                .await?;
+                print!("{}", bench::tasks::table(&runs));
+                eprintln!("results: {0}/results.json, {0}/table.md, {0}/plot.svg", out.display());
+            }
+            BenchCommand::Search { task, strategies, ablate, seeds, nodes, out } => {
+                let req = bench_request(global, &task, Some(nodes))?;
+                std::fs::create_dir_all(&out)?;
+                let runs = bench::search::bench_search(req, &strategies, &ablate, &seeds, &out, |r| {
+                    eprintln!(
+                        "{} seed {}: validation gain {:+.3}, test gain {:+.3} ({} experiments, {:.0} s)",
+                        r.strategy, r.seed, r.validation_gain, r.test_gain, r.nodes, r.seconds
+                    );
+                })
+                .await?;
+                print!("{}", bench::search::bench_table(&runs));
+            }
+            BenchCommand::Train { seq, batch, rank, steps, completion_fraction, device } => {
+                println!(
+                    "| impl | batch x seq | positions with loss | tokens/s | step time | FLOP/token | achieved | peak RSS |"
+                );
+                println!("|---|---|---|---|---|---|---|---|");
+                bench::train(&bench::TrainBench { seq, batch, rank, steps, completion_fraction, device })?;
+            }
+            BenchCommand::Generate { prompts, new } => {
+                println!("| impl | batch | prompts | new tokens each | generated tokens/s |");
+                println!("|---|---|---|---|---|");
+                bench::generate(prompts, new)?;
+            }
+            BenchCommand::Plugins { repeat } => bench::plugins(&global.plugins, repeat).await?,
+            BenchCommand::Pipeline { records, seed, work, python, script } => {
+                let opts =
+                    bench::PipelineBench { records, seed, work, python: (python != "none").then_some(python), script };
+                bench::pipeline(&global.plugins, &opts).await?;
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,189 @@
+//! `trex-host plugins list | inspect | validate`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use trex_plugin_host::{LoadedPlugin, PluginHost};
+
+use super::{Global, host_config, open_host};
+
+/// List, inspect and validate plugins.
+#[derive(Subcommand, Debug)]
+pub enum PluginsCommand {
+    /// One line per plugin: name, kind, version, API version, granted capabilities.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A plugin's description, limits, capabilities and config schema.
+    Inspect {
+        /// Plugin name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load a plugin folder (or a folder of plugin folders) and report every problem.
+    Validate {
+        /// A folder holding plugin.toml, or a folder of such folders.
+        dir: PathBuf,
+    },
+}
+
+impl PluginsCommand {
+    /// Run it.
+    pub async fn execute(self, global: &Global) -> Result<ExitCode> {
+        match self {
+            PluginsCommand::List { json } => {
+                let host = open_host(global, host_config(global)?).await?;
+                list(&host, json)?;
+                if host.plugins().next().is_none() && host.failures().is_empty() {
+                    eprintln!(
+                        "no plugins found in {}: build the standard ones with `cargo xtask build-plugins`, or pass --plugins DIR",
+                        global.plugins.display()
+                    );
+                }
+                Ok(if host.failures().is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            }
+            PluginsCommand::Inspect { name, json } => {
+                let host = open_host(global, host_config(global)?).await?;
+                let plugin = host.get(&name).with_context(|| {
+                    format!("no plugin named `{name}` in {} (see `trex-host plugins list`)", global.plugins.display())
+                })?;
+                inspect(plugin, json)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            PluginsCommand::Validate { dir } => validate(global, &dir).await,
+        }
+    }
+}
+
+fn list(host: &PluginHost, json: bool) -> Result<()> {
+    if json {
+        let rows: Vec<_> = host
+            .plugins()
+            .map(|p| {
+                serde_json::json!({
+                    "name": p.manifest.name,
+                    "kind": p.manifest.kind,
+                    "version": p.info.version,
+                    "api_version": p.info.api_version,
+                    "capabilities": p.granted.names(),
+                    "denied": p.denied,
+                    "path": p.manifest.manifest_path,
+                })
+            })
+            .collect();
+        let failures: Vec<_> =
+            host.failures().iter().map(|f| serde_json::json!({"dir": f.dir, "error": f.error.to_string()})).collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"plugins": rows, "failures": failures}))?);
+        return Ok(());
+    }
+    println!("{:<18} {:<11} {:<8} {:<5} {:<22} DESCRIPTION", "NAME", "KIND", "VERSION", "API", "CAPABILITIES");
+    for p in host.plugins() {
+        let mut caps = p.granted.names().join(",");
+        if caps.is_empty() {
+            caps = "-".into();
+        }
+        if !p.denied.is_empty() {
+            caps.push_str(&format!(" (denied: {})", p.denied.join(",")));
+        }
+        let description: String = p.manifest.description.chars().take(60).collect();
+        println!(
+            "{:<18} {:<11} {:<8} {:<5} {:<22} {}",
+            p.manifest.name,
+            p.manifest.kind.to_string(),
+            p.info.version,
+            p.info.api_version,
+            caps,
+            description
+        );
+    }
+    for f in host.failures() {
+        println!("{:<18} FAILED      {}", f.dir.file_name().unwrap_or_default().to_string_lossy(), f.error);
+    }
+    Ok(())
+}
+
+fn inspect(p: &LoadedPlugin, json: bool) -> Result<()> {
+    let value = serde_json::json!({
+        "name": p.manifest.name,
+        "kind": p.manifest.kind,
+        "version": p.info.version,
+        "api_version": p.info.api_version,
+        "description": p.info.description,
+        "manifest": p.manifest.manifest_path,
+        "wasm": p.manifest.wasm,
+        "capabilities": { "requested": p.manifest.capabilities.names(), "granted": p.granted.names(), "denied": p.denied },
+        "limits": p.limits,
+        "load": { "ms": p.load.load_time.as_secs_f64() * 1e3, "from_cache": p.load.from_cache },
+        "config_schema": p.info.config_schema,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("{} {} ({}, plugin API {})", p.manifest.name, p.info.version, p.manifest.kind, p.info.api_version);
+    println!("\n{}\n", p.info.description);
+    println!("manifest      {}", p.manifest.manifest_path.display());
+    println!("component     {}", p.manifest.wasm.display());
+    println!("requested     {}", list_or_dash(&p.manifest.capabilities.names()));
+    println!("granted       {}", list_or_dash(&p.granted.names()));
+    if !p.denied.is_empty() {
+        println!("denied        {}", p.denied.join(", "));
+    }
+    let l = &p.limits;
+    println!(
+        "limits        timeout {} ms, memory {} MiB, output {} MiB, fuel {}",
+        l.timeout_ms,
+        l.memory_mib,
+        l.output_mib,
+        l.fuel.map(|f| f.to_string()).unwrap_or_else(|| "unlimited".into())
+    );
+    println!(
+        "loaded in     {:.1} ms ({})",
+        p.load.load_time.as_secs_f64() * 1e3,
+        if p.load.from_cache { "from cache" } else { "compiled" }
+    );
+    println!("\nconfig schema:\n{}", serde_json::to_string_pretty(&p.info.config_schema)?);
+    Ok(())
+}
+
+fn list_or_dash(items: &[&str]) -> String {
+    if items.is_empty() { "-".into() } else { items.join(", ") }
+}
+
+async fn validate(global: &Global, dir: &Path) -> Result<ExitCode> {
+    let folders: Vec<PathBuf> = if dir.join("plugin.toml").is_file() {
+        vec![dir.to_path_buf()]
+    } else {
+        let v = trex_plugin_host::folders_holding(dir, "plugin.toml")
+            .with_context(|| format!("cannot read {}", dir.display()))?;
+        if v.is_empty() {
+            bail!("{} holds no plugin.toml, and no sub-folder does", dir.display());
+        }
+        v
+    };
+    let mut failed = 0;
+    for folder in &folders {
+        let mut host = PluginHost::new(host_config(global)?)?;
+        match host.load(&folder.join("plugin.toml")).await {
+            Ok(p) => {
+                let schema_ok = p.info.config_schema.is_object();
+                println!("ok      {} ({} {}, {})", p.manifest.name, p.manifest.kind, p.info.version, folder.display());
+                if !schema_ok {
+                    println!("warning {}: its config schema is not a JSON object", p.manifest.name);
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAILED  {}: {e}", folder.display());
+            }
+        }
+    }
+    println!("{} passed, {} failed", folders.len() - failed, failed);
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,202 @@
+//! `trex-host search`, `resume` and `show`: the main job, continuing it, and looking at it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Result;
+use trex_lab::memory::MemoryParams;
+use trex_lab::run::{ResumeOverrides, SearchRequest};
+use trex_lab::task::Budget;
+use trex_lab::tree::{MctsParams, Strategy};
+use trex_lab::{Ablation, Settings};
+use trex_model::train::ComputeDevice;
+use trex_plugin_host::llm::OpenAiConfig;
+
+use super::{Global, host_config};
+use crate::progress::Bars;
+use crate::render::{render_summary, render_tree};
+
+/// Search over fine-tuning experiments for a task (the main job).
+#[derive(clap::Args, Debug)]
+pub struct SearchCommand {
+    /// The task: a task.toml file or the folder holding one.
+    task: PathBuf,
+    /// How the next node to expand is chosen.
+    #[arg(long, value_parser = super::named(&Strategy::NAMES, Strategy::from_name), default_value = "mcts")]
+    strategy: Strategy,
+    /// Researcher plugin (default: the task's, else `heuristic`).
+    #[arg(long)]
+    researcher: Option<String>,
+    /// Seed of the strategy and the Researcher.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Nodes run at once, within one budget.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Budget: experiments (overrides the budget section of the task).
+    #[arg(long)]
+    nodes: Option<u64>,
+    /// Budget: wall-clock minutes; no node starts when the time left would not cover a typical one.
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Budget: tokens trained on.
+    #[arg(long)]
+    train_tokens: Option<u64>,
+    /// Budget: LLM tokens spent by plugins.
+    #[arg(long)]
+    llm_tokens: Option<u64>,
+    /// Run folder [default: runs/TASK-STRATEGY-sSEED-UNIXTIME].
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Base model (overrides the task's base_model).
+    #[arg(long)]
+    model: Option<String>,
+    /// MCTS: UCT exploration constant.
+    #[arg(long, default_value_t = 1.0)]
+    exploration: f64,
+    /// MCTS: progressive widening allows ceil(k * visits^alpha) children; this is k.
+    #[arg(long, default_value_t = 1.0)]
+    widening_k: f64,
+    /// MCTS: progressive widening exponent alpha.
+    #[arg(long, default_value_t = 0.5)]
+    widening_alpha: f64,
+    /// MCTS: reward of a failed node.
+    #[arg(long, default_value_t = -0.5, allow_hyphen_values = true)]
+    failure_reward: f64,
+    /// Approximate token budget of the Researcher's context.
+    #[arg(long, default_value_t = 3000)]
+    context_tokens: usize,
+    /// OpenAI-compatible server root up to /v1, e.g. `https://api.openai.com/v1` (overrides the llm section of the task).
+    #[arg(long, requires = "llm_model")]
+    llm_base_url: Option<String>,
+    /// Model name for the LLM server.
+    #[arg(long, requires = "llm_base_url")]
+    llm_model: Option<String>,
+    /// Environment variable holding the LLM API key (the key never leaves the host).
+    #[arg(long)]
+    llm_api_key_env: Option<String>,
+    /// Switch parts of the system off to measure what they contribute (comma-separated):
+    /// `bad-cases` (no bad-case analysis for the Researcher), `data-tools` (training-recipe
+    /// changes only), `memory` (the Researcher sees only the node it expands).
+    #[arg(long, value_parser = super::named(&Ablation::NAMES, Ablation::from_name), value_delimiter = ',')]
+    ablate: Vec<Ablation>,
+    /// Where nodes train: `cpu` or `cuda` (the first NVIDIA GPU).
+    #[arg(long, value_parser = super::device(), default_value = "cpu")]
+    device: ComputeDevice,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl SearchCommand {
+    /// The search settings these options describe.
+    fn settings(&self) -> Settings {
+        Settings {
+            strategy: self.strategy,
+            seed: self.seed,
+            workers: self.workers.max(1),
+            budget: Budget {
+                nodes: self.nodes,
+                wall_minutes: self.minutes,
+                train_tokens: self.train_tokens,
+                llm_tokens: self.llm_tokens,
+            },
+            mcts: MctsParams {
+                exploration: self.exploration,
+                widening_k: self.widening_k,
+                widening_alpha: self.widening_alpha,
+                failure_reward: self.failure_reward,
+            },
+            memory: MemoryParams { token_budget: self.context_tokens, ..Default::default() },
+            ablations: self.ablate.clone(),
+            device: self.device,
+            ..Default::default()
+        }
+    }
+
+    /// Run it.
+    pub async fn execute(self, global: &Global) -> Result<ExitCode> {
+        let (mut task, task_file) = crate::assets::load_task(&self.task)?;
+        if let Some(r) = &self.researcher {
+            task.set_researcher(r);
+        }
+        if let Some(m) = &self.model {
+            task.set_base_model(m, &crate::assets::Registry)?;
+        }
+        if let (Some(base_url), Some(model)) = (&self.llm_base_url, &self.llm_model) {
+            task.llm = Some(OpenAiConfig {
+                base_url: base_url.clone(),
+                model: model.clone(),
+                api_key_env: self.llm_api_key_env.clone(),
+                ..OpenAiConfig::default()
+            });
+        }
+        let req = SearchRequest {
+            task,
+            task_file,
+            plugins: global.plugins.clone(),
+            host: host_config(global)?,
+            settings: self.settings(),
+            run_dir: self.run_dir.clone(),
+            observer: Arc::new(Bars::new()),
+        };
+        let (run_dir, summary) = trex_lab::run::search(req).await?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        } else {
+            print!("{}", render_tree(&trex_lab::run::view(&run_dir)?));
+            print!("{}", render_summary(&run_dir, &summary));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Continue a stopped or killed search.
+#[derive(clap::Args, Debug)]
+pub struct ResumeCommand {
+    /// The run folder (printed when the search started).
+    run_dir: PathBuf,
+    /// Nodes run at once (default: as the run began).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Where nodes train from now on (default: as the run began).
+    #[arg(long, value_parser = super::device())]
+    device: Option<ComputeDevice>,
+}
+
+impl ResumeCommand {
+    /// Run it.
+    pub async fn execute(self, global: &Global) -> Result<ExitCode> {
+        let overrides = ResumeOverrides { workers: self.workers, device: self.device };
+        let observer = Arc::new(Bars::new());
+        let summary =
+            trex_lab::run::resume(&self.run_dir, &global.plugins, host_config(global)?, overrides, observer).await?;
+        print!("{}", render_tree(&trex_lab::run::view(&self.run_dir)?));
+        print!("{}", render_summary(&self.run_dir, &summary));
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Print a run's experiment tree with scores (also while it runs).
+#[derive(clap::Args, Debug)]
+pub struct ShowCommand {
+    /// The run folder.
+    run_dir: PathBuf,
+    /// Print the whole run (task, settings, every node with its result) as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ShowCommand {
+    /// Run it.
+    pub fn execute(self) -> Result<ExitCode> {
+        let view = trex_lab::run::view(&self.run_dir)?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        } else {
+            print!("{}", render_tree(&view));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

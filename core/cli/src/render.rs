@@ -1,0 +1,81 @@
+//! Text renderings of runs: the tree `show` prints and the closing lines of a search.
+
+use std::path::Path;
+
+use trex_lab::SearchSummary;
+use trex_lab::executor::describe;
+use trex_lab::run::RunView;
+use trex_lab::tree::{NodeStatus, Tree};
+
+/// The tree as indented text, one node per line (and an error line under failed nodes).
+pub fn render_tree(view: &RunView) -> String {
+    let tree = Tree { nodes: view.nodes.clone() };
+    let best = tree.best().map(|n| n.id);
+    let mut out = format!(
+        "task {} · strategy {} · seed {} · {} experiments, {} failed, {} proposals refused · {:.0} s\n",
+        view.task.name,
+        view.settings.strategy.as_str(),
+        view.settings.seed,
+        view.nodes.len().saturating_sub(1),
+        view.nodes.iter().filter(|n| n.status() == NodeStatus::Failed).count(),
+        view.rejected,
+        view.seconds
+    );
+    fn walk(tree: &Tree, id: u64, depth: usize, best: Option<u64>, out: &mut String) {
+        let n = &tree.nodes[id as usize];
+        let indent = "  ".repeat(depth);
+        let what = match &n.proposal {
+            Some(p) => describe(p),
+            None => "base model".into(),
+        };
+        let score = match n.result() {
+            Some(r) => format!("score {:.3} gain {:+.3} {:>4.0} s", r.score, r.reward, r.cost.seconds),
+            None => n.status().as_str().to_string(),
+        };
+        let star = if Some(id) == best { " ★" } else { "" };
+        out.push_str(&format!("{indent}#{id} {score}  {what}{star}\n"));
+        if let Some(e) = n.error() {
+            let first: String = e.lines().next().unwrap_or("").chars().take(160).collect();
+            out.push_str(&format!("{indent}   error: {first}\n"));
+        }
+        let kids: Vec<u64> = tree.children(id).map(|c| c.id).collect();
+        for c in kids {
+            walk(tree, c, depth + 1, best, out);
+        }
+    }
+    if !tree.nodes.is_empty() {
+        walk(&tree, 0, 0, best, &mut out);
+    }
+    if let Some(f) = &view.final_result {
+        out.push_str(&format!(
+            "test split: base {:.3}, best node #{} {:.3} (normalized gain {:+.3})\n",
+            f.base_test, f.best, f.best_test, f.test_gain
+        ));
+    }
+    if let Some(r) = &view.finished {
+        out.push_str(&format!("stopped: {r}\n"));
+    }
+    out
+}
+
+/// The closing lines of a search.
+pub fn render_summary(run_dir: &Path, s: &SearchSummary) -> String {
+    let mut out = format!(
+        "\nsearch finished ({}) after {} experiments ({} failed, {} proposals refused) in {:.0} s; {} training tokens, {} LLM tokens\n",
+        s.reason, s.nodes, s.failed, s.rejected, s.seconds, s.train_tokens, s.llm_tokens
+    );
+    out.push_str(&format!(
+        "validation: base {:.3} → best node #{} {:.3}\n",
+        s.base_validation, s.best, s.best_validation
+    ));
+    out.push_str(&format!(
+        "test (held out): base {:.3} → {:.3}, normalized gain {:+.3}\n",
+        s.base_test, s.best_test, s.test_gain
+    ));
+    match &s.adapter {
+        Some(a) => out.push_str(&format!("best adapter: {}\n", a.display())),
+        None => out.push_str("no experiment beat the base model on validation; no adapter to use\n"),
+    }
+    out.push_str(&format!("tree: trex-host show {}\n", run_dir.display()));
+    out
+}

@@ -1,0 +1,5 @@
+//! trex-host's integration tests, in one binary: the commands end to end, and searches on a tiny
+//! model through the command line and the library.
+
+mod cli;
+mod search;

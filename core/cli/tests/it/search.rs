@@ -1,0 +1,553 @@
+//! End-to-end searches on a tiny model and a tiny task: every strategy, SIGKILL + resume,
+//! hostile Researcher replies, budgets, and a plugin failing inside a node.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use trex_lab::journal::{Event, Journal};
+use trex_lab::run::{SearchRequest, search, view};
+use trex_lab::tree::{NodeStatus, Strategy};
+use trex_lab::{SearchSummary, Settings};
+use trex_plugin_host::HostConfig;
+use trex_tests::llm_server::{completion, start};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    plugins: PathBuf,
+    task: PathBuf,
+}
+
+/// The task: answer `w<a>` with `w<a+20>`. `extra` is appended to task.toml.
+fn fixture(train_records: usize, start_recipe: &str, extra: &str, config: trex_model::LlamaConfig) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = trex_tests::standard_plugins(dir.path());
+    trex_tests::install(
+        &plugins,
+        "hostile",
+        "hostile",
+        &std::fs::read_to_string(trex_tests::root().join("plugins/testing/hostile/plugin.toml")).unwrap(),
+    );
+    let model = trex_tests::tiny_model(dir.path(), &config);
+    let data = dir.path().join("task/data");
+    std::fs::create_dir_all(&data).unwrap();
+    let record = |id: String, a: usize| {
+        format!("{{\"id\":\"{id}\",\"prompt\":\"w{a}\",\"response\":\"w{}\",\"tags\":[\"t{}\"]}}\n", a + 20, a % 3)
+    };
+    let train: String = (0..train_records).map(|i| record(format!("train-{i}"), 10 + i % 40)).collect();
+    std::fs::write(data.join("train.jsonl"), train).unwrap();
+    std::fs::write(data.join("validation.jsonl"), (0..8).map(|i| record(format!("v{i}"), 12 + i)).collect::<String>())
+        .unwrap();
+    std::fs::write(data.join("test.jsonl"), (0..8).map(|i| record(format!("t{i}"), 30 + i)).collect::<String>())
+        .unwrap();
+    let task = format!(
+        r#"name = "tiny"
+base_model = "{model}"
+reference_score = 1.0
+dataset_dir = "data"
+
+[splits]
+train = "train.jsonl"
+validation = "validation.jsonl"
+test = "test.jsonl"
+
+[prompt]
+max_new_tokens = 1
+batch_size = 4
+
+[evaluator]
+plugin = "exact-match"
+metric = "accuracy"
+
+[budget]
+nodes = 3
+
+[start]
+rationale = "start"
+
+[start.train_recipe]
+{start_recipe}
+
+[[start.data_recipe.steps]]
+plugin = "chat-format"
+
+[search_space]
+learning_rate = {{ min = 1e-3, max = 5e-2, log = true }}
+lora_rank = [4, 8]
+epochs = [1.0, 2.0, 4.0, 40.0]
+targets = [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]]
+
+[[search_space.data_steps]]
+plugin = "dedup-exact"
+
+[[search_space.data_steps]]
+plugin = "hostile"
+config = {{ attack = "panic" }}
+{extra}
+"#,
+        model = model.display()
+    );
+    let task_path = dir.path().join("task/task.toml");
+    std::fs::write(&task_path, task).unwrap();
+    Fixture { dir, plugins, task: task_path }
+}
+
+const QUICK: &str = "lora_rank = 4\ntargets = [\"q_proj\", \"v_proj\"]\nlearning_rate = 1e-2\nepochs = 2.0\nbatch_size = 4\nmax_seq_len = 64";
+
+fn host_config(dir: &Path) -> HostConfig {
+    HostConfig {
+        cache_dir: Some(trex_tests::root().join("target/test-component-cache")),
+        scratch_root: dir.join("scratch"),
+        ..HostConfig::default()
+    }
+}
+
+fn request(f: &Fixture, strategy: Strategy, run: &str) -> SearchRequest {
+    let (task, task_file) = trex_lab::task::Task::load(&f.task, &trex_lab::task::LocalFiles).unwrap();
+    SearchRequest {
+        task,
+        task_file,
+        plugins: f.plugins.clone(),
+        host: host_config(f.dir.path()),
+        settings: Settings { strategy, ..Settings::default() },
+        run_dir: Some(f.dir.path().join(run)),
+        observer: std::sync::Arc::new(trex_lab::observer::Silent),
+    }
+}
+
+fn events(run_dir: &Path) -> Vec<Event> {
+    Journal::read(run_dir).unwrap().into_iter().map(|e| e.event).collect()
+}
+
+fn count(events: &[Event], f: impl Fn(&Event) -> bool) -> usize {
+    events.iter().filter(|e| f(e)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_strategy_runs_a_search_end_to_end() {
+    trex_tests::build_plugins();
+    let f = fixture(40, QUICK, "", trex_model::LlamaConfig::tiny());
+    for strategy in [Strategy::Mcts, Strategy::Greedy, Strategy::Sequential, Strategy::Random] {
+        let name = strategy.as_str();
+        let (run_dir, summary): (PathBuf, SearchSummary) =
+            search(request(&f, strategy, name)).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((summary.nodes, summary.failed), (3, 0), "{name}: {summary:?}");
+        assert!(summary.reason.contains("node budget"), "{name}: {}", summary.reason);
+        let v = view(&run_dir).unwrap();
+        assert!(v.final_result.is_some(), "{name}: the test split is scored at the end");
+        assert!(v.nodes.iter().all(|n| n.status() == NodeStatus::Done), "{name}");
+        let ev = events(&run_dir);
+        for id in 0..4u64 {
+            assert_eq!(count(&ev, |e| matches!(e, Event::Done { node, .. } if *node == id)), 1, "{name}: node {id}");
+        }
+        for n in &v.nodes[1..] {
+            let r = n.result().unwrap();
+            assert!(
+                r.adapter.is_some() && run_dir.join(r.adapter.as_ref().unwrap()).join("adapter_config.json").is_file()
+            );
+            assert!(run_dir.join(format!("nodes/{}/evaluation.jsonl", n.id)).is_file());
+            assert!(!n.lesson.is_empty());
+        }
+        let parents: Vec<u64> = v.nodes[1..].iter().map(|n| n.parent.unwrap()).collect();
+        match strategy {
+            Strategy::Sequential => assert_eq!(parents, vec![0, 1, 2], "sequential expands the latest node"),
+            Strategy::Greedy => {
+                for n in &v.nodes[1..] {
+                    let best = v.nodes[..n.id as usize]
+                        .iter()
+                        .fold(None::<&trex_lab::tree::Node>, |b, m| match b {
+                            Some(b) if b.score() >= m.score() => Some(b),
+                            _ => Some(m),
+                        })
+                        .unwrap();
+                    assert_eq!(n.parent, Some(best.id), "greedy expands the best node so far");
+                }
+            }
+            Strategy::Mcts => assert_eq!(parents[0], 0),
+            Strategy::Random => {}
+        }
+        let text = trex_cli::render::render_tree(&v);
+        assert!(text.contains("#0 ") && text.contains("#3 ") && text.contains("test split"), "{text}");
+    }
+}
+
+fn trex_host(f: &Fixture) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_trex-host"));
+    c.arg("--plugins").arg(&f.plugins).arg("--cache-dir").arg(trex_tests::root().join("target/test-component-cache"));
+    c
+}
+
+fn output(c: &mut Command) -> (bool, String, String) {
+    let o = c.output().unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+}
+
+#[test]
+fn sigkill_mid_node_then_resume_loses_and_repeats_nothing() {
+    trex_tests::build_plugins();
+    // A model big enough, and a recipe long enough, that a node takes seconds to train.
+    let config = trex_model::LlamaConfig {
+        hidden: 128,
+        intermediate: 256,
+        layers: 4,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 32,
+        ..trex_model::LlamaConfig::tiny()
+    };
+    let slow = "lora_rank = 4\ntargets = [\"q_proj\", \"v_proj\"]\nlearning_rate = 1e-2\nepochs = 40.0\nbatch_size = 1\nmax_seq_len = 64";
+    let f = fixture(40, slow, "", config);
+    let run_dir = f.dir.path().join("run");
+    let mut child = trex_host(&f)
+        .args(["search", "--strategy", "sequential", "--nodes", "3", "--run-dir"])
+        .arg(&run_dir)
+        .arg(&f.task)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until node 2 is running, then kill the process without warning.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let started = Journal::path_in(&run_dir).is_file()
+            && events(&run_dir).iter().any(|e| matches!(e, Event::Started { node: 2 }));
+        if started {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node 2 never started");
+        assert!(child.try_wait().unwrap().is_none(), "the search ended before node 2 started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = events(&run_dir);
+    assert_eq!(
+        count(&before, |e| matches!(e, Event::Done { node: 2, .. })),
+        0,
+        "node 2 must have been interrupted (training took less than half a second?)"
+    );
+    let (ok, stdout, err) = output(trex_host(&f).arg("resume").arg(&run_dir));
+    assert!(ok, "{err}");
+    assert!(stdout.contains("best adapter") || stdout.contains("no experiment beat"), "{stdout}");
+    let after = events(&run_dir);
+    for id in [0u64, 1] {
+        assert_eq!(count(&after, |e| matches!(e, Event::Started { node } if *node == id)), 1, "node {id} ran twice");
+        assert_eq!(count(&after, |e| matches!(e, Event::Done { node, .. } if *node == id)), 1, "node {id}");
+    }
+    assert_eq!(count(&after, |e| matches!(e, Event::Started { node: 2 })), 2, "the interrupted node runs again");
+    assert_eq!(count(&after, |e| matches!(e, Event::Done { node: 2, .. })), 1);
+    assert_eq!(count(&after, |e| matches!(e, Event::Created { .. })), 4, "3 experiments and the root, as budgeted");
+    assert_eq!(count(&after, |e| matches!(e, Event::Session { resumed: true })), 1);
+    assert_eq!(count(&after, |e| matches!(e, Event::Final { .. })), 1);
+    // `show` reads the finished run.
+    let (ok, stdout, err) = output(trex_host(&f).arg("show").arg(&run_dir));
+    assert!(ok && stdout.contains("#3 "), "{stdout}{err}");
+    let (ok, stdout, _) = output(trex_host(&f).args(["show", "--json"]).arg(&run_dir));
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(ok && v["nodes"].as_array().unwrap().len() == 4);
+}
+
+fn proposal(lr: f64, steps: &str) -> String {
+    format!(
+        r#"{{"proposals": [{{"data_recipe": {{"steps": [{{"plugin": "chat-format"}}{steps}]}}, "train_recipe": {{"lora_rank": 4, "targets": ["q_proj", "v_proj"], "learning_rate": {lr}, "epochs": 1.0, "batch_size": 4, "max_seq_len": 64}}, "rationale": "scripted"}}]}}"#
+    )
+}
+
+fn llm_section(base_url: &str) -> String {
+    format!(
+        "[researcher]\nplugin = \"llm\"\n\n[llm]\nbase_url = \"{base_url}\"\nmodel = \"scripted\"\napi_key_env = \"TREX_TEST_LLM_KEY\"\ntimeout_s = 5.0\nmax_retries = 0\nbackoff_ms = 1\n"
+    )
+}
+
+#[test]
+fn hostile_researcher_replies_are_refused_and_the_search_goes_on() {
+    trex_tests::build_plugins();
+    let server = start(vec![
+        // Round 1: prose instead of JSON, then an out-of-range learning rate.
+        completion("I would raise the learning rate and train longer!", 100, 20),
+        completion(&proposal(5.0, ""), 100, 20),
+        // Round 2: a plugin the task does not offer, then an enormous reply.
+        completion(&proposal(1e-2, r#", {"plugin": "rm-rf"}"#), 100, 20),
+        completion(&"x".repeat(9 << 20), 100, 20),
+        // Round 3: a valid proposal.
+        completion(&proposal(1e-2, ""), 100, 20),
+    ]);
+    let f = fixture(40, QUICK, &llm_section(&server.base_url), trex_model::LlamaConfig::tiny());
+    let run_dir = f.dir.path().join("run");
+    let (ok, stdout, err) = output(
+        trex_host(&f)
+            .env("TREX_TEST_LLM_KEY", "sk-test")
+            .args(["search", "--nodes", "1", "--run-dir"])
+            .arg(&run_dir)
+            .arg(&f.task),
+    );
+    assert!(ok, "{err}");
+    assert!(stdout.contains("1 experiments") && stdout.contains("2 proposals refused"), "{stdout}");
+    let ev = events(&run_dir);
+    let rejected: Vec<&String> =
+        ev.iter().filter_map(|e| if let Event::Rejected { error, .. } = e { Some(error) } else { None }).collect();
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    assert!(rejected[0].contains("learning_rate"), "{}", rejected[0]);
+    assert!(rejected[1].contains("bytes"), "{}", rejected[1]);
+    assert!(err.contains("not a JSON object") && err.contains("rm-rf"), "the retried problems are logged: {err}");
+    assert_eq!(count(&ev, |e| matches!(e, Event::Done { node: 1, .. })), 1);
+    let reqs = server.requests.lock().unwrap();
+    assert_eq!(reqs.len(), 5);
+    assert!(reqs[0].head.contains("authorization: bearer sk-test"), "{}", reqs[0].head);
+    assert_eq!(reqs[0].body["response_format"]["type"], "json_schema");
+    // The retry carries the validation error back to the model.
+    let retry = reqs[1].body["messages"].as_array().unwrap();
+    assert!(retry.last().unwrap()["content"].as_str().unwrap().contains("invalid"), "{retry:?}");
+}
+
+#[test]
+fn budgets_stop_the_search() {
+    trex_tests::build_plugins();
+    let f = fixture(40, QUICK, "", trex_model::LlamaConfig::tiny());
+    let run = |args: &[&str], name: &str| {
+        let (ok, stdout, err) =
+            output(trex_host(&f).arg("search").args(args).arg("--run-dir").arg(f.dir.path().join(name)).arg(&f.task));
+        assert!(ok, "{err}");
+        stdout
+    };
+    let out = run(&["--train-tokens", "1"], "tokens");
+    assert!(out.contains("training-token budget") && out.contains("after 1 experiments"), "{out}");
+    let out = run(&["--minutes", "0.00001"], "wall");
+    assert!(out.contains("wall-time budget") && out.contains("after 0 experiments"), "{out}");
+    // LLM tokens: each reply costs 1000; the budget of 1500 allows two proposals.
+    let server = start(vec![completion(&proposal(1e-2, ""), 900, 100), completion(&proposal(2e-2, ""), 900, 100)]);
+    let f2 = fixture(40, QUICK, &llm_section(&server.base_url), trex_model::LlamaConfig::tiny());
+    let (ok, stdout, err) = output(
+        trex_host(&f2)
+            .env("TREX_TEST_LLM_KEY", "k")
+            .args(["search", "--nodes", "10", "--llm-tokens", "1500", "--run-dir"])
+            .arg(f2.dir.path().join("llm"))
+            .arg(&f2.task),
+    );
+    assert!(ok, "{err}");
+    assert!(stdout.contains("LLM-token budget") && stdout.contains("after 2 experiments"), "{stdout}");
+    // No budget at all is refused up front.
+    let mut no_budget = std::fs::read_to_string(&f.task).unwrap();
+    no_budget = no_budget.replace("[budget]\nnodes = 3\n", "");
+    std::fs::write(&f.task, no_budget).unwrap();
+    let (ok, _, err) = output(trex_host(&f).arg("search").arg("--run-dir").arg(f.dir.path().join("none")).arg(&f.task));
+    assert!(!ok && err.contains("no budget"), "{err}");
+}
+
+#[test]
+fn a_plugin_failing_inside_a_node_fails_that_node_and_the_search_goes_on() {
+    trex_tests::build_plugins();
+    let server = start(vec![
+        completion(&proposal(1e-2, r#", {"plugin": "hostile", "config": {"attack": "panic"}}"#), 10, 10),
+        completion(&proposal(1e-2, ""), 10, 10),
+    ]);
+    let f = fixture(40, QUICK, &llm_section(&server.base_url), trex_model::LlamaConfig::tiny());
+    let run_dir = f.dir.path().join("run");
+    let (ok, stdout, err) = output(
+        trex_host(&f)
+            .env("TREX_TEST_LLM_KEY", "k")
+            .args(["search", "--nodes", "2", "--run-dir"])
+            .arg(&run_dir)
+            .arg(&f.task),
+    );
+    assert!(ok, "{err}");
+    assert!(stdout.contains("2 experiments (1 failed"), "{stdout}");
+    let v = view(&run_dir).unwrap();
+    assert_eq!(v.nodes[1].status(), NodeStatus::Failed);
+    let error = v.nodes[1].error().unwrap();
+    assert!(error.contains("hostile") && error.contains("panic"), "{error}");
+    assert!(v.nodes[1].lesson.contains("failed"), "the error is kept as a lesson");
+    assert_eq!(v.nodes[2].status(), NodeStatus::Done);
+}
+
+#[test]
+fn a_task_with_a_misspelled_field_fails_before_anything_runs() {
+    trex_tests::build_plugins();
+    let f = fixture(40, QUICK, "", trex_model::LlamaConfig::tiny());
+    let text = std::fs::read_to_string(&f.task)
+        .unwrap()
+        .replace("plugin = \"dedup-exact\"", "plugin = \"dedup-exact\"\nconfig = { feilds = [\"prompt\"] }");
+    std::fs::write(&f.task, text).unwrap();
+    let (ok, _, err) = output(trex_host(&f).arg("search").arg("--run-dir").arg(f.dir.path().join("r")).arg(&f.task));
+    assert!(!ok && err.contains("search_space.data_steps[0]") && err.contains("feilds"), "{err}");
+    assert!(!f.dir.path().join("r").exists(), "nothing was started");
+    let text = std::fs::read_to_string(&f.task).unwrap().replace("reference_score", "refrence_score");
+    std::fs::write(&f.task, text).unwrap();
+    let (ok, _, err) = output(trex_host(&f).arg("search").arg(&f.task));
+    assert!(!ok && err.contains("task.toml") && err.contains("refrence_score"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_run_nodes_at_once_within_one_budget() {
+    trex_tests::build_plugins();
+    let f = fixture(40, QUICK, "", trex_model::LlamaConfig::tiny());
+    let mut req = request(&f, Strategy::Mcts, "workers");
+    req.settings.workers = 2;
+    req.settings.budget.nodes = Some(4);
+    let (run_dir, summary) = search(req).await.unwrap();
+    assert_eq!((summary.nodes, summary.failed), (4, 0), "{summary:?}");
+    let ev = events(&run_dir);
+    // Two nodes were started before either finished.
+    let pos = |f: &dyn Fn(&Event) -> bool| ev.iter().position(f).unwrap();
+    let second_start = pos(&|e| matches!(e, Event::Started { node: 2 }));
+    let first_done = pos(&|e| matches!(e, Event::Done { node: 1, .. }));
+    assert!(second_start < first_done, "node 2 started after node 1 finished: {ev:?}");
+    assert_eq!(count(&ev, |e| matches!(e, Event::Done { .. })), 5);
+}
+
+#[test]
+fn ablations_switch_off_data_tools_memory_and_bad_cases() {
+    trex_tests::build_plugins();
+    // The scripted Researcher first asks for a data step, which the task offers but the
+    // ablation does not, so the `llm` Researcher refuses it and asks again.
+    let server = start(vec![
+        completion(&proposal(1e-2, r#", {"plugin": "dedup-exact"}"#), 100, 20),
+        completion(&proposal(1e-2, ""), 100, 20),
+        completion(&proposal(2e-2, ""), 100, 20),
+    ]);
+    let f = fixture(40, QUICK, &llm_section(&server.base_url), trex_model::LlamaConfig::tiny());
+    let run_dir = f.dir.path().join("run");
+    let (ok, _, err) = output(
+        trex_host(&f)
+            .env("TREX_TEST_LLM_KEY", "sk-test")
+            .args(["search", "--nodes", "2", "--ablate", "data-tools,memory,bad-cases", "--run-dir"])
+            .arg(&run_dir)
+            .arg(&f.task),
+    );
+    assert!(ok, "{err}");
+    let ev = events(&run_dir);
+    let recipes: Vec<Vec<String>> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Created { proposal: Some(p), .. } => {
+                Some(p.data_recipe.steps.iter().map(|s| s.plugin.clone()).collect())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recipes, vec![vec!["chat-format".to_string()]; 2], "every node keeps the start's data recipe: {ev:?}");
+    let reqs = server.requests.lock().unwrap();
+    assert_eq!(reqs.len(), 3);
+    let text = |i: usize| reqs[i].body["messages"].to_string();
+    // No data steps are offered, and the second round's context holds only the node expanded.
+    assert!(!text(0).contains("dedup-exact") && !text(0).contains("hostile"), "{}", text(0));
+    assert!(text(1).contains("`dedup-exact` is not offered"), "{}", text(1));
+    for part in
+        [r#"\"siblings\":[]"#, r#"\"best\":[]"#, r#"\"worst\":[]"#, r#"\"parent_path\":[]"#, r#"\"bad_cases\":[]"#]
+    {
+        assert!(text(2).contains(part), "{part} missing from {}", text(2));
+    }
+}
+
+#[test]
+fn bench_search_compares_each_ablation_with_the_full_system_and_reuses_finished_runs() {
+    trex_tests::build_plugins();
+    let f = fixture(40, QUICK, "", trex_model::LlamaConfig::tiny());
+    let out = f.dir.path().join("bench");
+    let bench = || {
+        output(
+            trex_host(&f)
+                .args([
+                    "bench",
+                    "search",
+                    "--strategies",
+                    "greedy",
+                    "--ablate",
+                    "memory",
+                    "--seeds",
+                    "0",
+                    "--nodes",
+                    "1",
+                ])
+                .arg("--out")
+                .arg(&out)
+                .arg(&f.task),
+        )
+    };
+    let (ok, stdout, err) = bench();
+    assert!(ok, "{err}");
+    assert!(stdout.contains("| greedy | 1 |") && stdout.contains("| greedy without memory | 1 |"), "{stdout}");
+    let settings = |folder: &str| match &events(&out.join(folder))[0] {
+        Event::Start { settings, .. } => settings.ablations.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(settings("greedy-s0"), vec![]);
+    assert_eq!(settings("greedy-no-memory-s0"), vec![trex_lab::Ablation::Memory]);
+    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(table.contains("greedy without memory"), "{table}");
+    // A second call finds both runs finished and runs nothing.
+    let journal = std::fs::read_to_string(out.join("greedy-s0/journal.jsonl")).unwrap();
+    let (ok, again, err) = bench();
+    assert!(ok, "{err}");
+    assert_eq!(again, stdout);
+    assert_eq!(std::fs::read_to_string(out.join("greedy-s0/journal.jsonl")).unwrap(), journal);
+}
+
+#[test]
+fn bench_tasks_tabulates_and_plots_every_task_and_strategy_and_reuses_finished_runs() {
+    trex_tests::build_plugins();
+    let f = fixture(40, QUICK, "", trex_model::LlamaConfig::tiny());
+    // A second task: the same data under another name.
+    let second = f.dir.path().join("second");
+    std::fs::create_dir_all(&second).unwrap();
+    let toml = std::fs::read_to_string(&f.task).unwrap().replace("name = \"tiny\"", "name = \"tiny-two\"");
+    let data = f.task.parent().unwrap().join("data");
+    std::fs::write(
+        second.join("task.toml"),
+        toml.replace("dataset_dir = \"data\"", &format!("dataset_dir = {:?}", data.display().to_string())),
+    )
+    .unwrap();
+    let out = f.dir.path().join("suite");
+    let bench = || {
+        output(
+            trex_host(&f)
+                .args([
+                    "bench",
+                    "tasks",
+                    "--strategies",
+                    "greedy,sequential",
+                    "--seeds",
+                    "0",
+                    "--budget",
+                    "1",
+                    "--tasks",
+                ])
+                .arg(format!("{},{}", f.task.display(), second.display()))
+                .arg("--out")
+                .arg(&out),
+        )
+    };
+    let (ok, stdout, err) = bench();
+    assert!(ok, "{err}");
+    for row in [
+        "| tiny | greedy | 1 |",
+        "| tiny | sequential | 1 |",
+        "| tiny-two | greedy | 1 |",
+        "| tiny-two | sequential | 1 |",
+    ] {
+        assert!(stdout.contains(row), "{row} missing from\n{stdout}");
+    }
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let runs = results.as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    for r in runs {
+        // The base model, then one experiment; the best score never goes down.
+        let curve: Vec<f64> = r["curve"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(curve.len(), 2, "{r}");
+        assert!(curve[1] >= curve[0], "{r}");
+        assert_eq!(r["base_validation"].as_f64().unwrap(), curve[0]);
+        assert!(r["train_tokens"].as_u64().unwrap() > 0, "{r}");
+    }
+    let svg = std::fs::read_to_string(out.join("plot.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 4, "{svg}");
+    assert!(svg.contains(">tiny-two<") && svg.contains(">sequential<"), "{svg}");
+    assert_eq!(std::fs::read_to_string(out.join("table.md")).unwrap(), stdout);
+    // A second call finds every run finished and runs nothing.
+    let journal = std::fs::read_to_string(out.join("tiny-two/greedy-s0/journal.jsonl")).unwrap();
+    let (ok, again, err) = bench();
+    assert!(ok, "{err}");
+    assert_eq!(again, stdout);
+    assert_eq!(std::fs::read_to_string(out.join("tiny-two/greedy-s0/journal.jsonl")).unwrap(), journal);
+}

@@ -1,0 +1,431 @@
+//! The Executor: runs one node end to end. Data (cached by the content hash of the training
+//! split and the recipe) → training (fresh, or continuing from the parent's adapter) →
+//! generation on the validation split → the evaluator plugin → bad-case analysis; the adapter
+//! and the per-example evaluation are stored in the node's folder.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use trex_sdk::types::{DataRecipe, FailureKind, Proposal};
+
+use crate::LabError;
+use crate::pipeline::read_jsonl;
+
+use crate::analysis::{Scored, bad_cases};
+use crate::observer::{NodeProgress, NodeReporter, SharedObserver, Silent, Stage};
+use crate::task::Task;
+use crate::tree::{Cost, NodeResult, StepStats, TrainSummary};
+use trex_model::generate::{Generation, GenerationConfig, generate};
+use trex_model::train;
+use trex_model::{BaseModel, Llama, LoraAdapter, Tokenizer};
+use trex_plugin_host::{CallEnv, EvalItem, EvalReport, PluginHost};
+
+/// A held-out record ready to be scored.
+#[derive(Debug, Clone)]
+pub struct EvalRecord {
+    /// Example id.
+    pub id: String,
+    /// The record as given to the evaluator.
+    pub value: serde_json::Value,
+    /// The prompt, chat template applied.
+    pub prompt: String,
+    /// The user prompt as written in the record.
+    pub user_prompt: String,
+    /// The reference answer, when the record has one.
+    pub expected: Option<String>,
+}
+
+/// Which held-out split to score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Scored for every node.
+    Validation,
+    /// Scored once, at the end.
+    Test,
+}
+
+/// A scored split: the evaluator's report and what the model wrote.
+#[derive(Debug)]
+pub struct Scoring {
+    /// The evaluator's report.
+    pub report: EvalReport,
+    /// The model's outputs, in record order.
+    pub outputs: Vec<Generation>,
+}
+
+/// Everything a node needs: the plugins, the task, the model and the held-out prompts.
+pub struct Lab {
+    /// The plugin host.
+    pub host: PluginHost,
+    /// The task (validated).
+    pub task: Task,
+    /// The run folder.
+    pub run_dir: PathBuf,
+    model: Arc<Llama<f32>>,
+    tokenizer: Arc<Tokenizer>,
+    model_source: String,
+    train_records: Vec<String>,
+    train_hash: String,
+    validation: Vec<EvalRecord>,
+    test: Vec<EvalRecord>,
+    /// Where messages and node progress go.
+    pub observer: SharedObserver,
+    /// Where nodes train.
+    pub device: train::ComputeDevice,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab").field("task", &self.task.name).field("run_dir", &self.run_dir).finish()
+    }
+}
+
+fn hex_sha256(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    hex::encode(h.finalize())
+}
+
+/// A one-line description of an experiment, for lessons and progress lines.
+pub fn describe(p: &Proposal) -> String {
+    let r = &p.train_recipe;
+    let targets: Vec<&str> = r.targets.iter().map(|t| t.module_name().trim_end_matches("_proj")).collect();
+    let steps: Vec<&str> = p.data_recipe.steps.iter().map(|s| s.plugin.as_str()).collect();
+    format!(
+        "lr {:.1e} r{} [{}] {} ep{}{} | data: {}",
+        r.learning_rate,
+        r.lora_rank,
+        targets.join(","),
+        r.epochs,
+        if r.continue_from_parent { " (continued)" } else { "" },
+        if r.lora_dropout > 0.0 { format!(" drop {}", r.lora_dropout) } else { String::new() },
+        if steps.is_empty() { "raw".into() } else { steps.join("→") }
+    )
+}
+
+/// Why a node failed, and what it cost before it did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeFailure {
+    /// The error, naming the step, plugin or file.
+    pub error: String,
+    /// Its kind, for the Researcher.
+    pub kind: FailureKind,
+    /// What the node cost so far.
+    pub cost: Cost,
+}
+
+impl Lab {
+    /// Load the model and the splits; `run_dir` receives node folders and the data cache.
+    pub fn open(host: PluginHost, task: Task, base: BaseModel, run_dir: PathBuf) -> Result<Lab, LabError> {
+        let train_path = task.split_path(&task.splits.train);
+        let train_bytes =
+            std::fs::read(&train_path).map_err(|e| LabError::Run(format!("{}: {e}", train_path.display())))?;
+        let train_records = read_jsonl(&train_path)?;
+        let train_hash = hex_sha256(&[&train_bytes]);
+        let tokenizer = Arc::new(base.tokenizer);
+        let load = |split: &Path, limit: Option<usize>| -> Result<Vec<EvalRecord>, LabError> {
+            let path = task.split_path(split);
+            let mut out = Vec::new();
+            for (i, text) in read_jsonl(&path)?.into_iter().enumerate().take(limit.unwrap_or(usize::MAX)) {
+                let value: serde_json::Value = serde_json::from_str(&text).expect("read_jsonl checked every line");
+                let field = &task.prompt.prompt_field;
+                let user_prompt = value.get(field).and_then(|v| v.as_str()).map(String::from).ok_or_else(|| {
+                    LabError::Run(format!(
+                        "{}: line {}: no string field `{field}` (prompt.prompt_field)",
+                        path.display(),
+                        i + 1
+                    ))
+                })?;
+                let prompt = tokenizer.chat_prompt(task.prompt.system.as_deref(), &user_prompt)?;
+                let id = match value.get("id") {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(n @ serde_json::Value::Number(_)) => n.to_string(),
+                    _ => format!("{}:{}", split.display(), i + 1),
+                };
+                let expected = ["answer", "completion", "response"]
+                    .iter()
+                    .find_map(|f| value.get(*f).and_then(|v| v.as_str()).map(String::from));
+                out.push(EvalRecord { id, value, prompt, user_prompt, expected });
+            }
+            Ok(out)
+        };
+        let validation = load(&task.splits.validation, task.prompt.validation_limit)?;
+        let test = load(&task.splits.test, None)?;
+        let model_source = base.source.display().to_string();
+        let model = Arc::new(Llama::new(base.config, base.weights));
+        Ok(Lab {
+            host,
+            task,
+            run_dir,
+            model,
+            tokenizer,
+            model_source,
+            train_records,
+            train_hash,
+            validation,
+            test,
+            observer: Arc::new(Silent),
+            device: train::ComputeDevice::Cpu,
+        })
+    }
+
+    /// Tell the observer.
+    pub fn say(&self, line: impl AsRef<str>) {
+        self.observer.message(line.as_ref());
+    }
+
+    /// Where node `id` keeps its files.
+    pub fn node_dir(&self, id: u64) -> PathBuf {
+        self.run_dir.join("nodes").join(id.to_string())
+    }
+
+    /// Run the data recipe on the training split (or read its cached output).
+    pub(crate) async fn build_data(&self, recipe: &DataRecipe) -> Result<(Vec<String>, Vec<StepStats>), String> {
+        let recipe_json = serde_json::to_vec(recipe).expect("recipes serialize");
+        let key = hex_sha256(&[self.train_hash.as_bytes(), &recipe_json]);
+        let dir = self.run_dir.join("data");
+        let (data_path, stats_path) = (dir.join(format!("{key}.jsonl")), dir.join(format!("{key}.stats.json")));
+        if let (Ok(text), Ok(stats)) = (std::fs::read_to_string(&data_path), std::fs::read_to_string(&stats_path))
+            && let Ok(stats) = serde_json::from_str::<Vec<StepStats>>(&stats)
+        {
+            return Ok((text.lines().map(String::from).collect(), stats));
+        }
+        let env = CallEnv { dataset_dir: Some(self.task.dataset_dir.clone()), ..CallEnv::default() };
+        let mut records = self.train_records.clone();
+        let mut stats = Vec::new();
+        for (i, step) in recipe.steps.iter().enumerate() {
+            let mut run = self
+                .host
+                .run_data_tool(&step.plugin, &step.config, records, &env)
+                .await
+                .map_err(|e| format!("data step {} (`{}`): {e}", i + 1, step.plugin))?;
+            records = std::mem::take(&mut run.records);
+            stats.push(StepStats {
+                plugin: step.plugin.clone(),
+                records_in: run.records_in,
+                records_out: run.records_out,
+                dropped: run.dropped,
+            });
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Written under a temporary name and renamed, so a reader never sees half a file.
+        let write = |path: &Path, text: String| -> Result<(), String> {
+            let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::io::Write::write_all(&mut tmp, text.as_bytes())
+                .and_then(|()| tmp.persist(path).map(drop).map_err(|e| e.error))
+                .map_err(|e| format!("{}: {e}", path.display()))
+        };
+        write(&data_path, records.iter().map(|r| format!("{r}\n")).collect())?;
+        write(&stats_path, serde_json::to_string(&stats).expect("stats serialize"))?;
+        Ok((records, stats))
+    }
+
+    /// Generate answers for a held-out split and score them with the evaluator plugin.
+    pub(crate) async fn score(
+        &self,
+        adapter: Option<Arc<LoraAdapter<f32>>>,
+        split: Split,
+        reporter: Option<&NodeReporter>,
+    ) -> Result<Scoring, String> {
+        let records = match split {
+            Split::Validation => &self.validation,
+            Split::Test => &self.test,
+        };
+        let prompts: Vec<String> = records.iter().map(|r| r.prompt.clone()).collect();
+        let config = GenerationConfig {
+            max_new_tokens: self.task.prompt.max_new_tokens,
+            stop: self.task.prompt.stop.clone(),
+            batch_size: self.task.prompt.batch_size.max(1),
+            ..GenerationConfig::default()
+        };
+        let (model, tokenizer) = (self.model.clone(), self.tokenizer.clone());
+        let total = prompts.len() as u64;
+        let which = if split == Split::Test { "test" } else { "validation" };
+        if let Some(r) = reporter {
+            r.report(Stage::Generate, 0, total, which);
+        }
+        let handle = reporter.map(NodeReporter::handle);
+        let outputs = tokio::task::spawn_blocking(move || {
+            generate(&model, &tokenizer, adapter.as_deref(), &prompts, &config, |done| {
+                if let Some((observer, node)) = &handle {
+                    let p = NodeProgress { stage: Stage::Generate, done: done as u64, total, detail: which.into() };
+                    observer.progress(*node, &p);
+                }
+            })
+        })
+        .await
+        .map_err(|e| format!("generation panicked: {e}"))?;
+        let items: Vec<EvalItem> = records
+            .iter()
+            .zip(&outputs)
+            .map(|(r, g)| EvalItem { id: r.id.clone(), example: r.value.clone(), output: g.text.clone() })
+            .collect();
+        let eval = &self.task.evaluator;
+        if let Some(r) = reporter {
+            r.report(Stage::Evaluate, 0, total, which);
+        }
+        let env = CallEnv { dataset_dir: Some(self.task.dataset_dir.clone()), ..CallEnv::default() };
+        let report = self
+            .host
+            .evaluate(&eval.plugin, &eval.config, &items, 64, &env)
+            .await
+            .map_err(|e| format!("evaluator `{}`: {e}", eval.plugin))?;
+        Ok(Scoring { report, outputs })
+    }
+
+    /// Turn a scoring into a node result (bad-case analysis included) and store the
+    /// per-example evaluation in the node's folder.
+    pub(crate) fn result_of(&self, id: u64, scoring: &Scoring, base_score: Option<f64>) -> Result<NodeResult, String> {
+        let records = &self.validation;
+        let scored: Vec<Scored<'_>> = records
+            .iter()
+            .zip(&scoring.outputs)
+            .zip(&scoring.report.results)
+            .map(|((r, g), res)| Scored {
+                prompt: &r.user_prompt,
+                expected: r.expected.as_deref(),
+                output: &g.text,
+                finish: g.finish,
+                result: res,
+            })
+            .collect();
+        let dir = self.node_dir(id);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut lines = String::new();
+        for s in &scored {
+            let line = serde_json::json!({
+                "id": s.result.id, "prompt": s.prompt, "expected": s.expected, "output": s.output,
+                "finish": s.finish, "score": s.result.score, "passed": s.result.passed,
+                "tags": s.result.tags, "explanation": s.result.explanation,
+            });
+            lines.push_str(&line.to_string());
+            lines.push('\n');
+        }
+        let path = dir.join("evaluation.jsonl");
+        std::fs::write(&path, lines).map_err(|e| format!("{}: {e}", path.display()))?;
+        let score = scoring.report.score;
+        Ok(NodeResult {
+            score,
+            reward: base_score.map_or(0.0, |b| normalized_gain(score, b, self.task.reference_score)),
+            passed: scoring.report.passed,
+            total: scoring.report.total,
+            metrics: scoring.report.metrics.clone(),
+            bad_cases: bad_cases(&scored, 3, 8),
+            data: Vec::new(),
+            train: None,
+            cost: Cost::default(),
+            adapter: None,
+        })
+    }
+
+    /// Run one experiment. On failure, the error and what the node cost so far.
+    pub async fn run_node(
+        &self,
+        id: u64,
+        proposal: &Proposal,
+        parent_adapter: Option<PathBuf>,
+        base_score: f64,
+    ) -> Result<NodeResult, NodeFailure> {
+        let started = Instant::now();
+        let reporter = NodeReporter::new(self.observer.clone(), id);
+        reporter.report(Stage::Data, 0, proposal.data_recipe.steps.len() as u64, "");
+        let fail = |kind: FailureKind, error: String, tokens: u64| NodeFailure {
+            error,
+            kind,
+            cost: Cost { train_tokens: tokens, seconds: started.elapsed().as_secs_f64(), llm_tokens: 0 },
+        };
+        let (records, data) =
+            self.build_data(&proposal.data_recipe).await.map_err(|e| fail(FailureKind::Plugin, e, 0))?;
+        let mut examples = Vec::with_capacity(records.len());
+        for (i, text) in records.iter().enumerate() {
+            let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+                fail(FailureKind::Plugin, format!("data recipe output, record {}: not JSON: {e}", i + 1), 0)
+            })?;
+            let (rid, mut ex) = train::data::parse_record(&value, &self.tokenizer).map_err(|e| {
+                fail(
+                    FailureKind::Recipe,
+                    format!(
+                        "data recipe output, record {} is not a training example: {e} (add a chat-format step?)",
+                        i + 1
+                    ),
+                    0,
+                )
+            })?;
+            ex.id = rid.unwrap_or_else(|| format!("record-{}", i + 1));
+            examples.push(ex);
+        }
+        let recipe = proposal.train_recipe.clone();
+        let tokenized = train::data::tokenize(&examples, &self.tokenizer, recipe.max_seq_len as usize);
+        let config = self.model.config.clone();
+        let continued = recipe.continue_from_parent && parent_adapter.is_some();
+        let mut adapter = match parent_adapter.filter(|_| recipe.continue_from_parent) {
+            Some(dir) => train::peft::load_adapter(&dir, &config)
+                .map_err(|e| fail(FailureKind::Other, format!("parent adapter: {e}"), 0))?,
+            None => LoraAdapter::from_recipe(&config, &recipe),
+        };
+        let model = self.model.clone();
+        let device = self.device;
+        let (observer, node) = reporter.handle();
+        let n_examples = tokenized.len() as u64;
+        let trained = tokio::task::spawn_blocking(move || {
+            let r = train::train(device, &model, &mut adapter, &tokenized, &recipe, None, |s| {
+                let detail = format!("loss {:.3}", s.loss);
+                let p = NodeProgress { stage: Stage::Train, done: s.step as u64, total: s.total_steps as u64, detail };
+                observer.progress(node, &p);
+            });
+            r.map(|r| (adapter, r))
+        })
+        .await
+        .map_err(|e| fail(FailureKind::Other, format!("training panicked: {e}"), 0))?;
+        let (adapter, report) = trained.map_err(|e| {
+            let kind = match e {
+                train::TrainError::Diverged { .. } => FailureKind::Diverged,
+                train::TrainError::Recipe(_) | train::TrainError::Data(_) => FailureKind::Recipe,
+                _ => FailureKind::Other,
+            };
+            fail(kind, format!("training: {e}"), 0)
+        })?;
+        let adapter_dir = self.node_dir(id).join("adapter");
+        train::peft::save_adapter(&adapter_dir, &adapter, &self.model_source)
+            .map_err(|e| fail(FailureKind::Other, format!("saving the adapter: {e}"), report.tokens as u64))?;
+        let scoring = self
+            .score(Some(Arc::new(adapter)), Split::Validation, Some(&reporter))
+            .await
+            .map_err(|e| fail(FailureKind::Plugin, e, report.tokens as u64))?;
+        let mut result = self
+            .result_of(id, &scoring, Some(base_score))
+            .map_err(|e| fail(FailureKind::Other, e, report.tokens as u64))?;
+        result.data = data;
+        result.train = Some(TrainSummary {
+            examples: n_examples,
+            steps: report.steps as u64,
+            first_loss: report.first_loss as f64,
+            final_loss: report.final_loss as f64,
+            tokens: report.tokens as u64,
+            truncated: report.truncated as u64,
+            seconds: report.seconds,
+            continued,
+        });
+        result.cost =
+            Cost { train_tokens: report.tokens as u64, seconds: started.elapsed().as_secs_f64(), llm_tokens: 0 };
+        result.adapter = Some(format!("nodes/{id}/adapter"));
+        Ok(result)
+    }
+
+    /// Load a node's adapter for scoring.
+    pub fn load_adapter(&self, rel: &str) -> Result<LoraAdapter<f32>, LabError> {
+        Ok(train::peft::load_adapter(&self.run_dir.join(rel), &self.model.config).map_err(train::TrainError::from)?)
+    }
+}
+
+/// `(score − base) / (reference − base)`; when the base already reaches the reference, the raw
+/// difference.
+pub fn normalized_gain(score: f64, base: f64, reference: f64) -> f64 {
+    let span = reference - base;
+    if span > 1e-9 { (score - base) / span } else { score - base }
+}

@@ -1,0 +1,25 @@
+//! trex's research loop: a task ([`task`]), the experiment tree and the strategies that grow it
+//! ([`tree`]), the search loop ([`search`]) with its journal ([`journal`]), the Researcher's
+//! compressed memory ([`memory`]), bad-case analysis ([`analysis`]), the executor that runs one
+//! experiment ([`executor`]), the `search` / `resume` / `show` entry points ([`run`]) and data
+//! pipelines outside a search ([`pipeline`]).
+//!
+//! Architecture Invariant: the lab does not print and does not parse arguments; what it has to
+//! say goes to an [`observer::Observer`], and its errors are typed.
+
+#![forbid(unsafe_code)]
+
+pub mod analysis;
+pub mod error;
+pub mod executor;
+pub mod journal;
+pub mod memory;
+pub mod observer;
+pub mod pipeline;
+pub mod run;
+pub mod search;
+pub mod task;
+pub mod tree;
+
+pub use error::LabError;
+pub use search::{Ablation, RunState, Search, SearchSummary, Settings};

@@ -1,0 +1,209 @@
+//! The `search`, `resume` and `show` entry points, as library functions the command line, the
+//! benchmarks and the tests share. Everything here takes resolved inputs: a loaded task whose
+//! base model and data are local paths (see [`crate::task::Assets`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use trex_model::BaseModel;
+use trex_plugin_host::llm::{OpenAiClient, OpenAiConfig, TokenMeter};
+use trex_plugin_host::{HostConfig, PluginHost};
+
+use crate::LabError;
+use crate::executor::Lab;
+use crate::journal::{Event, FORMAT, FinalResult, Journal, JournalError};
+use crate::observer::SharedObserver;
+use crate::search::{RunState, Search, SearchSummary, Settings, load_run};
+use crate::task::Task;
+
+/// Where and how to start a search.
+#[derive(Clone)]
+pub struct SearchRequest {
+    /// The task, loaded (see [`Task::load`]) and with any overrides applied.
+    pub task: Task,
+    /// The file it was loaded from.
+    pub task_file: PathBuf,
+    /// The plugin folder.
+    pub plugins: PathBuf,
+    /// Host settings (cache, capabilities); its `llm` and `tokenizer` are filled here.
+    pub host: HostConfig,
+    /// Search settings; the budget here overrides the task's limit by limit.
+    pub settings: Settings,
+    /// The run folder (default: `runs/<task>-<strategy>-s<seed>-<unix time>`).
+    pub run_dir: Option<PathBuf>,
+    /// Where messages and progress go.
+    pub observer: SharedObserver,
+}
+
+impl std::fmt::Debug for SearchRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchRequest")
+            .field("task", &self.task.name)
+            .field("task_file", &self.task_file)
+            .field("settings", &self.settings)
+            .field("run_dir", &self.run_dir)
+            .finish()
+    }
+}
+
+/// The plugin host of a search: every plugin under `plugins`, with the LLM client `llm`
+/// describes (charged to `meter`) behind `llm.chat`. Plugins that fail to load are logged and
+/// skipped; the task's validation names any it needs.
+pub async fn open_host(
+    plugins: &Path,
+    mut config: HostConfig,
+    llm: Option<&OpenAiConfig>,
+    meter: &Arc<TokenMeter>,
+) -> Result<PluginHost, LabError> {
+    if let Some(cfg) = llm {
+        let client = OpenAiClient::new(cfg.clone(), meter.clone()).map_err(|e| LabError::Run(e.to_string()))?;
+        config.llm = Some(Arc::new(client));
+    }
+    Ok(PluginHost::open(plugins, config).await?)
+}
+
+/// The tokenizer of the model being fine-tuned, behind the plugins' `tokenizer.count`.
+#[derive(Debug)]
+pub struct ModelTokens(pub trex_model::Tokenizer);
+
+impl trex_plugin_host::TokenCounter for ModelTokens {
+    fn count(&self, text: &str) -> usize {
+        self.0.encode_continuation(text).len()
+    }
+}
+
+fn load_base(path: &str) -> Result<BaseModel, LabError> {
+    Ok(BaseModel::load(Path::new(path))?)
+}
+
+/// Start a search and run it to the end of its budget.
+pub async fn search(req: SearchRequest) -> Result<(PathBuf, SearchSummary), LabError> {
+    let SearchRequest { mut task, task_file, plugins, host, settings, run_dir, observer } = req;
+    let mut settings = settings;
+    settings.budget = task.budget.overridden_by(&settings.budget);
+    if settings.budget.is_unbounded() {
+        return Err(LabError::Run(format!(
+            "{}: the search has no budget: add a [budget] section (nodes, wall_minutes or train_tokens) or pass --nodes / --minutes",
+            task_file.display()
+        )));
+    }
+    let meter = Arc::new(TokenMeter::new(settings.budget.llm_tokens));
+    let base = load_base(&task.base_model)?;
+    let mut host_config = host;
+    host_config.tokenizer = Some(Arc::new(ModelTokens(base.tokenizer.clone())));
+    let host = open_host(&plugins, host_config, task.llm.as_ref(), &meter).await?;
+    task.validate_with(&host, &task_file).await?;
+    if task.researcher.plugin == "llm" && task.llm.is_none() {
+        return Err(LabError::Run(format!(
+            "{}: the `llm` Researcher needs an LLM: add an [llm] section (base_url, model, api_key_env) or pass --llm-base-url and --llm-model",
+            task_file.display()
+        )));
+    }
+    let run_dir = run_dir.unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        PathBuf::from("runs").join(format!("{}-{}-s{}-{secs}", task.name, settings.strategy.as_str(), settings.seed))
+    });
+    let mut journal = Journal::create(&run_dir)?;
+    let task_file = std::fs::canonicalize(&task_file).unwrap_or(task_file);
+    journal.append(
+        0.0,
+        &Event::Start {
+            format: FORMAT,
+            task_file,
+            task: Box::new(task.clone()),
+            settings: Box::new(settings.clone()),
+            model: base.source.display().to_string(),
+        },
+    )?;
+    journal.append(0.0, &Event::Session { resumed: false })?;
+    observer.message(&format!("run folder: {}", run_dir.display()));
+    let mut lab = Lab::open(host, task, base, run_dir.clone())?;
+    lab.device = settings.device;
+    lab.observer = observer;
+    let search = Search::new(&lab, settings, journal, RunState::default(), meter).await?;
+    let summary = search.run().await?;
+    Ok((run_dir, summary))
+}
+
+/// What may change when a run is resumed.
+#[derive(Debug, Clone, Default)]
+pub struct ResumeOverrides {
+    /// Nodes run at once (default: as the run began).
+    pub workers: Option<usize>,
+    /// Where nodes train from now on (default: as the run began).
+    pub device: Option<trex_model::train::ComputeDevice>,
+}
+
+/// Continue a run that was stopped or killed: finished nodes are kept, interrupted ones run
+/// again, and the search goes on within what is left of its budget.
+pub async fn resume(
+    run_dir: &Path,
+    plugins: &Path,
+    host: HostConfig,
+    overrides: ResumeOverrides,
+    observer: SharedObserver,
+) -> Result<SearchSummary, LabError> {
+    let (mut journal, task_file, mut task, mut settings, model, state) = load_run(run_dir)?;
+    if let Some(w) = overrides.workers {
+        settings.workers = w;
+    }
+    if let Some(d) = overrides.device {
+        settings.device = d;
+    }
+    let meter = Arc::new(TokenMeter::new(settings.budget.llm_tokens));
+    meter.add(state.llm_tokens);
+    let base = load_base(&model)?;
+    let mut host_config = host;
+    host_config.tokenizer = Some(Arc::new(ModelTokens(base.tokenizer.clone())));
+    let host = open_host(plugins, host_config, task.llm.as_ref(), &meter).await?;
+    task.validate_with(&host, &task_file)
+        .await
+        .map_err(|e| LabError::Run(format!("the run's task no longer validates: {e}")))?;
+    journal.append(state.t_offset, &Event::Session { resumed: true })?;
+    let mut lab = Lab::open(host, task, base, run_dir.to_path_buf())?;
+    lab.device = settings.device;
+    lab.observer = observer;
+    let search = Search::new(&lab, settings, journal, state, meter).await?;
+    search.run().await
+}
+
+/// A run as `show` presents it.
+#[derive(Debug, serde::Serialize)]
+pub struct RunView {
+    /// The task.
+    pub task: Task,
+    /// The settings.
+    pub settings: Settings,
+    /// Every node.
+    pub nodes: Vec<crate::tree::Node>,
+    /// Proposals refused.
+    pub rejected: usize,
+    /// The test-split figures, once written.
+    #[serde(rename = "final")]
+    pub final_result: Option<FinalResult>,
+    /// Why the search stopped, once it has.
+    pub finished: Option<String>,
+    /// Search seconds so far.
+    pub seconds: f64,
+}
+
+/// Read a run folder without changing it.
+pub fn view(run_dir: &Path) -> Result<RunView, LabError> {
+    let entries = Journal::read(run_dir)?;
+    let Some(Event::Start { task, settings, .. }) = entries.first().map(|e| e.event.clone()) else {
+        return Err(LabError::Journal(JournalError {
+            path: Journal::path_in(run_dir),
+            message: "the journal does not begin with a start event".into(),
+        }));
+    };
+    let state = RunState::replay(&entries).map_err(|e| e.in_run(run_dir))?;
+    Ok(RunView {
+        task: *task,
+        settings: *settings,
+        rejected: state.rejected,
+        final_result: state.final_result,
+        finished: state.finished,
+        seconds: state.t_offset,
+        nodes: state.tree.nodes,
+    })
+}

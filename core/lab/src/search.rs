@@ -1,0 +1,750 @@
+//! The search: a tree of experiments grown by a Researcher plugin under a strategy (MCTS or a
+//! baseline), each node run by the [`executor`], every event journaled so a killed run resumes
+//! without losing or repeating a finished node.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde::{Deserialize, Serialize};
+use trex_sdk::rng::SplitMix64;
+use trex_sdk::types::{FailureKind, Outcome, PluginKind, Proposal};
+
+use crate::LabError;
+use crate::executor::{self, Lab, NodeFailure, Split, describe};
+use crate::journal::{self, Event, FinalResult, Journal, JournalError};
+use crate::memory::{self, MemoryParams};
+use crate::task::{Budget, Task};
+use crate::tree::{Cost, MctsParams, Node, NodeResult, NodeState, NodeStatus, Strategy, Tree};
+use trex_plugin_host::llm::TokenMeter;
+use trex_plugin_host::{CallEnv, ResearcherSession};
+
+/// How a search runs (fixed for the life of a run; stored in its journal).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Node-selection strategy.
+    pub strategy: Strategy,
+    /// Seed for the strategy and the Researcher.
+    pub seed: u64,
+    /// Nodes run at once.
+    pub workers: usize,
+    /// Limits.
+    pub budget: Budget,
+    /// MCTS constants.
+    pub mcts: MctsParams,
+    /// Researcher context limits.
+    pub memory: MemoryParams,
+    /// Rounds without a valid proposal before a node is no longer expanded.
+    pub max_rejections: u32,
+    /// Proposals asked for per round; the first valid one that is not a repeat is run.
+    #[serde(default = "three")]
+    pub proposals_per_round: u32,
+    /// Leave the Researcher's bad-case analysis out of its context (an ablation; the same as
+    /// `Ablation::BadCases`, kept for runs journaled before `ablations` existed).
+    #[serde(default)]
+    pub hide_bad_cases: bool,
+    /// Parts of the system switched off, to measure what each contributes.
+    #[serde(default)]
+    pub ablations: Vec<Ablation>,
+    /// Where nodes train.
+    #[serde(default)]
+    pub device: trex_model::train::ComputeDevice,
+}
+
+/// A part of the system that an ablation switches off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ablation {
+    /// The Researcher gets no bad-case analysis.
+    BadCases,
+    /// Training-recipe changes only: the Researcher is offered no data steps, and every node
+    /// keeps its parent's data recipe.
+    DataTools,
+    /// The Researcher sees only the node it expands: no path, siblings, best or worst nodes.
+    Memory,
+}
+
+impl Ablation {
+    /// Every ablation.
+    pub const ALL: [Ablation; 3] = [Ablation::BadCases, Ablation::DataTools, Ablation::Memory];
+
+    /// Their names, in the same order.
+    pub const NAMES: [&'static str; 3] = ["bad-cases", "data-tools", "memory"];
+
+    /// The ablation of that name.
+    pub fn from_name(name: &str) -> Option<Ablation> {
+        Self::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
+    /// The name used on the command line and in run folders.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ablation::BadCases => "bad-cases",
+            Ablation::DataTools => "data-tools",
+            Ablation::Memory => "memory",
+        }
+    }
+}
+
+impl Settings {
+    /// Whether `a` is switched off.
+    pub fn ablated(&self, a: Ablation) -> bool {
+        self.ablations.contains(&a) || (a == Ablation::BadCases && self.hide_bad_cases)
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Mcts,
+            seed: 0,
+            workers: 1,
+            budget: Budget::default(),
+            mcts: MctsParams::default(),
+            memory: MemoryParams::default(),
+            max_rejections: 3,
+            proposals_per_round: 3,
+            hide_bad_cases: false,
+            ablations: Vec::new(),
+            device: trex_model::train::ComputeDevice::Cpu,
+        }
+    }
+}
+
+fn three() -> u32 {
+    3
+}
+
+/// What a finished search reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchSummary {
+    /// Why it stopped.
+    pub reason: String,
+    /// The best node by validation score.
+    pub best: u64,
+    /// Base model's validation score.
+    pub base_validation: f64,
+    /// Best node's validation score.
+    pub best_validation: f64,
+    /// Base model's test score.
+    pub base_test: f64,
+    /// Best node's test score.
+    pub best_test: f64,
+    /// Normalized gain on the test split.
+    pub test_gain: f64,
+    /// The best adapter's folder (none when the base model stayed best).
+    pub adapter: Option<PathBuf>,
+    /// Experiments run.
+    pub nodes: usize,
+    /// Experiments failed.
+    pub failed: usize,
+    /// Proposals refused.
+    pub rejected: usize,
+    /// Search seconds (all sessions).
+    pub seconds: f64,
+    /// Tokens trained on.
+    pub train_tokens: u64,
+    /// LLM tokens spent.
+    pub llm_tokens: u64,
+}
+
+/// A journal whose events do not make a run (an event about a node never created, ...).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("journal entry {entry}: {message}")]
+pub struct ReplayError {
+    /// The 1-based entry.
+    pub entry: usize,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ReplayError {
+    /// As an error about the journal of `run_dir`.
+    pub fn in_run(self, run_dir: &std::path::Path) -> LabError {
+        LabError::Journal(JournalError { path: Journal::path_in(run_dir), message: self.to_string() })
+    }
+}
+
+/// A run's state, rebuilt from its journal.
+#[derive(Debug, Default)]
+pub struct RunState {
+    /// The tree.
+    pub tree: Tree,
+    /// Nodes the Researcher had nothing left for.
+    pub exhausted: BTreeSet<u64>,
+    /// Rejected proposals so far.
+    pub rejected: usize,
+    /// Consecutive rejections per node.
+    pub rejections: BTreeMap<u64, u32>,
+    /// Search seconds before this session.
+    pub t_offset: f64,
+    /// LLM tokens spent before this session.
+    pub llm_tokens: u64,
+    /// The final test-split figures, once written.
+    pub final_result: Option<FinalResult>,
+    /// The finished event, once written.
+    pub finished: Option<String>,
+}
+
+impl RunState {
+    /// Rebuild a run from its journal entries.
+    pub fn replay(entries: &[journal::Entry]) -> Result<RunState, ReplayError> {
+        let mut s = RunState::default();
+        for (i, e) in entries.iter().enumerate() {
+            s.apply(e.t, &e.event).map_err(|message| ReplayError { entry: i + 1, message })?;
+        }
+        Ok(s)
+    }
+
+    /// Apply one event at search time `t`. The live search and `resume`'s replay both change
+    /// the state only through here, so a resumed run is the run that was journaled.
+    pub fn apply(&mut self, t: f64, event: &Event) -> Result<(), String> {
+        self.t_offset = self.t_offset.max(t);
+        let node = |s: &mut RunState, id: u64, what: &str| -> Result<usize, String> {
+            if (id as usize) < s.tree.nodes.len() {
+                Ok(id as usize)
+            } else {
+                Err(format!("a {what} node was never created"))
+            }
+        };
+        match event {
+            Event::Start { .. } | Event::Session { .. } => {}
+            Event::Created { node: id, parent, proposal, llm_tokens } => {
+                if *id as usize != self.tree.nodes.len() {
+                    return Err("node ids are out of order".into());
+                }
+                self.llm_tokens += llm_tokens;
+                self.tree.nodes.push(Node::pending(*id, *parent, proposal.clone(), *llm_tokens));
+                if let Some(p) = parent {
+                    self.rejections.remove(p);
+                }
+            }
+            Event::Started { node: id } => {
+                let i = node(self, *id, "started")?;
+                self.tree.nodes[i].state = NodeState::Running;
+            }
+            Event::Done { node: id, result, lesson } => {
+                let i = node(self, *id, "finished")?;
+                let n = &mut self.tree.nodes[i];
+                n.state = NodeState::Done(result.clone());
+                n.lesson = lesson.clone();
+            }
+            Event::Failed { node: id, error, lesson, cost, kind } => {
+                let i = node(self, *id, "failed")?;
+                let n = &mut self.tree.nodes[i];
+                n.state = NodeState::Failed { error: error.clone(), kind: *kind, cost: cost.clone() };
+                n.lesson = lesson.clone();
+            }
+            Event::Rejected { parent, llm_tokens, .. } => {
+                self.rejected += 1;
+                self.llm_tokens += llm_tokens;
+                *self.rejections.entry(*parent).or_default() += 1;
+            }
+            Event::Exhausted { node: id } => {
+                self.exhausted.insert(*id);
+            }
+            Event::Final(f) => self.final_result = Some(f.clone()),
+            Event::Finished { reason } => self.finished = Some(reason.clone()),
+        }
+        Ok(())
+    }
+
+    /// Tokens trained on so far.
+    pub fn train_tokens(&self) -> u64 {
+        self.tree.nodes.iter().map(|n| n.cost().train_tokens).sum()
+    }
+}
+
+/// The one-line lesson of a finished node.
+pub fn lesson(proposal: &Proposal, result: &NodeResult, parent_score: Option<f64>) -> String {
+    let mut s = format!("{}: score {:.3}", describe(proposal), result.score);
+    if let Some(p) = parent_score {
+        s.push_str(&format!(" ({:+.3} vs parent)", result.score - p));
+    }
+    if let Some(t) = &result.train {
+        s.push_str(&format!("; loss {:.2}→{:.2}", t.first_loss, t.final_loss));
+        if t.final_loss > 1.0 {
+            s.push_str(", underfitting");
+        } else if t.final_loss < 0.05 {
+            s.push_str(", near-zero training loss (overfitting risk)");
+        }
+    }
+    if let Some(c) = result.bad_cases.first() {
+        s.push_str(&format!("; top failure {} ×{}", c.label, c.count));
+    }
+    s
+}
+
+/// The lesson of a failed node: its error, on one line.
+pub fn failure_lesson(proposal: Option<&Proposal>, error: &str) -> String {
+    let first: String = error.lines().next().unwrap_or("").chars().take(200).collect();
+    match proposal {
+        Some(p) => format!("{}: failed: {first}", describe(p)),
+        None => format!("failed: {first}"),
+    }
+}
+
+/// Check a proposal against the task's search space and the plugins; returns it with data-step
+/// configs normalized, or why it is refused.
+pub(crate) async fn check_proposal(lab: &Lab, mut p: Proposal) -> Result<Proposal, String> {
+    let task = &lab.task;
+    let space = &task.search_space;
+    let r = &p.train_recipe;
+    trex_model::train::check_recipe(r).map_err(|e| e.to_string())?;
+    let lr = &space.learning_rate;
+    if !(r.learning_rate >= lr.min * (1.0 - 1e-6) && r.learning_rate <= lr.max * (1.0 + 1e-6)) {
+        return Err(format!(
+            "learning_rate {:.3e} is outside the search space [{:.1e}, {:.1e}]",
+            r.learning_rate, lr.min, lr.max
+        ));
+    }
+    let start = &task.start.train_recipe;
+    if !space.lora_rank.is_empty() && !space.lora_rank.contains(&r.lora_rank) && r.lora_rank != start.lora_rank {
+        return Err(format!("lora_rank {} is not one of {:?}", r.lora_rank, space.lora_rank));
+    }
+    let max_epochs = space.epochs.iter().copied().fold(start.epochs, f32::max);
+    if r.epochs > max_epochs * 1.0001 {
+        return Err(format!("epochs {} is more than the search space allows ({max_epochs})", r.epochs));
+    }
+    if !space.targets.is_empty() {
+        let allowed: BTreeSet<_> = space.targets.iter().flatten().chain(&start.targets).collect();
+        if let Some(t) = r.targets.iter().find(|t| !allowed.contains(t)) {
+            return Err(format!("target {} is not in the search space", t.module_name()));
+        }
+    }
+    let longest = start.max_seq_len.max(2048);
+    if r.max_seq_len > longest {
+        return Err(format!("max_seq_len {} is more than {longest}", r.max_seq_len));
+    }
+    let allowed: BTreeSet<&str> =
+        task.start.data_recipe.steps.iter().chain(&space.data_steps).map(|s| s.plugin.as_str()).collect();
+    for (i, step) in p.data_recipe.steps.iter_mut().enumerate() {
+        if !allowed.contains(step.plugin.as_str()) {
+            return Err(format!(
+                "data step {} uses plugin `{}`, which the task does not offer (offered: {})",
+                i + 1,
+                step.plugin,
+                allowed.iter().copied().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let field = format!("data step {} (`{}`)", i + 1, step.plugin);
+        step.config =
+            crate::task::checked_config(&lab.host, &field, &step.plugin, PluginKind::DataTool, &step.config).await?;
+    }
+    Ok(p)
+}
+
+/// A search over one task, in one run folder.
+pub struct Search<'a> {
+    lab: &'a Lab,
+    settings: Settings,
+    journal: Journal,
+    state: RunState,
+    meter: Arc<TokenMeter>,
+    session_started: Instant,
+    researcher: ResearcherSession<'a>,
+}
+
+impl std::fmt::Debug for Search<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Search").field("settings", &self.settings).finish()
+    }
+}
+
+type NodeFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Result<NodeResult, NodeFailure>)> + 'a>>;
+
+impl<'a> Search<'a> {
+    /// Start (or continue) a search: opens the Researcher and tells it every finished node.
+    pub async fn new(
+        lab: &'a Lab,
+        settings: Settings,
+        journal: Journal,
+        state: RunState,
+        meter: Arc<TokenMeter>,
+    ) -> Result<Search<'a>, LabError> {
+        let task = &lab.task;
+        let mut brief = task.brief(settings.seed);
+        if settings.ablated(Ablation::DataTools) {
+            brief.search_space.data_steps.clear();
+        }
+        let mut researcher = lab
+            .host
+            .open_researcher(&task.researcher.plugin, &task.researcher.config, &brief, &CallEnv::default())
+            .await?;
+        for n in state.tree.nodes.iter().filter(|n| n.finished() && n.id != 0) {
+            researcher.observe(&Outcome { node: n.summary() }).await?;
+        }
+        Ok(Search { lab, settings, journal, state, meter, session_started: Instant::now(), researcher })
+    }
+
+    fn now(&self) -> f64 {
+        self.state.t_offset + self.session_started.elapsed().as_secs_f64()
+    }
+
+    /// Journal `event` (fsynced), then apply it to the state: nothing changes that is not
+    /// journaled first.
+    fn log(&mut self, event: Event) -> Result<(), LabError> {
+        let t = self.now();
+        self.journal.append(t, &event)?;
+        self.state.apply(t, &event).map_err(LabError::Run)
+    }
+
+    fn base_score(&self) -> Option<f64> {
+        self.state.tree.nodes.first().and_then(Node::score)
+    }
+
+    /// Why no further node may start, if a budget says so.
+    fn spent(&self, in_flight: usize) -> Option<String> {
+        let b = &self.settings.budget;
+        let created = self.state.tree.nodes.len().saturating_sub(1) as u64;
+        if let Some(n) = b.nodes
+            && created >= n
+        {
+            return Some(format!("node budget spent ({n} experiments)"));
+        }
+        if let Some(m) = b.wall_minutes {
+            let limit = m * 60.0;
+            let durations: Vec<f64> =
+                self.state.tree.nodes.iter().skip(1).filter_map(|n| n.result().map(|r| r.cost.seconds)).collect();
+            let typical =
+                if durations.is_empty() { 0.0 } else { durations.iter().sum::<f64>() / durations.len() as f64 };
+            let waits = if in_flight > 0 { typical } else { 0.0 };
+            if self.now() + typical.max(waits) > limit {
+                return Some(format!(
+                    "wall-time budget: {:.0} s of {limit:.0} s used, a node takes about {typical:.0} s",
+                    self.now()
+                ));
+            }
+        }
+        if let Some(t) = b.train_tokens
+            && self.state.train_tokens() >= t
+        {
+            return Some(format!("training-token budget spent ({} of {t})", self.state.train_tokens()));
+        }
+        if b.llm_tokens.is_some() && self.meter.exhausted() {
+            return Some(format!("LLM-token budget spent ({} tokens)", self.meter.spent()));
+        }
+        None
+    }
+
+    fn notes(&self) -> BTreeMap<String, f64> {
+        let mut notes = BTreeMap::new();
+        let b = &self.settings.budget;
+        if let Some(n) = b.nodes {
+            notes.insert("nodes_left".into(), n.saturating_sub(self.state.tree.nodes.len() as u64 - 1) as f64);
+        }
+        if let Some(m) = b.wall_minutes {
+            notes.insert("seconds_left".into(), (m * 60.0 - self.now()).max(0.0).round());
+        }
+        if let Some(base) = self.base_score() {
+            notes.insert("base_score".into(), base);
+        }
+        notes.insert("reference_score".into(), self.lab.task.reference_score);
+        if let Some(best) = self.state.tree.best().and_then(Node::score) {
+            notes.insert("best_score".into(), best);
+        }
+        notes
+    }
+
+    /// Refuse an experiment that already ran: anywhere in the tree for a fresh adapter (it does
+    /// not depend on its parent), under the same parent for a continued one.
+    fn not_a_repeat(&self, parent: u64, p: Proposal) -> Result<Proposal, String> {
+        let same = self.state.tree.nodes.iter().find(|c| {
+            (c.parent == Some(parent) || !p.train_recipe.continue_from_parent)
+                && c.proposal
+                    .as_ref()
+                    .is_some_and(|q| q.data_recipe == p.data_recipe && q.train_recipe == p.train_recipe)
+        });
+        match same {
+            Some(d) => Err(format!("the same experiment already ran as node {}", d.id)),
+            None => Ok(p),
+        }
+    }
+
+    /// Ask the Researcher for a child of `parent`; `None` when it gave nothing usable.
+    async fn propose(&mut self, parent: u64) -> Result<Option<u64>, LabError> {
+        let mut ctx = memory::context(&self.state.tree, parent, self.notes(), &self.settings.memory);
+        if self.settings.ablated(Ablation::BadCases) {
+            ctx.bad_cases.clear();
+        }
+        if self.settings.ablated(Ablation::Memory) {
+            ctx.parent_path.clear();
+            ctx.siblings.clear();
+            ctx.best.clear();
+            ctx.worst.clear();
+        }
+        // Without data tools every node keeps its parent's data recipe.
+        let parent_data = self.settings.ablated(Ablation::DataTools).then(|| {
+            self.state.tree.nodes[parent as usize]
+                .proposal
+                .as_ref()
+                .map_or_else(|| self.lab.task.start.data_recipe.clone(), |p| p.data_recipe.clone())
+        });
+        let before = self.meter.spent();
+        let proposals = self.researcher.propose(&ctx, self.settings.proposals_per_round.max(1)).await;
+        let llm_tokens = self.meter.spent() - before;
+        // The first proposal that passes every check becomes the node; the others are dropped.
+        let mut outcome: Result<Proposal, String> = Err("the Researcher returned no proposal".into());
+        match proposals {
+            Err(e) => outcome = Err(format!("the Researcher failed: {e}")),
+            Ok(list) => {
+                let mut errors = Vec::new();
+                for (i, p) in list.into_iter().enumerate() {
+                    let checked = match p {
+                        Err(e) => Err(e),
+                        Ok(mut p) => {
+                            if let Some(data) = &parent_data {
+                                p.data_recipe = data.clone();
+                            }
+                            check_proposal(self.lab, p).await.and_then(|p| self.not_a_repeat(parent, p))
+                        }
+                    };
+                    match checked {
+                        Ok(p) => {
+                            outcome = Ok(p);
+                            break;
+                        }
+                        Err(e) => errors.push(format!("proposal {}: {e}", i + 1)),
+                    }
+                }
+                if outcome.is_err() && !errors.is_empty() {
+                    outcome = Err(errors.join("; "));
+                }
+            }
+        }
+        match outcome {
+            Ok(p) => {
+                let id = self.state.tree.nodes.len() as u64;
+                self.log(Event::Created { node: id, parent: Some(parent), proposal: Some(p), llm_tokens })?;
+                Ok(Some(id))
+            }
+            Err(error) => {
+                self.lab.say(format!("  proposal for node {parent} refused: {error}"));
+                self.log(Event::Rejected { parent, error, llm_tokens })?;
+                if self.state.rejections.get(&parent).copied().unwrap_or(0) >= self.settings.max_rejections {
+                    self.log(Event::Exhausted { node: parent })?;
+                    self.lab.say(format!(
+                        "  node {parent} is no longer expanded: {} proposals in a row were refused",
+                        self.settings.max_rejections
+                    ));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn start_node(&mut self, id: u64) -> Result<NodeFuture<'a>, LabError> {
+        self.log(Event::Started { node: id })?;
+        let node = &self.state.tree.nodes[id as usize];
+        let lab = self.lab;
+        let proposal = node.proposal.clone();
+        let parent_adapter = node
+            .parent
+            .and_then(|p| self.state.tree.nodes[p as usize].result())
+            .and_then(|r| r.adapter.as_ref())
+            .map(|a| lab.run_dir.join(a));
+        let base = self.base_score();
+        match (proposal, base) {
+            (Some(p), Some(base)) => {
+                lab.say(format!("node {id} (from {}): {}", node.parent.unwrap_or(0), describe(&p)));
+                if !p.rationale.is_empty() {
+                    lab.say(format!("  why: {}", p.rationale));
+                }
+                Ok(Box::pin(async move { (id, lab.run_node(id, &p, parent_adapter, base).await) }))
+            }
+            _ => {
+                lab.say("node 0: scoring the base model on the validation split");
+                Ok(Box::pin(async move {
+                    let started = Instant::now();
+                    let r = async {
+                        let scoring = lab.score(None, Split::Validation, None).await?;
+                        let mut r = lab.result_of(0, &scoring, None)?;
+                        r.cost.seconds = started.elapsed().as_secs_f64();
+                        Ok(r)
+                    }
+                    .await;
+                    (
+                        id,
+                        r.map_err(|e: String| NodeFailure {
+                            error: e,
+                            kind: FailureKind::Other,
+                            cost: Cost::default(),
+                        }),
+                    )
+                }))
+            }
+        }
+    }
+
+    async fn finish_node(&mut self, id: u64, outcome: Result<NodeResult, NodeFailure>) -> Result<(), LabError> {
+        let node = &self.state.tree.nodes[id as usize];
+        let parent_score = node.parent.and_then(|p| self.state.tree.nodes[p as usize].score());
+        match outcome {
+            Ok(mut result) => {
+                result.cost.llm_tokens = node.proposal_llm_tokens;
+                let lesson = match &node.proposal {
+                    Some(p) => lesson(p, &result, parent_score),
+                    None => format!("base model: score {:.3}", result.score),
+                };
+                self.lab.say(format!(
+                    "node {id} done: score {:.3} ({}/{}), gain {:+.3}, {:.0} s",
+                    result.score, result.passed, result.total, result.reward, result.cost.seconds
+                ));
+                self.log(Event::Done { node: id, result: Box::new(result), lesson })?;
+            }
+            Err(NodeFailure { error, kind, mut cost }) => {
+                if id == 0 {
+                    return Err(LabError::Run(format!("scoring the base model failed: {error}")));
+                }
+                cost.llm_tokens = node.proposal_llm_tokens;
+                let lesson = failure_lesson(node.proposal.as_ref(), &error);
+                self.lab.say(format!("node {id} failed: {error}"));
+                self.log(Event::Failed { node: id, error, lesson, cost, kind: Some(kind) })?;
+            }
+        }
+        if id != 0 {
+            let summary = self.state.tree.nodes[id as usize].summary();
+            if let Err(e) = self.researcher.observe(&Outcome { node: summary }).await {
+                self.lab.say(format!("  the Researcher could not take the outcome in: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Run until a budget is spent or no node is left to expand; then score the best node on
+    /// the test split.
+    pub async fn run(mut self) -> Result<SearchSummary, LabError> {
+        if self.settings.budget.is_unbounded() {
+            return Err(LabError::Run(
+                "the search has no budget: set [budget] in the task or pass --nodes / --minutes".into(),
+            ));
+        }
+        if self.state.tree.nodes.is_empty() {
+            self.log(Event::Created { node: 0, parent: None, proposal: None, llm_tokens: 0 })?;
+        }
+        // Nodes that were pending or running when an earlier session stopped run again first.
+        let mut queue: VecDeque<u64> = self.state.tree.nodes.iter().filter(|n| !n.finished()).map(|n| n.id).collect();
+        if !queue.is_empty() && self.state.t_offset > 0.0 {
+            self.lab.say(format!("resuming: running again the interrupted node(s) {queue:?}"));
+        }
+        let mut in_flight: FuturesUnordered<NodeFuture<'a>> = FuturesUnordered::new();
+        let mut reason = self.state.finished.clone();
+        // The root must be scored before anything else can be expanded.
+        if queue.front() == Some(&0) {
+            queue.pop_front();
+            let fut = self.start_node(0)?;
+            let (id, r) = fut.await;
+            self.finish_node(id, r).await?;
+        }
+        while reason.is_none() || !in_flight.is_empty() {
+            while reason.is_none() && in_flight.len() < self.settings.workers.max(1) {
+                if let Some(id) = queue.pop_front() {
+                    let fut = self.start_node(id)?;
+                    in_flight.push(fut);
+                    continue;
+                }
+                if let Some(why) = self.spent(in_flight.len()) {
+                    reason = Some(why);
+                    break;
+                }
+                let created = self.state.tree.nodes.len() as u64;
+                let mut rng = SplitMix64(self.settings.seed ^ created.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                match self.state.tree.select(
+                    self.settings.strategy,
+                    &self.settings.mcts,
+                    &self.state.exhausted,
+                    &mut rng,
+                ) {
+                    None => {
+                        if in_flight.is_empty() {
+                            reason = Some("no node left to expand".into());
+                        }
+                        break;
+                    }
+                    Some(parent) => {
+                        if let Some(id) = self.propose(parent).await? {
+                            let fut = self.start_node(id)?;
+                            in_flight.push(fut);
+                        }
+                    }
+                }
+            }
+            match in_flight.next().await {
+                Some((id, r)) => self.finish_node(id, r).await?,
+                None if reason.is_none() => {}
+                None => break,
+            }
+        }
+        let reason = reason.unwrap_or_else(|| "stopped".into());
+        self.finalize(reason).await
+    }
+
+    async fn finalize(mut self, reason: String) -> Result<SearchSummary, LabError> {
+        let lab = self.lab;
+        let best = self
+            .state
+            .tree
+            .best()
+            .cloned()
+            .ok_or_else(|| LabError::Run("no node finished, not even the base model".into()))?;
+        let (base_test, best_test) = match &self.state.final_result {
+            Some(f) => (f.base_test, f.best_test),
+            None => {
+                lab.say(format!("search stopped: {reason}"));
+                lab.say(format!("scoring the base model and the best node ({}) on the test split", best.id));
+                let base_test = lab.score(None, Split::Test, None).await.map_err(LabError::Run)?.report.score;
+                let best_test = match best.result().and_then(|r| r.adapter.as_ref()) {
+                    Some(a) => {
+                        let adapter = lab.load_adapter(a)?;
+                        lab.score(Some(Arc::new(adapter)), Split::Test, None).await.map_err(LabError::Run)?.report.score
+                    }
+                    None => base_test,
+                };
+                let test_gain = executor::normalized_gain(best_test, base_test, lab.task.reference_score);
+                self.log(Event::Final(FinalResult {
+                    best: best.id,
+                    validation: best.score().unwrap_or(0.0),
+                    base_test,
+                    best_test,
+                    test_gain,
+                }))?;
+                self.log(Event::Finished { reason: reason.clone() })?;
+                (base_test, best_test)
+            }
+        };
+        let nodes = &self.state.tree.nodes;
+        Ok(SearchSummary {
+            reason,
+            best: best.id,
+            base_validation: self.base_score().unwrap_or(0.0),
+            best_validation: best.score().unwrap_or(0.0),
+            base_test,
+            best_test,
+            test_gain: executor::normalized_gain(best_test, base_test, lab.task.reference_score),
+            adapter: best.result().and_then(|r| r.adapter.as_ref()).map(|a| lab.run_dir.join(a)),
+            nodes: nodes.len().saturating_sub(1),
+            failed: nodes.iter().filter(|n| n.status() == NodeStatus::Failed).count(),
+            rejected: self.state.rejected,
+            seconds: self.now(),
+            train_tokens: self.state.train_tokens(),
+            llm_tokens: self.meter.spent(),
+        })
+    }
+}
+
+/// Read a run folder's journal: the start event's contents and the replayed state.
+pub fn load_run(run_dir: &std::path::Path) -> Result<(Journal, PathBuf, Task, Settings, String, RunState), LabError> {
+    let (journal, entries) = Journal::open(run_dir)?;
+    let Some(Event::Start { task_file, task, settings, model, .. }) = entries.first().map(|e| e.event.clone()) else {
+        return Err(LabError::Journal(JournalError {
+            path: Journal::path_in(run_dir),
+            message: "the journal does not begin with a start event".into(),
+        }));
+    };
+    let state = RunState::replay(&entries).map_err(|e| e.in_run(run_dir))?;
+    Ok((journal, task_file, *task, *settings, model, state))
+}

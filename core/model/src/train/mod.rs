@@ -1,0 +1,441 @@
+//! The LoRA trainer: tokenized examples → length-bucketed packed batches → AdamW with warmup +
+//! cosine, gradient clipping and accumulation, loss on completion tokens only, seeded; progress
+//! reports, periodic checkpoints, continuing from a parent adapter.
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod data;
+pub mod peft;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use trex_sdk::types::TrainRecipe;
+
+use crate::lora::SplitMix;
+use crate::{Batch, Llama, LoraAdapter};
+pub use data::{Example, TokenizedExample};
+
+/// Why training could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// The recipe is unusable.
+    #[error("recipe: {0}")]
+    Recipe(String),
+    /// The data is unusable.
+    #[error("{0}")]
+    Data(String),
+    /// Reading or writing an adapter failed.
+    #[error(transparent)]
+    Adapter(#[from] peft::AdapterError),
+    /// The compute device failed or is missing.
+    #[error("device: {0}")]
+    Device(String),
+    /// The loss became NaN or infinite.
+    #[error(
+        "the loss diverged (became {loss}) at step {step}: lower the learning rate (now {lr:.2e}) or enable gradient clipping"
+    )]
+    Diverged {
+        /// The step.
+        step: usize,
+        /// The loss value.
+        loss: f32,
+        /// The learning rate then.
+        lr: f64,
+    },
+}
+
+/// One optimizer step's report (for progress bars and logs).
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    /// 1-based step.
+    pub step: usize,
+    /// Steps in all.
+    pub total_steps: usize,
+    /// Mean loss per target token in this step.
+    pub loss: f32,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens processed so far (prompt and completion).
+    pub tokens: usize,
+    /// Seconds since training started.
+    pub elapsed: f64,
+}
+
+/// What a training run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Mean loss of the first step.
+    pub first_loss: f32,
+    /// Mean loss of the last step.
+    pub final_loss: f32,
+    /// Tokens processed (prompt and completion, all epochs).
+    pub tokens: usize,
+    /// Target (completion) tokens.
+    pub target_tokens: usize,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Tokens per second.
+    pub tokens_per_second: f64,
+    /// Examples truncated to `max_seq_len`.
+    pub truncated: usize,
+    /// Per-step losses.
+    pub losses: Vec<f32>,
+}
+
+/// Where and how often to write checkpoints.
+#[derive(Debug, Clone)]
+pub struct Checkpointing {
+    /// Folder; checkpoints go to `dir/checkpoint-<step>`.
+    pub dir: PathBuf,
+    /// Every this many steps (0: never).
+    pub every: usize,
+    /// Base model name recorded in `adapter_config.json`.
+    pub base_model: String,
+}
+
+/// Check a recipe before any work starts.
+pub fn check_recipe(r: &TrainRecipe) -> Result<(), TrainError> {
+    let bad = |m: &str| Err(TrainError::Recipe(m.to_string()));
+    if r.lora_rank == 0 {
+        return bad("lora_rank must be at least 1");
+    }
+    if r.targets.is_empty() {
+        return bad(
+            "targets is empty: name at least one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj",
+        );
+    }
+    if !(r.learning_rate > 0.0 && r.learning_rate.is_finite()) {
+        return bad("learning_rate must be positive");
+    }
+    if !(0.0..1.0).contains(&r.lora_dropout) {
+        return bad("lora_dropout must be in [0, 1)");
+    }
+    if r.epochs.is_nan() || r.epochs <= 0.0 {
+        return bad("epochs must be positive");
+    }
+    if r.batch_size == 0 || r.grad_accumulation == 0 || r.max_seq_len < 2 {
+        return bad("batch_size and grad_accumulation must be at least 1, max_seq_len at least 2");
+    }
+    if !(0.0..=1.0).contains(&r.warmup_ratio) {
+        return bad("warmup_ratio must be in [0, 1]");
+    }
+    Ok(())
+}
+
+/// Learning rate at 0-based `step`: linear warmup, then cosine decay to zero.
+pub fn learning_rate(recipe: &TrainRecipe, step: usize, total: usize) -> f64 {
+    let warmup = ((recipe.warmup_ratio as f64) * total as f64).round() as usize;
+    if step < warmup {
+        return recipe.learning_rate * (step + 1) as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1);
+    let progress = (step - warmup) as f64 / span as f64;
+    recipe.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// Group examples into batches of similar length (less attention work wasted on long
+/// neighbours), in a seeded order: sort by length within shuffled pools of 32 batches.
+pub fn bucketed_batches(examples: &[TokenizedExample], batch_size: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut rng = SplitMix(seed);
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    let pool = batch_size * 32;
+    let mut batches = Vec::new();
+    for chunk in order.chunks(pool) {
+        let mut c = chunk.to_vec();
+        c.sort_by_key(|&i| examples[i].tokens.len());
+        batches.extend(c.chunks(batch_size).map(<[usize]>::to_vec));
+    }
+    for i in (1..batches.len()).rev() {
+        batches.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    batches
+}
+
+fn pack(examples: &[TokenizedExample], idx: &[usize]) -> Batch {
+    let mut b = Batch::default();
+    for &i in idx {
+        let e = &examples[i];
+        b.tokens.extend_from_slice(&e.tokens);
+        b.targets.extend_from_slice(&e.targets);
+        b.seq_lens.push(e.tokens.len());
+    }
+    b
+}
+
+/// Where training runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDevice {
+    /// The CPU backend (the numerical reference; f32).
+    #[default]
+    Cpu,
+    /// The first NVIDIA GPU: bf16 weights and activations, f32 LoRA weights and optimizer state.
+    Cuda,
+}
+
+impl ComputeDevice {
+    /// Every device, by the name the command line and the journal use.
+    pub const NAMES: &'static [&'static str] = &["cpu", "cuda"];
+
+    /// The name the command line and the journal use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComputeDevice::Cpu => "cpu",
+            ComputeDevice::Cuda => "cuda",
+        }
+    }
+
+    /// The device of that name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [ComputeDevice::Cpu, ComputeDevice::Cuda].into_iter().find(|d| d.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for ComputeDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One backend's training state: the adapter, its gradients and the optimizer's moments, where
+/// the backend keeps them.
+pub trait Engine {
+    /// Add the gradients of `grad_scale ×` the summed loss of `batch`; returns the summed loss
+    /// and the positions counted. `seed` makes dropout masks reproducible.
+    fn accumulate(&mut self, batch: &Batch, grad_scale: f32, seed: u64) -> Result<(f64, usize), TrainError>;
+    /// The L2 norm of the accumulated gradients.
+    fn grad_norm(&mut self) -> Result<f64, TrainError>;
+    /// One AdamW update with the gradients times `grad_scale` (clipping), then zero them.
+    fn update(&mut self, lr: f64, weight_decay: f64, grad_scale: f32) -> Result<(), TrainError>;
+    /// Copy the current adapter weights into `adapter` (same shape as the one trained).
+    fn read_adapter(&mut self, adapter: &mut LoraAdapter<f32>) -> Result<(), TrainError>;
+    /// Wait until queued work has finished (for timing); the CPU engine never queues.
+    fn synchronize(&mut self) -> Result<(), TrainError> {
+        Ok(())
+    }
+    /// The device's name, for reports.
+    fn device_name(&self) -> String {
+        "cpu".into()
+    }
+}
+
+/// The CPU engine: the f32 reference implementation.
+#[derive(Debug)]
+pub struct CpuEngine<'a> {
+    model: &'a Llama<f32>,
+    adapter: LoraAdapter<f32>,
+    grads: LoraAdapter<f32>,
+    opt: AdamW,
+}
+
+impl<'a> CpuEngine<'a> {
+    /// Train `adapter` on `model`.
+    pub fn new(model: &'a Llama<f32>, adapter: &LoraAdapter<f32>) -> Self {
+        Self { model, grads: adapter.zeros_like(), opt: AdamW::new(adapter), adapter: adapter.clone() }
+    }
+}
+
+impl CpuEngine<'_> {
+    /// The accumulated gradients (for checks against other engines).
+    pub fn read_gradients(&self, grads: &mut LoraAdapter<f32>) {
+        grads.clone_from(&self.grads);
+    }
+}
+
+impl Engine for CpuEngine<'_> {
+    fn accumulate(&mut self, batch: &Batch, grad_scale: f32, seed: u64) -> Result<(f64, usize), TrainError> {
+        let (l, n) = self.model.train_step(batch, &self.adapter, &mut self.grads, grad_scale, seed);
+        Ok((f64::from(l), n))
+    }
+
+    fn grad_norm(&mut self) -> Result<f64, TrainError> {
+        Ok(global_norm(&self.grads))
+    }
+
+    fn update(&mut self, lr: f64, weight_decay: f64, grad_scale: f32) -> Result<(), TrainError> {
+        if grad_scale != 1.0 {
+            self.grads.for_each_mut(|g| g.iter_mut().for_each(|x| *x *= grad_scale));
+        }
+        self.opt.step(&mut self.adapter, &self.grads, lr, weight_decay);
+        self.grads.for_each_mut(|g| g.iter_mut().for_each(|x| *x = 0.0));
+        Ok(())
+    }
+
+    fn read_adapter(&mut self, adapter: &mut LoraAdapter<f32>) -> Result<(), TrainError> {
+        adapter.clone_from(&self.adapter);
+        Ok(())
+    }
+}
+
+/// Open the engine for `device`.
+pub fn engine<'a>(
+    device: ComputeDevice,
+    model: &'a Llama<f32>,
+    adapter: &LoraAdapter<f32>,
+) -> Result<Box<dyn Engine + 'a>, TrainError> {
+    match device {
+        ComputeDevice::Cpu => Ok(Box::new(CpuEngine::new(model, adapter))),
+        #[cfg(feature = "cuda")]
+        ComputeDevice::Cuda => Ok(Box::new(cuda::CudaEngine::new(model, adapter)?)),
+        #[cfg(not(feature = "cuda"))]
+        ComputeDevice::Cuda => Err(TrainError::Device(
+            "this trex-host was built without CUDA support: rebuild with `cargo build --release --features cuda` (the default) or train with --device cpu".into(),
+        )),
+    }
+}
+
+/// AdamW state for a LoRA adapter.
+#[derive(Debug, Clone)]
+pub struct AdamW {
+    m: LoraAdapter<f32>,
+    v: LoraAdapter<f32>,
+    t: i32,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+}
+
+impl AdamW {
+    /// Zero moments shaped like `params`.
+    pub fn new(params: &LoraAdapter<f32>) -> Self {
+        Self { m: params.zeros_like(), v: params.zeros_like(), t: 0, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+    }
+
+    /// One update with learning rate `lr` and decoupled weight decay `wd`.
+    pub fn step(&mut self, params: &mut LoraAdapter<f32>, grads: &LoraAdapter<f32>, lr: f64, wd: f64) {
+        self.t += 1;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let c1 = 1.0 - b1.powi(self.t);
+        let c2 = 1.0 - b2.powi(self.t);
+        let bufs =
+            params.buffers_mut().into_iter().zip(grads.buffers()).zip(self.m.buffers_mut()).zip(self.v.buffers_mut());
+        for (((p, g), m), v) in bufs {
+            for j in 0..p.len() {
+                let gj = g[j] as f64;
+                let mj = b1 * m[j] as f64 + (1.0 - b1) * gj;
+                let vj = b2 * v[j] as f64 + (1.0 - b2) * gj * gj;
+                m[j] = mj as f32;
+                v[j] = vj as f32;
+                let update = (mj / c1) / ((vj / c2).sqrt() + self.eps) + wd * p[j] as f64;
+                p[j] = (p[j] as f64 - lr * update) as f32;
+            }
+        }
+    }
+}
+
+fn global_norm(grads: &LoraAdapter<f32>) -> f64 {
+    let mut s = 0.0f64;
+    grads.for_each(|g| s += g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>());
+    s.sqrt()
+}
+
+/// Train `adapter` (fresh or continued from a parent) on `examples` with `recipe`, on `device`.
+pub fn train(
+    device: ComputeDevice,
+    model: &Llama<f32>,
+    adapter: &mut LoraAdapter<f32>,
+    examples: &[TokenizedExample],
+    recipe: &TrainRecipe,
+    checkpoints: Option<&Checkpointing>,
+    mut on_step: impl FnMut(&StepReport),
+) -> Result<TrainReport, TrainError> {
+    check_recipe(recipe)?;
+    if examples.is_empty() {
+        return Err(TrainError::Data(
+            "no training examples (is the dataset empty, or was everything filtered out?)".into(),
+        ));
+    }
+    if examples.iter().all(|e| e.target_count() == 0) {
+        return Err(TrainError::Data("no example has a completion token to learn from".into()));
+    }
+    let truncated = examples.iter().filter(|e| e.truncated).count();
+    // Whole epochs of batches, plus a fractional last epoch.
+    let per_epoch = examples.len().div_ceil(recipe.batch_size as usize);
+    let total_batches = ((recipe.epochs as f64) * per_epoch as f64).ceil().max(1.0) as usize;
+    let mut schedule: Vec<Vec<usize>> = Vec::with_capacity(total_batches);
+    let mut epoch = 0u64;
+    while schedule.len() < total_batches {
+        let batches = bucketed_batches(examples, recipe.batch_size as usize, recipe.seed.wrapping_add(epoch));
+        schedule.extend(batches.into_iter().take(total_batches - schedule.len()));
+        epoch += 1;
+    }
+    let accum = recipe.grad_accumulation as usize;
+    let total_steps = schedule.len().div_ceil(accum);
+    let mut engine = engine(device, model, adapter)?;
+    let started = Instant::now();
+    let (mut tokens, mut target_tokens) = (0usize, 0usize);
+    let mut losses = Vec::with_capacity(total_steps);
+    for (step, group) in schedule.chunks(accum).enumerate() {
+        let batches: Vec<Batch> = group.iter().map(|idx| pack(examples, idx)).collect();
+        let targets: usize = batches.iter().map(Batch::target_count).sum();
+        let mut loss_sum = 0.0f64;
+        for (mi, b) in batches.iter().enumerate() {
+            if b.target_count() == 0 {
+                continue;
+            }
+            let seed = recipe.seed ^ ((step as u64) << 20) ^ mi as u64;
+            let (l, _) = engine.accumulate(b, 1.0 / targets.max(1) as f32, seed)?;
+            loss_sum += l;
+            tokens += b.tokens.len();
+        }
+        target_tokens += targets;
+        let loss = (loss_sum / targets.max(1) as f64) as f32;
+        let lr = learning_rate(recipe, step, total_steps);
+        if !loss.is_finite() {
+            return Err(TrainError::Diverged { step: step + 1, loss, lr });
+        }
+        let norm = engine.grad_norm()?;
+        let clip = if recipe.grad_clip > 0.0 && norm > recipe.grad_clip as f64 {
+            (recipe.grad_clip as f64 / norm) as f32
+        } else {
+            1.0
+        };
+        engine.update(lr, recipe.weight_decay, clip)?;
+        losses.push(loss);
+        on_step(&StepReport {
+            step: step + 1,
+            total_steps,
+            loss,
+            lr,
+            grad_norm: norm,
+            tokens,
+            elapsed: started.elapsed().as_secs_f64(),
+        });
+        if let Some(cp) = checkpoints
+            && cp.every > 0
+            && (step + 1) % cp.every == 0
+            && step + 1 < total_steps
+        {
+            engine.read_adapter(adapter)?;
+            peft::save_adapter(&cp.dir.join(format!("checkpoint-{}", step + 1)), adapter, &cp.base_model)?;
+        }
+    }
+    engine.read_adapter(adapter)?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(TrainReport {
+        steps: total_steps,
+        first_loss: losses.first().copied().unwrap_or(f32::NAN),
+        final_loss: losses.last().copied().unwrap_or(f32::NAN),
+        tokens,
+        target_tokens,
+        seconds,
+        tokens_per_second: tokens as f64 / seconds.max(1e-9),
+        truncated,
+        losses,
+    })
+}
+
+/// Where a trained adapter is written inside an output folder.
+pub fn adapter_dir(out: &Path) -> PathBuf {
+    out.join("adapter")
+}
