@@ -10,7 +10,7 @@
 //! results are checked against the CPU backend.
 //!
 //! Architecture Invariant: this crate knows nothing about plugins, tasks, search or models; it
-//! offers ops. Model structure lives in `trex-core`.
+//! offers ops. Model structure lives in `trex-model`.
 
 #![deny(unsafe_code)]
 

@@ -4,12 +4,15 @@
 //!   contexts, outcomes), each with a JSON Schema, each rejecting unknown fields.
 //! - [`guest`] (feature `guest`, on by default): what a plugin author writes against: the
 //!   [`guest::DataTool`], [`guest::Evaluator`] and [`guest::Researcher`] traits, the
-//!   `export_*!` macros, and the host functions (`log`, `progress`, `cancelled`, `chat`).
-//! - `wit/trex.wit`: the WIT package `trex:plugin@0.1.0`, the single source of truth for the
-//!   ABI; both the guest bindings here and the host bindings in `trex-core` are generated from it.
+//!   `export_*!` macros, and the host functions (`log`, `progress`, `cancelled`, `chat`,
+//!   `complete`, `count_tokens`).
+//! - `wit/v0.1.1/trex.wit`: the WIT package `trex:plugin@0.1.1`, the single source of truth for
+//!   the ABI; both the guest bindings here and the host bindings in `trex-plugin-host` are
+//!   generated from it. Every published version stays in its own folder (`wit/v0.1.0/` is
+//!   frozen), and the host serves components built against any of them.
 //!
 //! API Boundary: this crate is a semver boundary. The host adapts to it, never the reverse; it
-//! depends on nothing in `trex-core` or `trex-kernels`, and never exposes `anyhow`.
+//! depends on nothing in the host crates (`core/`) or `trex-kernels`, and never exposes `anyhow`.
 
 #[cfg(feature = "guest")]
 extern crate self as trex_sdk;

@@ -152,6 +152,11 @@ pub struct SearchSummary {
     pub llm_tokens: u64,
 }
 
+/// An event that does not fit the run it is applied to (a node that was never created, ...).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidEvent(pub String);
+
 /// A journal whose events do not make a run (an event about a node never created, ...).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("journal entry {entry}: {message}")]
@@ -195,27 +200,27 @@ impl RunState {
     pub fn replay(entries: &[journal::Entry]) -> Result<RunState, ReplayError> {
         let mut s = RunState::default();
         for (i, e) in entries.iter().enumerate() {
-            s.apply(e.t, &e.event).map_err(|message| ReplayError { entry: i + 1, message })?;
+            s.apply(e.t, &e.event).map_err(|InvalidEvent(message)| ReplayError { entry: i + 1, message })?;
         }
         Ok(s)
     }
 
     /// Apply one event at search time `t`. The live search and `resume`'s replay both change
     /// the state only through here, so a resumed run is the run that was journaled.
-    pub fn apply(&mut self, t: f64, event: &Event) -> Result<(), String> {
+    pub fn apply(&mut self, t: f64, event: &Event) -> Result<(), InvalidEvent> {
         self.t_offset = self.t_offset.max(t);
-        let node = |s: &mut RunState, id: u64, what: &str| -> Result<usize, String> {
+        let node = |s: &mut RunState, id: u64, what: &str| -> Result<usize, InvalidEvent> {
             if (id as usize) < s.tree.nodes.len() {
                 Ok(id as usize)
             } else {
-                Err(format!("a {what} node was never created"))
+                Err(InvalidEvent(format!("a {what} node was never created")))
             }
         };
         match event {
             Event::Start { .. } | Event::Session { .. } => {}
             Event::Created { node: id, parent, proposal, llm_tokens } => {
                 if *id as usize != self.tree.nodes.len() {
-                    return Err("node ids are out of order".into());
+                    return Err(InvalidEvent("node ids are out of order".into()));
                 }
                 self.llm_tokens += llm_tokens;
                 self.tree.nodes.push(Node::pending(*id, *parent, proposal.clone(), *llm_tokens));
@@ -390,7 +395,7 @@ impl<'a> Search<'a> {
     fn log(&mut self, event: Event) -> Result<(), LabError> {
         let t = self.now();
         self.journal.append(t, &event)?;
-        self.state.apply(t, &event).map_err(LabError::Run)
+        self.state.apply(t, &event).map_err(|e| LabError::Run(e.to_string()))
     }
 
     fn base_score(&self) -> Option<f64> {

@@ -90,7 +90,7 @@ impl HostWriter {
     /// Keep input records unchanged, by position: each must have been read and not passed
     /// already (the record moves to the output; nothing is copied). Refused whole otherwise, or
     /// if the batch would take the output past the limit.
-    pub fn pass(&mut self, positions: &[u64]) -> Result<(), String> {
+    pub(crate) fn pass(&mut self, positions: &[u64]) -> Result<(), String> {
         let input = Arc::clone(&self.input);
         let mut input = lock(&input);
         let mut batch_bytes = 0u64;
@@ -121,7 +121,7 @@ impl HostWriter {
 
     /// Check and keep a batch. Every record must be a JSON object; the batch is refused whole
     /// if one is not, or if it would take the output past the limit.
-    pub fn append(&mut self, batch: Vec<String>) -> Result<(), String> {
+    pub(crate) fn append(&mut self, batch: Vec<String>) -> Result<(), String> {
         let batch_bytes: u64 = batch.iter().map(|r| r.len() as u64).sum();
         self.reserve(batch_bytes)?;
         for (i, record) in batch.iter().enumerate() {

@@ -52,26 +52,6 @@ struct Lora<'a> {
     dropout: f32,
 }
 
-/// What one block's forward pass keeps for its backward pass.
-struct Saved {
-    x_in: Buf,
-    xn1: Buf,
-    inv1: CudaSlice<f32>,
-    q: Buf,
-    k: Buf,
-    v: Buf,
-    attn: Buf,
-    lse: CudaSlice<f32>,
-    h1: Buf,
-    xn2: Buf,
-    inv2: CudaSlice<f32>,
-    gate: Buf,
-    up: Buf,
-    act: Buf,
-    /// `dropout(x)·Aᵀ` per adapted projection.
-    xa: [Option<Buf>; 7],
-}
-
 /// Training state on one GPU.
 pub struct CudaEngine {
     dev: Device,
@@ -194,21 +174,12 @@ impl CudaEngine {
         Ok(())
     }
 
-    /// Forward and backward of one packed batch; gradients are added into the arena.
+    /// Forward and backward of one packed batch; gradients are added into the arena. The same
+    /// five steps as [`Llama::train_step`]: per block `attention_forward` then `mlp_forward`,
+    /// `head_loss`, then from the last block down `mlp_backward` and `attention_backward`.
     fn step(&mut self, batch: &Batch, grad_scale: f32, seed: u64) -> Result<(f64, usize), CudaError> {
-        let c = self.config.clone();
         let n = batch.tokens.len();
-        let (d, f, hd) = (c.hidden, c.intermediate, c.head_dim);
-        let (qd, kvd) = (c.heads * hd, c.kv_heads * hd);
-        let eps = c.rms_eps as f32;
-        let dev = &self.dev;
-        let lora = Lora {
-            weights: &self.params_bf16,
-            slots: &self.slots,
-            rank: self.rank,
-            scale: self.scale,
-            dropout: self.dropout,
-        };
+        let c = &self.config;
         if let Some(&t) = batch.tokens.iter().find(|&&t| t as usize >= c.vocab) {
             return Err(CudaError::Shape(format!("token id {t} is outside the vocabulary of {}", c.vocab)));
         }
@@ -224,65 +195,181 @@ impl CudaEngine {
                 c.max_pos
             )));
         }
-        let positions = dev.upload(&positions)?;
-        let packing = dev.packing(&batch.seq_lens)?;
-        let shape = AttentionShape { seq: 0, heads: c.heads, kv_heads: c.kv_heads, head_dim: hd };
-        let rope = |x: &mut Buf, heads: usize, sign: f32| {
-            dev.rope_packed(x, &self.cos, &self.sin, heads, hd, &positions, max_pos.saturating_sub(1), false, sign)
+        let CudaEngine { dev, embed, head, final_norm, layers, cos, sin, slots, params_bf16, grads, .. } = self;
+        let (dev, embed, grads) = (&*dev, &*embed, grads);
+        let pass = Pass {
+            dev,
+            config: c,
+            layers,
+            embed,
+            head: head.as_ref(),
+            final_norm,
+            cos,
+            sin,
+            lora: Lora { weights: params_bf16, slots, rank: self.rank, scale: self.scale, dropout: self.dropout },
+            n,
+            positions: dev.upload(&positions)?,
+            max_pos,
+            packing: dev.packing(&batch.seq_lens)?,
+            seed,
         };
-
-        let mut x = dev.scratch::<u16>(n * d)?;
-        dev.embedding_forward(&self.embed, &dev.upload(&ids)?, d, &mut x)?;
+        let mut x = dev.scratch::<u16>(n * c.hidden)?;
+        dev.embedding_forward(embed, &dev.upload(&ids)?, c.hidden, &mut x)?;
         let mut saved = Vec::with_capacity(c.layers);
-        for (li, lw) in self.layers.iter().enumerate() {
-            let slot = |t: usize| lora.slots[li][t].map(|s| (s, mask_seed(seed, li, t)));
-            let (mut xn1, mut inv1) = (dev.scratch::<u16>(n * d)?, dev.scratch::<f32>(n)?);
-            dev.rms_norm_forward(&x, &lw.attn_norm, eps, d, &mut xn1, &mut inv1)?;
-            let bias = lw.bias.as_ref();
-            let (mut q, xa0) = linear(dev, &lora, &xn1, n, &lw.q, qd, d, bias.map(|b| &b[0]), slot(0))?;
-            let (mut k, xa1) = linear(dev, &lora, &xn1, n, &lw.k, kvd, d, bias.map(|b| &b[1]), slot(1))?;
-            let (v, xa2) = linear(dev, &lora, &xn1, n, &lw.v, kvd, d, bias.map(|b| &b[2]), slot(2))?;
-            rope(&mut q, c.heads, 1.0)?;
-            rope(&mut k, c.kv_heads, 1.0)?;
-            let (mut attn, mut lse) = (dev.scratch::<u16>(n * qd)?, dev.scratch::<f32>(n * c.heads)?);
-            dev.attention_forward_packed(shape, &packing, &q, &k, &v, &mut attn, &mut lse)?;
-            let (o, xa3) = linear(dev, &lora, &attn, n, &lw.o, d, qd, None, slot(3))?;
-            let mut h1 = dev.duplicate(&x)?;
-            dev.add(&mut h1, &o)?;
-            drop(o);
-            let (mut xn2, mut inv2) = (dev.scratch::<u16>(n * d)?, dev.scratch::<f32>(n)?);
-            dev.rms_norm_forward(&h1, &lw.mlp_norm, eps, d, &mut xn2, &mut inv2)?;
-            let (gate, xa4) = linear(dev, &lora, &xn2, n, &lw.gate, f, d, None, slot(4))?;
-            let (up, xa5) = linear(dev, &lora, &xn2, n, &lw.up, f, d, None, slot(5))?;
-            let mut act = dev.scratch::<u16>(n * f)?;
-            dev.swiglu_forward(&gate, &up, &mut act)?;
-            let (down, xa6) = linear(dev, &lora, &act, n, &lw.down, d, f, None, slot(6))?;
-            let mut next = dev.duplicate(&h1)?;
-            dev.add(&mut next, &down)?;
-            saved.push(Saved {
-                x_in: std::mem::replace(&mut x, next),
-                xn1,
-                inv1,
-                q,
-                k,
-                v,
-                attn,
-                lse,
-                h1,
-                xn2,
-                inv2,
-                gate,
-                up,
-                act,
-                xa: [xa0, xa1, xa2, xa3, xa4, xa5, xa6],
-            });
+        for li in 0..c.layers {
+            let (h1, attn) = pass.attention_forward(li, x)?;
+            let (next, mlp) = pass.mlp_forward(li, h1)?;
+            x = next;
+            saved.push((attn, mlp));
         }
+        let (loss, count, mut dx) = pass.head_loss(&x, &batch.targets, grad_scale)?;
+        drop(x);
+        for li in (0..c.layers).rev() {
+            let (attn, mlp) = saved.pop().expect("one saved state per layer");
+            let dh1 = pass.mlp_backward(li, &mlp, grads, &dx)?;
+            dx = pass.attention_backward(li, &attn, grads, &dh1)?;
+        }
+        Ok((loss, count))
+    }
+}
 
-        // Final norm, then the LM head and cross-entropy on the positions that have targets.
+/// One batch's pass through the engine: the frozen weights on the device, the adapter, and the
+/// packing of the batch's sequences.
+struct Pass<'a> {
+    dev: &'a Device,
+    config: &'a LlamaConfig,
+    layers: &'a [GpuLayer],
+    embed: &'a Buf,
+    head: Option<&'a Buf>,
+    final_norm: &'a Buf,
+    cos: &'a CudaSlice<f32>,
+    sin: &'a CudaSlice<f32>,
+    lora: Lora<'a>,
+    /// Tokens in the batch.
+    n: usize,
+    /// Each token's position in its sequence.
+    positions: CudaSlice<i32>,
+    /// The longest sequence.
+    max_pos: usize,
+    packing: trex_kernels::cuda::Packing,
+    /// The batch's dropout seed.
+    seed: u64,
+}
+
+/// What a block's attention half keeps for its backward pass.
+struct AttentionSaved {
+    x_in: Buf,
+    xn1: Buf,
+    inv1: CudaSlice<f32>,
+    q: Buf,
+    k: Buf,
+    v: Buf,
+    attn: Buf,
+    lse: CudaSlice<f32>,
+    /// `dropout(x)·Aᵀ` of q, k, v, o.
+    xa: [Option<Buf>; 4],
+}
+
+/// What a block's MLP half keeps for its backward pass.
+struct MlpSaved {
+    h1: Buf,
+    xn2: Buf,
+    inv2: CudaSlice<f32>,
+    gate: Buf,
+    up: Buf,
+    act: Buf,
+    /// `dropout(x)·Aᵀ` of gate, up, down.
+    xa: [Option<Buf>; 3],
+}
+
+impl Pass<'_> {
+    fn dev(&self) -> &Device {
+        self.dev
+    }
+
+    fn config(&self) -> &LlamaConfig {
+        self.config
+    }
+
+    /// Projection `t` of block `li` with its dropout seed, when it is adapted.
+    fn slot(&self, li: usize, t: usize) -> Option<(Slot, u64)> {
+        self.lora.slots[li][t].map(|s| (s, mask_seed(self.seed, li, t)))
+    }
+
+    /// Projection `t` of block `li` for the backward pass, with what its forward saved.
+    fn back_slot<'b>(&self, li: usize, t: usize, xa: &'b Option<Buf>) -> Option<(Slot, &'b Buf, u64)> {
+        self.lora.slots[li][t].map(|s| (s, xa.as_ref().expect("saved with its slot"), mask_seed(self.seed, li, t)))
+    }
+
+    fn rope(&self, x: &mut Buf, heads: usize, sign: f32) -> Result<(), CudaError> {
+        let hd = self.config.head_dim;
+        self.dev.rope_packed(
+            x,
+            self.cos,
+            self.sin,
+            heads,
+            hd,
+            &self.positions,
+            self.max_pos.saturating_sub(1),
+            false,
+            sign,
+        )
+    }
+
+    fn shape(&self) -> AttentionShape {
+        let c = self.config();
+        AttentionShape { seq: 0, heads: c.heads, kv_heads: c.kv_heads, head_dim: c.head_dim }
+    }
+
+    /// Block `li`'s attention half on the residual stream `x`: RMSNorm, q/k/v, RoPE, packed causal
+    /// attention, the output projection, plus the residual. Returns `h1`.
+    fn attention_forward(&self, li: usize, x: Buf) -> Result<(Buf, AttentionSaved), CudaError> {
+        let (dev, c, lora, n) = (self.dev(), self.config(), &self.lora, self.n);
+        let lw = &self.layers[li];
+        let (d, qd, kvd) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let (mut xn1, mut inv1) = (dev.scratch::<u16>(n * d)?, dev.scratch::<f32>(n)?);
+        dev.rms_norm_forward(&x, &lw.attn_norm, c.rms_eps as f32, d, &mut xn1, &mut inv1)?;
+        let bias = lw.bias.as_ref();
+        let (mut q, xa0) = linear(dev, lora, &xn1, n, &lw.q, qd, d, bias.map(|b| &b[0]), self.slot(li, 0))?;
+        let (mut k, xa1) = linear(dev, lora, &xn1, n, &lw.k, kvd, d, bias.map(|b| &b[1]), self.slot(li, 1))?;
+        let (v, xa2) = linear(dev, lora, &xn1, n, &lw.v, kvd, d, bias.map(|b| &b[2]), self.slot(li, 2))?;
+        self.rope(&mut q, c.heads, 1.0)?;
+        self.rope(&mut k, c.kv_heads, 1.0)?;
+        let (mut attn, mut lse) = (dev.scratch::<u16>(n * qd)?, dev.scratch::<f32>(n * c.heads)?);
+        dev.attention_forward_packed(self.shape(), &self.packing, &q, &k, &v, &mut attn, &mut lse)?;
+        let (o, xa3) = linear(dev, lora, &attn, n, &lw.o, d, qd, None, self.slot(li, 3))?;
+        let mut h1 = dev.duplicate(&x)?;
+        dev.add(&mut h1, &o)?;
+        Ok((h1, AttentionSaved { x_in: x, xn1, inv1, q, k, v, attn, lse, xa: [xa0, xa1, xa2, xa3] }))
+    }
+
+    /// Block `li`'s MLP half on `h1`: RMSNorm, gate and up, SwiGLU, down, plus the residual.
+    /// Returns the block's output.
+    fn mlp_forward(&self, li: usize, h1: Buf) -> Result<(Buf, MlpSaved), CudaError> {
+        let (dev, c, lora, n) = (self.dev(), self.config(), &self.lora, self.n);
+        let lw = &self.layers[li];
+        let (d, f) = (c.hidden, c.intermediate);
+        let (mut xn2, mut inv2) = (dev.scratch::<u16>(n * d)?, dev.scratch::<f32>(n)?);
+        dev.rms_norm_forward(&h1, &lw.mlp_norm, c.rms_eps as f32, d, &mut xn2, &mut inv2)?;
+        let (gate, xa4) = linear(dev, lora, &xn2, n, &lw.gate, f, d, None, self.slot(li, 4))?;
+        let (up, xa5) = linear(dev, lora, &xn2, n, &lw.up, f, d, None, self.slot(li, 5))?;
+        let mut act = dev.scratch::<u16>(n * f)?;
+        dev.swiglu_forward(&gate, &up, &mut act)?;
+        let (down, xa6) = linear(dev, lora, &act, n, &lw.down, d, f, None, self.slot(li, 6))?;
+        let mut next = dev.duplicate(&h1)?;
+        dev.add(&mut next, &down)?;
+        Ok((next, MlpSaved { h1, xn2, inv2, gate, up, act, xa: [xa4, xa5, xa6] }))
+    }
+
+    /// The final norm, then the LM head and cross-entropy on the positions that have targets.
+    /// Returns the summed loss, the positions counted and the gradient of the last block's output.
+    fn head_loss(&self, x: &Buf, targets: &[i64], grad_scale: f32) -> Result<(f64, usize, Buf), CudaError> {
+        let (dev, c, n) = (self.dev(), self.config(), self.n);
+        let d = c.hidden;
         let (mut hf, mut inv_f) = (dev.scratch::<u16>(n * d)?, dev.scratch::<f32>(n)?);
-        dev.rms_norm_forward(&x, &self.final_norm, eps, d, &mut hf, &mut inv_f)?;
-        let rows: Vec<i32> = (0..n).filter(|&i| batch.targets[i] >= 0).map(|i| i as i32).collect();
-        let targets: Vec<i32> = rows.iter().map(|&i| batch.targets[i as usize] as i32).collect();
+        dev.rms_norm_forward(x, self.final_norm, c.rms_eps as f32, d, &mut hf, &mut inv_f)?;
+        let rows: Vec<i32> = (0..n).filter(|&i| targets[i] >= 0).map(|i| i as i32).collect();
+        let row_targets: Vec<i32> = rows.iter().map(|&i| targets[i as usize] as i32).collect();
         let mut dhf = dev.zeros::<u16>(n * d)?; // scatter_rows writes only the target rows
         let (mut loss, mut count) = (0.0f64, 0usize);
         if !rows.is_empty() {
@@ -293,56 +380,82 @@ impl CudaEngine {
             let mut dh = dev.scratch::<u16>(m * d)?;
             // Logits chunks of about 64 Mi values.
             let chunk = ((1usize << 26) / m).max(1024).min(c.vocab);
-            let head = self.head.as_ref().unwrap_or(&self.embed);
-            let (l, k) = dev.cross_entropy_lm_head(&h, head, &targets, d, chunk, grad_scale, &mut dh)?;
+            let head = self.head.unwrap_or(self.embed);
+            let (l, k) = dev.cross_entropy_lm_head(&h, head, &row_targets, d, chunk, grad_scale, &mut dh)?;
             (loss, count) = (f64::from(l), k);
             dev.scatter_rows(&dh, &rows_dev, d, &mut dhf)?;
         }
         drop(hf);
         let mut dx = dev.scratch::<u16>(n * d)?;
-        dev.rms_norm_backward(&x, &self.final_norm, &inv_f, &dhf, d, &mut dx)?;
-        drop(dhf);
+        dev.rms_norm_backward(x, self.final_norm, &inv_f, &dhf, d, &mut dx)?;
+        Ok((loss, count, dx))
+    }
 
-        // Backward through the blocks; `dx` is the gradient of the block output.
-        let grads = &mut self.grads;
-        for (li, lw) in self.layers.iter().enumerate().rev() {
-            let s = saved.pop().expect("one saved state per layer");
-            let slot = |t: usize| {
-                lora.slots[li][t].map(|sl| (sl, s.xa[t].as_ref().expect("saved with its slot"), mask_seed(seed, li, t)))
-            };
-            let mut dact = dev.scratch::<u16>(n * f)?;
-            linear_backward(dev, &lora, grads, &s.act, &dx, n, &lw.down, d, f, slot(6), &mut dact, false)?;
-            let (mut dgate, mut dup) = (dev.scratch::<u16>(n * f)?, dev.scratch::<u16>(n * f)?);
-            dev.swiglu_backward(&s.gate, &s.up, &dact, &mut dgate, &mut dup)?;
-            drop(dact);
-            let mut dxn2 = dev.scratch::<u16>(n * d)?;
-            linear_backward(dev, &lora, grads, &s.xn2, &dgate, n, &lw.gate, f, d, slot(4), &mut dxn2, false)?;
-            linear_backward(dev, &lora, grads, &s.xn2, &dup, n, &lw.up, f, d, slot(5), &mut dxn2, true)?;
-            drop((dgate, dup));
-            // The block output is h1 + mlp(h1), so dh1 = dx + norm2'(dxn2).
-            let mut dh1 = dev.scratch::<u16>(n * d)?;
-            dev.rms_norm_backward(&s.h1, &lw.mlp_norm, &s.inv2, &dxn2, d, &mut dh1)?;
-            dev.add(&mut dh1, &dx)?;
-            let mut dattn = dev.scratch::<u16>(n * qd)?;
-            linear_backward(dev, &lora, grads, &s.attn, &dh1, n, &lw.o, d, qd, slot(3), &mut dattn, false)?;
-            let (mut dq, mut dk, mut dv) =
-                (dev.scratch::<u16>(n * qd)?, dev.scratch::<u16>(n * kvd)?, dev.scratch::<u16>(n * kvd)?);
-            dev.attention_backward_packed(
-                shape, &packing, &s.q, &s.k, &s.v, &s.attn, &s.lse, &dattn, &mut dq, &mut dk, &mut dv,
-            )?;
-            drop(dattn);
-            rope(&mut dq, c.heads, -1.0)?;
-            rope(&mut dk, c.kv_heads, -1.0)?;
-            let mut dxn1 = dev.scratch::<u16>(n * d)?;
-            linear_backward(dev, &lora, grads, &s.xn1, &dq, n, &lw.q, qd, d, slot(0), &mut dxn1, false)?;
-            linear_backward(dev, &lora, grads, &s.xn1, &dk, n, &lw.k, kvd, d, slot(1), &mut dxn1, true)?;
-            linear_backward(dev, &lora, grads, &s.xn1, &dv, n, &lw.v, kvd, d, slot(2), &mut dxn1, true)?;
-            drop((dq, dk, dv));
-            dx = dev.scratch::<u16>(n * d)?;
-            dev.rms_norm_backward(&s.x_in, &lw.attn_norm, &s.inv1, &dxn1, d, &mut dx)?;
-            dev.add(&mut dx, &dh1)?;
-        }
-        Ok((loss, count))
+    /// Backward of [`Pass::mlp_forward`]: from the gradient `dx` of block `li`'s output to the
+    /// gradient of `h1`; LoRA gradients of gate, up and down into `grads`.
+    fn mlp_backward(&self, li: usize, s: &MlpSaved, grads: &mut CudaSlice<f32>, dx: &Buf) -> Result<Buf, CudaError> {
+        let (dev, c, lora, n) = (self.dev(), self.config(), &self.lora, self.n);
+        let lw = &self.layers[li];
+        let (d, f) = (c.hidden, c.intermediate);
+        let mut dact = dev.scratch::<u16>(n * f)?;
+        let slot = |t: usize| self.back_slot(li, t, &s.xa[t - 4]);
+        linear_backward(dev, lora, grads, &s.act, dx, n, &lw.down, d, f, slot(6), &mut dact, false)?;
+        let (mut dgate, mut dup) = (dev.scratch::<u16>(n * f)?, dev.scratch::<u16>(n * f)?);
+        dev.swiglu_backward(&s.gate, &s.up, &dact, &mut dgate, &mut dup)?;
+        drop(dact);
+        let mut dxn2 = dev.scratch::<u16>(n * d)?;
+        linear_backward(dev, lora, grads, &s.xn2, &dgate, n, &lw.gate, f, d, slot(4), &mut dxn2, false)?;
+        linear_backward(dev, lora, grads, &s.xn2, &dup, n, &lw.up, f, d, slot(5), &mut dxn2, true)?;
+        drop((dgate, dup));
+        // The block output is h1 + mlp(h1), so dh1 = dx + norm2'(dxn2).
+        let mut dh1 = dev.scratch::<u16>(n * d)?;
+        dev.rms_norm_backward(&s.h1, &lw.mlp_norm, &s.inv2, &dxn2, d, &mut dh1)?;
+        dev.add(&mut dh1, dx)?;
+        Ok(dh1)
+    }
+
+    /// Backward of [`Pass::attention_forward`]: from the gradient `dh1` to the gradient of block
+    /// `li`'s input; LoRA gradients of q, k, v and o into `grads`.
+    fn attention_backward(
+        &self,
+        li: usize,
+        s: &AttentionSaved,
+        grads: &mut CudaSlice<f32>,
+        dh1: &Buf,
+    ) -> Result<Buf, CudaError> {
+        let (dev, c, lora, n) = (self.dev(), self.config(), &self.lora, self.n);
+        let lw = &self.layers[li];
+        let (d, qd, kvd) = (c.hidden, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let slot = |t: usize| self.back_slot(li, t, &s.xa[t]);
+        let mut dattn = dev.scratch::<u16>(n * qd)?;
+        linear_backward(dev, lora, grads, &s.attn, dh1, n, &lw.o, d, qd, slot(3), &mut dattn, false)?;
+        let (mut dq, mut dk, mut dv) =
+            (dev.scratch::<u16>(n * qd)?, dev.scratch::<u16>(n * kvd)?, dev.scratch::<u16>(n * kvd)?);
+        dev.attention_backward_packed(
+            self.shape(),
+            &self.packing,
+            &s.q,
+            &s.k,
+            &s.v,
+            &s.attn,
+            &s.lse,
+            &dattn,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+        )?;
+        drop(dattn);
+        self.rope(&mut dq, c.heads, -1.0)?;
+        self.rope(&mut dk, c.kv_heads, -1.0)?;
+        let mut dxn1 = dev.scratch::<u16>(n * d)?;
+        linear_backward(dev, lora, grads, &s.xn1, &dq, n, &lw.q, qd, d, slot(0), &mut dxn1, false)?;
+        linear_backward(dev, lora, grads, &s.xn1, &dk, n, &lw.k, kvd, d, slot(1), &mut dxn1, true)?;
+        linear_backward(dev, lora, grads, &s.xn1, &dv, n, &lw.v, kvd, d, slot(2), &mut dxn1, true)?;
+        drop((dq, dk, dv));
+        let mut dx = dev.scratch::<u16>(n * d)?;
+        dev.rms_norm_backward(&s.x_in, &lw.attn_norm, &s.inv1, &dxn1, d, &mut dx)?;
+        dev.add(&mut dx, dh1)?;
+        Ok(dx)
     }
 }
 
