@@ -99,6 +99,10 @@ pub mod llm_server {
         Status(u16, String),
         /// Wait, then answer 200 with this body.
         Slow(Duration, String),
+        /// Hold the reply until this many requests carrying a `Barrier` reply are waiting
+        /// together, then answer 200 with this body: proof that the requests were in flight at
+        /// the same time (one after another, they would never meet).
+        Barrier(usize, String),
     }
 
     /// A request as the server saw it.
@@ -121,13 +125,18 @@ pub mod llm_server {
 
     /// A 200 reply carrying `content` with the given token usage.
     pub fn completion(content: &str, prompt_tokens: u64, completion_tokens: u64) -> Reply {
-        let body = serde_json::json!({
+        Reply::Status(200, completion_body(content, prompt_tokens, completion_tokens))
+    }
+
+    /// The body of a chat completion carrying `content`.
+    pub fn completion_body(content: &str, prompt_tokens: u64, completion_tokens: u64) -> String {
+        serde_json::json!({
             "id": "chatcmpl-test", "object": "chat.completion", "model": "scripted",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
-        });
-        Reply::Status(200, body.to_string())
+        })
+        .to_string()
     }
 
     /// Serve `script` in order (one reply per request; 500 once it runs out).
@@ -137,11 +146,13 @@ pub mod llm_server {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let seen = requests.clone();
         let script = Arc::new(Mutex::new(std::collections::VecDeque::from(script)));
+        let waiting = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let script = script.clone();
                 let seen = seen.clone();
+                let waiting = waiting.clone();
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
                     let mut head = String::new();
@@ -175,6 +186,16 @@ pub mod llm_server {
                         Reply::Status(s, b) => (s, b),
                         Reply::Slow(d, b) => {
                             std::thread::sleep(d);
+                            (200, b)
+                        }
+                        Reply::Barrier(n, b) => {
+                            let (count, met) = &*waiting;
+                            let mut c = count.lock().expect("lock");
+                            *c += 1;
+                            met.notify_all();
+                            while *c < n {
+                                c = met.wait(c).expect("lock");
+                            }
                             (200, b)
                         }
                     };

@@ -10,29 +10,30 @@ use trex_plugin_host::{CallEnv, Capabilities, HostConfig, PluginError, PluginHos
 
 use crate::test_config;
 
-struct Sandbox {
+pub(crate) struct Sandbox {
     _dir: tempfile::TempDir,
-    root: PathBuf,
-    host: PluginHost,
-    env: CallEnv,
+    pub(crate) root: PathBuf,
+    pub(crate) host: PluginHost,
+    pub(crate) env: CallEnv,
 }
 
 impl Sandbox {
-    fn data(&self) -> PathBuf {
+    pub(crate) fn data(&self) -> PathBuf {
         self.root.join("data")
     }
-    fn scratch(&self) -> PathBuf {
+    /// The parent of the calls' private scratch folders.
+    pub(crate) fn scratch(&self) -> PathBuf {
         self.root.join("scratch")
     }
-    fn outside(&self) -> PathBuf {
+    pub(crate) fn outside(&self) -> PathBuf {
         self.root.join("outside")
     }
 }
 
-const LIMITS: &str =
+pub(crate) const LIMITS: &str =
     "[capabilities]\ndataset = true\nscratch = true\n[limits]\ntimeout-ms = 1500\nmemory-mib = 64\noutput-mib = 4\n";
 
-async fn sandbox_with(grant: Capabilities, extra_manifest: &str) -> Sandbox {
+pub(crate) async fn sandbox_with(grant: Capabilities, extra_manifest: &str) -> Sandbox {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     for d in ["data", "scratch", "outside"] {
@@ -45,21 +46,25 @@ async fn sandbox_with(grant: Capabilities, extra_manifest: &str) -> Sandbox {
     let config = HostConfig { grant, ..test_config(root.join("scratch-root")) };
     let mut host = PluginHost::new(config).unwrap();
     host.load(&path).await.unwrap();
-    let env =
-        CallEnv { dataset_dir: Some(root.join("data")), scratch_dir: Some(root.join("scratch")), ..CallEnv::default() };
+    let env = CallEnv {
+        dataset_dir: Some(root.join("data")),
+        scratch_parent: Some(root.join("scratch")),
+        ..CallEnv::default()
+    };
     Sandbox { _dir: dir, root, host, env }
 }
 
-async fn sandbox() -> Sandbox {
+pub(crate) async fn sandbox() -> Sandbox {
     sandbox_with(Capabilities { dataset: true, scratch: true, llm: true }, "").await
 }
 
-async fn attack(s: &Sandbox, config: serde_json::Value) -> Result<Vec<String>, PluginError> {
+pub(crate) async fn attack(s: &Sandbox, config: serde_json::Value) -> Result<Vec<String>, PluginError> {
     s.host.run_data_tool("hostile", &config, vec![json!({"k": 1}).to_string()], &s.env).await.map(|r| r.records)
 }
 
-/// The host still serves a well-behaved call, and nothing outside scratch changed.
-async fn still_healthy(s: &Sandbox) {
+/// The host still serves a well-behaved call, nothing outside scratch changed, and no call left
+/// a scratch folder behind.
+pub(crate) async fn still_healthy(s: &Sandbox) {
     let out = attack(s, json!({"attack": "echo"})).await.expect("the host serves the next call");
     assert_eq!(out, vec![json!({"k": 1}).to_string()]);
     assert_eq!(std::fs::read_to_string(s.outside().join("precious.txt")).unwrap(), "do not touch");
@@ -67,9 +72,12 @@ async fn still_healthy(s: &Sandbox) {
     assert_eq!(outside.len(), 1, "nothing new outside scratch");
     let data: Vec<_> = std::fs::read_dir(s.data()).unwrap().collect();
     assert_eq!(data.len(), 1, "the read-only dataset folder is unchanged");
+    let left: Vec<_> =
+        std::fs::read_dir(s.scratch()).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "every call's scratch folder is removed after it: {left:?}");
 }
 
-fn names_plugin(err: &PluginError) -> String {
+pub(crate) fn names_plugin(err: &PluginError) -> String {
     let text = err.to_string();
     assert!(text.contains("plugin `hostile`"), "error does not name the plugin: {text}");
     text
@@ -182,7 +190,8 @@ async fn writes_stay_inside_scratch() {
     let s = sandbox().await;
     let out = attack(&s, json!({"attack": "write-file", "path": "/scratch/note.txt", "content": "ok"})).await.unwrap();
     assert_eq!(out.len(), 1);
-    assert_eq!(std::fs::read_to_string(s.scratch().join("note.txt")).unwrap(), "ok", "positive control");
+    let seen: serde_json::Value = serde_json::from_str(&out[0]).unwrap();
+    assert_eq!(seen["read_back"], "ok", "positive control: the plugin can use its scratch during the call");
     let escape = s.outside().join("evil.txt");
     for path in ["/scratch/../outside/evil.txt", "/scratch/../../evil.txt", "/tmp/evil.txt", escape.to_str().unwrap()] {
         let err = attack(&s, json!({"attack": "write-file", "path": path, "content": "x"})).await.unwrap_err();
@@ -240,7 +249,10 @@ async fn malformed_wasm_is_refused_by_name() {
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(d.join("plugin.toml"), trex_tests::manifest("missing", "data-tool", "nope", "")).unwrap();
     let text = host.load(&d.join("plugin.toml")).await.unwrap_err().to_string();
-    assert!(text.contains("nope.wasm") && text.contains("cargo xtask build-plugins"), "{text}");
+    assert!(
+        text.contains("nope.wasm") && text.contains("cargo build --release --target wasm32-wasip2"),
+        "a plugin outside the checkout is told how to build itself: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,6 +265,7 @@ async fn wrong_world_is_refused_by_name() {
     let text = err.to_string();
     assert!(matches!(err, PluginError::WrongWorld { .. }), "{text}");
     assert!(text.contains("plugin `hostile`") && text.contains("trex:plugin/evaluator"), "{text}");
+    assert!(text.contains("looks like a data-tool") && text.contains("kind = \"data-tool\""), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ mod data_tools;
 mod evaluators;
 mod hostile;
 mod roundtrip;
+mod sandbox;
 mod tidy;
 
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use trex_plugin_host::HostConfig;
 pub fn test_config(scratch_root: PathBuf) -> HostConfig {
     HostConfig {
         cache_dir: Some(trex_tests::root().join("target/test-component-cache")),
-        scratch_root,
+        scratch_root: Some(scratch_root),
         ..HostConfig::default()
     }
 }

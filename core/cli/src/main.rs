@@ -18,7 +18,8 @@ fn main() -> ExitCode {
     match runtime.block_on(cli.command.execute(&cli.global)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors quote plugin output: escaped and bounded before they reach the terminal.
+            eprintln!("error: {}", trex_plugin_host::text::for_terminal(&format!("{e:#}"), 16_000));
             ExitCode::FAILURE
         }
     }

@@ -6,6 +6,9 @@ use std::sync::Mutex;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use trex_lab::observer::{NodeProgress, Observer};
 
+/// Characters of one message shown at most.
+const MESSAGE_MAX: usize = 4000;
+
 /// An [`Observer`] that draws progress bars on standard error.
 #[derive(Debug, Default)]
 pub struct Bars {
@@ -37,6 +40,9 @@ impl Bars {
 
 impl Observer for Bars {
     fn message(&self, line: &str) {
+        // Messages quote what plugins and LLMs wrote (rationales, errors): no escape sequence
+        // or carriage return reaches the terminal.
+        let line = trex_plugin_host::text::for_terminal(line, MESSAGE_MAX);
         self.multi.suspend(|| eprintln!("{line}"));
     }
 

@@ -4,6 +4,11 @@ use std::time::Duration;
 
 use trex_lab::pipeline::PipelineReport;
 
+/// Plugin-written text on one line, escaped and cut.
+fn safe(text: &str, max: usize) -> String {
+    trex_plugin_host::text::line(text, max)
+}
+
 /// Print a pipeline report: one row per step, then the evaluation and its bad cases.
 pub fn print_pipeline(report: &PipelineReport, elapsed: Duration) {
     println!("\npipeline `{}`: {} input records", report.name, report.input_records);
@@ -36,10 +41,19 @@ pub fn print_pipeline(report: &PipelineReport, elapsed: Duration) {
         }
         if !e.failure_tags.is_empty() {
             println!("bad cases by tag:");
+            // The first failing example of each tag, found in one pass over the results.
+            let mut first: std::collections::HashMap<&str, &trex_plugin_host::ExampleResult> = Default::default();
+            for x in r.results.iter().filter(|x| !x.passed) {
+                for t in &x.tags {
+                    first.entry(t.as_str()).or_insert(x);
+                }
+            }
             for (tag, n) in &e.failure_tags {
-                let example = r.results.iter().find(|x| !x.passed && x.tags.contains(tag));
-                let hint = example.map(|x| format!("  e.g. {}: {}", x.id, x.explanation)).unwrap_or_default();
-                println!("  {tag:<24} {n:>5}{hint}");
+                let hint = first
+                    .get(tag.as_str())
+                    .map(|x| format!("  e.g. {}: {}", safe(&x.id, 60), safe(&x.explanation, 160)))
+                    .unwrap_or_default();
+                println!("  {:<24} {n:>5}{hint}", safe(tag, 60));
             }
         }
     }

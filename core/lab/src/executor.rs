@@ -174,6 +174,21 @@ impl Lab {
         })
     }
 
+    /// The base model's configuration.
+    pub fn model_config(&self) -> &trex_model::LlamaConfig {
+        &self.model.config
+    }
+
+    /// The per-call environment of plugins run for this lab: the task's dataset folder, and
+    /// scratch folders made inside the run folder.
+    fn call_env(&self) -> CallEnv {
+        CallEnv {
+            dataset_dir: Some(self.task.dataset_dir.clone()),
+            scratch_parent: Some(self.run_dir.join("scratch")),
+            ..CallEnv::default()
+        }
+    }
+
     /// Tell the observer.
     pub fn say(&self, line: impl AsRef<str>) {
         self.observer.message(line.as_ref());
@@ -195,7 +210,7 @@ impl Lab {
         {
             return Ok((text.lines().map(String::from).collect(), stats));
         }
-        let env = CallEnv { dataset_dir: Some(self.task.dataset_dir.clone()), ..CallEnv::default() };
+        let env = self.call_env();
         let mut records = self.train_records.clone();
         let mut stats = Vec::new();
         for (i, step) in recipe.steps.iter().enumerate() {
@@ -269,7 +284,7 @@ impl Lab {
         if let Some(r) = reporter {
             r.report(Stage::Evaluate, 0, total, which);
         }
-        let env = CallEnv { dataset_dir: Some(self.task.dataset_dir.clone()), ..CallEnv::default() };
+        let env = self.call_env();
         let report = self
             .host
             .evaluate(&eval.plugin, &eval.config, &items, 64, &env)

@@ -108,6 +108,16 @@ pub enum Event {
     },
     /// The final best node was scored on the test split.
     Final(FinalResult),
+    /// The LLM server was checked (at the start of a session) or changed the structured-output
+    /// format it accepts: the format the client uses from here on.
+    Llm {
+        /// The server and model.
+        server: String,
+        /// The format in use (`None`: the server answered nothing).
+        format: Option<trex_plugin_host::llm::ResponseFormat>,
+        /// Whether its replies report token counts.
+        usage_reported: bool,
+    },
     /// The search stopped.
     Finished {
         /// Why (which budget, or no node left to expand).

@@ -68,6 +68,15 @@ pub fn context(tree: &Tree, id: u64, notes: BTreeMap<String, f64>, params: &Memo
     ctx
 }
 
+/// `text` cut to `n` characters (with an ellipsis when cut).
+fn short(text: &str, n: usize) -> String {
+    if text.chars().count() <= n {
+        text.to_string()
+    } else {
+        text.chars().take(n.saturating_sub(1)).collect::<String>() + "…"
+    }
+}
+
 fn others(ctx: &mut ResearchContext) -> impl Iterator<Item = &mut NodeSummary> {
     ctx.parent_path.iter_mut().chain(ctx.siblings.iter_mut()).chain(ctx.best.iter_mut()).chain(ctx.worst.iter_mut())
 }
@@ -75,7 +84,7 @@ fn others(ctx: &mut ResearchContext) -> impl Iterator<Item = &mut NodeSummary> {
 /// Drop detail, in a fixed order, until `ctx` fits `budget` tokens (or nothing more can go).
 pub fn compress(ctx: &mut ResearchContext, budget: usize) {
     type Step = fn(&mut ResearchContext);
-    let steps: [Step; 12] = [
+    let steps: [Step; 15] = [
         |c| c.bad_cases.iter_mut().for_each(|b| b.examples.truncate(1)),
         |c| others(c).filter_map(|n| n.proposal.as_mut()).for_each(|p| p.rationale.clear()),
         |c| c.bad_cases.truncate(3),
@@ -106,15 +115,37 @@ pub fn compress(ctx: &mut ResearchContext, budget: usize) {
             c.siblings.clear();
         },
         |c| {
-            for n in others(c) {
-                if n.lesson.chars().count() > 60 {
-                    n.lesson = n.lesson.chars().take(59).collect::<String>() + "…";
-                }
-            }
+            others(c).for_each(|n| n.lesson = short(&n.lesson, 60));
         },
         |c| {
             c.parent_path.drain(..c.parent_path.len().saturating_sub(1));
             others(c).for_each(|n| n.metrics.clear());
+        },
+        // What is left is whatever plugins wrote at length: cut every text short.
+        |c| {
+            for b in &mut c.bad_cases {
+                b.label = short(&b.label, 40);
+                b.examples.clear();
+            }
+            c.node.lesson = short(&c.node.lesson, 120);
+            if let Some(p) = c.node.proposal.as_mut() {
+                p.rationale = short(&p.rationale, 80);
+            }
+            others(c).for_each(|n| n.lesson = short(&n.lesson, 40));
+        },
+        |c| {
+            c.bad_cases.truncate(1);
+            c.best.clear();
+            c.worst.clear();
+            c.siblings.clear();
+            c.parent_path.clear();
+        },
+        |c| {
+            c.bad_cases.clear();
+            c.notes.retain(|k, _| k == "nodes_left" || k == "base_score" || k == "best_score");
+            if let Some(p) = c.node.proposal.as_mut() {
+                p.rationale.clear();
+            }
         },
     ];
     for step in steps {
@@ -218,6 +249,31 @@ mod tests {
         snapshot("context-full.json", &ctx);
         // Deterministic: the same tree gives the same context.
         assert_eq!(ctx, context(&tree(), 4, notes, &MemoryParams { token_budget: 100_000, ..Default::default() }));
+    }
+
+    #[test]
+    fn the_budget_holds_whatever_the_plugins_wrote() {
+        let mut t = tree();
+        for n in &mut t.nodes {
+            n.lesson = "L".repeat(50_000);
+            if let NodeState::Done(r) = &mut n.state {
+                r.bad_cases = (0..200)
+                    .map(|i| BadCaseCluster {
+                        label: format!("tag:{i}{}", "x".repeat(80)),
+                        count: 1,
+                        examples: vec!["e".repeat(4000); 3],
+                    })
+                    .collect();
+            }
+            if let Some(p) = n.proposal.as_mut() {
+                p.rationale = "R".repeat(1000);
+            }
+        }
+        for budget in [3000, 900, 400] {
+            let ctx = context(&t, 4, BTreeMap::new(), &MemoryParams { token_budget: budget, ..Default::default() });
+            assert!(estimate_tokens(&ctx) <= budget, "{budget}: {} tokens", estimate_tokens(&ctx));
+            assert_eq!(ctx.node.id, 4, "the node being expanded is always there");
+        }
     }
 
     #[test]

@@ -28,6 +28,9 @@ use trex_sdk::types::{DataStep, PluginKind};
 
 use trex_plugin_host::{CallEnv, DataToolRun, EvalItem, EvalReport, PluginError, PluginHost};
 
+/// Failure tags a report lists one by one.
+pub const TAGS_REPORTED: usize = 50;
+
 /// A pipeline definition.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -281,6 +284,14 @@ async fn evaluate(
     }
     let mut failure_tags: Vec<(String, u64)> = tags.into_iter().collect();
     failure_tags.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    // The most frequent tags, and the rest counted together: an evaluator that invents a tag
+    // per example cannot make the report as large as the data.
+    if failure_tags.len() > TAGS_REPORTED {
+        let rest: u64 = failure_tags[TAGS_REPORTED..].iter().map(|t| t.1).sum();
+        let others = failure_tags.len() - TAGS_REPORTED;
+        failure_tags.truncate(TAGS_REPORTED);
+        failure_tags.push((format!("({others} other tags)"), rest));
+    }
     Ok(EvaluationReport { plugin: eval.plugin.clone(), predictor: eval.predictor, report, failure_tags })
 }
 

@@ -54,12 +54,42 @@ pub async fn open_host(
     mut config: HostConfig,
     llm: Option<&OpenAiConfig>,
     meter: &Arc<TokenMeter>,
-) -> Result<PluginHost, LabError> {
-    if let Some(cfg) = llm {
-        let client = OpenAiClient::new(cfg.clone(), meter.clone()).map_err(|e| LabError::Run(e.to_string()))?;
-        config.llm = Some(Arc::new(client));
+) -> Result<(PluginHost, Option<Arc<OpenAiClient>>), LabError> {
+    let client = match llm {
+        Some(cfg) => {
+            let client =
+                Arc::new(OpenAiClient::new(cfg.clone(), meter.clone()).map_err(|e| LabError::Run(e.to_string()))?);
+            config.llm = Some(client.clone());
+            Some(client)
+        }
+        None => None,
+    };
+    Ok((PluginHost::open(plugins, config).await?, client))
+}
+
+/// Whether the task's Researcher or one of its data steps may call the LLM.
+fn uses_llm(task: &Task, host: &PluginHost) -> bool {
+    let granted = |name: &str| host.get(name).is_some_and(|p| p.granted.llm);
+    granted(&task.researcher.plugin)
+        || task.start.data_recipe.steps.iter().chain(&task.search_space.data_steps).any(|s| granted(&s.plugin))
+}
+
+/// Ask the LLM server what it supports, once, before any budget is spent; the client then uses
+/// the first format that worked. The journal event to record it, or why the search cannot use
+/// the server.
+async fn check_llm(client: &OpenAiClient, observer: &SharedObserver) -> Result<Event, LabError> {
+    let probe = client.probe().await;
+    if let Some(why) = probe.failure() {
+        return Err(LabError::Run(why));
     }
-    Ok(PluginHost::open(plugins, config).await?)
+    let format = probe.chosen.expect("no failure means a format was chosen");
+    observer.message(&format!(
+        "LLM {}: structured output as {}{}",
+        probe.server,
+        format.as_str(),
+        if probe.usage_reported { "" } else { "; it reports no token counts, so they are estimated" }
+    ));
+    Ok(Event::Llm { server: probe.server, format: Some(format), usage_reported: probe.usage_reported })
 }
 
 /// The tokenizer of the model being fine-tuned, behind the plugins' `tokenizer.count`.
@@ -91,7 +121,7 @@ pub async fn search(req: SearchRequest) -> Result<(PathBuf, SearchSummary), LabE
     let base = load_base(&task.base_model)?;
     let mut host_config = host;
     host_config.tokenizer = Some(Arc::new(ModelTokens(base.tokenizer.clone())));
-    let host = open_host(&plugins, host_config, task.llm.as_ref(), &meter).await?;
+    let (host, client) = open_host(&plugins, host_config, task.llm.as_ref(), &meter).await?;
     task.validate_with(&host, &task_file).await?;
     if task.researcher.plugin == "llm" && task.llm.is_none() {
         return Err(LabError::Run(format!(
@@ -99,6 +129,10 @@ pub async fn search(req: SearchRequest) -> Result<(PathBuf, SearchSummary), LabE
             task_file.display()
         )));
     }
+    let llm_event = match &client {
+        Some(c) if uses_llm(&task, &host) => Some(check_llm(c, &observer).await?),
+        _ => None,
+    };
     let run_dir = run_dir.unwrap_or_else(|| {
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         PathBuf::from("runs").join(format!("{}-{}-s{}-{secs}", task.name, settings.strategy.as_str(), settings.seed))
@@ -116,11 +150,17 @@ pub async fn search(req: SearchRequest) -> Result<(PathBuf, SearchSummary), LabE
         },
     )?;
     journal.append(0.0, &Event::Session { resumed: false })?;
+    let mut state = RunState::default();
+    if let Some(e) = llm_event {
+        journal.append(0.0, &e)?;
+        state.apply(0.0, &e).map_err(|e| LabError::Run(e.to_string()))?;
+    }
     observer.message(&format!("run folder: {}", run_dir.display()));
     let mut lab = Lab::open(host, task, base, run_dir.clone())?;
     lab.device = settings.device;
     lab.observer = observer;
-    let search = Search::new(&lab, settings, journal, RunState::default(), meter).await?;
+    let lab = Arc::new(lab);
+    let search = Search::new(&lab, settings, journal, state, meter, client).await?;
     let summary = search.run().await?;
     Ok((run_dir, summary))
 }
@@ -155,15 +195,30 @@ pub async fn resume(
     let base = load_base(&model)?;
     let mut host_config = host;
     host_config.tokenizer = Some(Arc::new(ModelTokens(base.tokenizer.clone())));
-    let host = open_host(plugins, host_config, task.llm.as_ref(), &meter).await?;
+    let (host, client) = open_host(plugins, host_config, task.llm.as_ref(), &meter).await?;
     task.validate_with(&host, &task_file)
         .await
         .map_err(|e| LabError::Run(format!("the run's task no longer validates: {e}")))?;
     journal.append(state.t_offset, &Event::Session { resumed: true })?;
+    let mut state = state;
+    if let Some(c) = &client
+        && uses_llm(&task, &host)
+    {
+        // What the server accepted before is kept; a run that never checked it does so now.
+        match state.llm_format {
+            Some(f) => c.set_format(f),
+            None => {
+                let e = check_llm(c, &observer).await?;
+                journal.append(state.t_offset, &e)?;
+                state.apply(state.t_offset, &e).map_err(|e| LabError::Run(e.to_string()))?;
+            }
+        }
+    }
     let mut lab = Lab::open(host, task, base, run_dir.to_path_buf())?;
     lab.device = settings.device;
     lab.observer = observer;
-    let search = Search::new(&lab, settings, journal, state, meter).await?;
+    let lab = Arc::new(lab);
+    let search = Search::new(&lab, settings, journal, state, meter, client).await?;
     search.run().await
 }
 

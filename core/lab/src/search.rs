@@ -193,6 +193,8 @@ pub struct RunState {
     pub final_result: Option<FinalResult>,
     /// The finished event, once written.
     pub finished: Option<String>,
+    /// The structured-output format the LLM server accepts, as last journaled.
+    pub llm_format: Option<trex_plugin_host::llm::ResponseFormat>,
 }
 
 impl RunState {
@@ -254,6 +256,7 @@ impl RunState {
             }
             Event::Final(f) => self.final_result = Some(f.clone()),
             Event::Finished { reason } => self.finished = Some(reason.clone()),
+            Event::Llm { format, .. } => self.llm_format = *format,
         }
         Ok(())
     }
@@ -300,6 +303,9 @@ pub(crate) async fn check_proposal(lab: &Lab, mut p: Proposal) -> Result<Proposa
     let space = &task.search_space;
     let r = &p.train_recipe;
     trex_model::train::check_recipe(r).map_err(|e| e.to_string())?;
+    if lab.device == trex_model::train::ComputeDevice::Cpu {
+        trex_model::train::check_batch_memory(lab.model_config(), r).map_err(|e| e.to_string())?;
+    }
     let lr = &space.learning_rate;
     if !(r.learning_rate >= lr.min * (1.0 - 1e-6) && r.learning_rate <= lr.max * (1.0 + 1e-6)) {
         return Err(format!(
@@ -346,6 +352,11 @@ pub(crate) async fn check_proposal(lab: &Lab, mut p: Proposal) -> Result<Proposa
 /// A search over one task, in one run folder.
 pub struct Search<'a> {
     lab: &'a Lab,
+    /// The same lab, for node runs spawned onto their own tasks (so that `--workers N` runs
+    /// their plugin calls, training and generation at the same time).
+    shared: Arc<Lab>,
+    /// The LLM client behind `llm.chat`, when the task has one (to journal a change of format).
+    llm: Option<Arc<trex_plugin_host::llm::OpenAiClient>>,
     settings: Settings,
     journal: Journal,
     state: RunState,
@@ -362,14 +373,33 @@ impl std::fmt::Debug for Search<'_> {
 
 type NodeFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Result<NodeResult, NodeFailure>)> + 'a>>;
 
+/// Run node `id` on a task of its own; a panic in it becomes the node's failure.
+fn spawn_node<'a>(
+    id: u64,
+    run: impl std::future::Future<Output = Result<NodeResult, NodeFailure>> + Send + 'static,
+) -> NodeFuture<'a> {
+    let handle = tokio::spawn(run);
+    Box::pin(async move {
+        let outcome = handle.await.unwrap_or_else(|e| {
+            Err(NodeFailure {
+                error: format!("the node's task failed: {e}"),
+                kind: FailureKind::Other,
+                cost: Cost::default(),
+            })
+        });
+        (id, outcome)
+    })
+}
+
 impl<'a> Search<'a> {
     /// Start (or continue) a search: opens the Researcher and tells it every finished node.
     pub async fn new(
-        lab: &'a Lab,
+        lab: &'a Arc<Lab>,
         settings: Settings,
         journal: Journal,
         state: RunState,
         meter: Arc<TokenMeter>,
+        llm: Option<Arc<trex_plugin_host::llm::OpenAiClient>>,
     ) -> Result<Search<'a>, LabError> {
         let task = &lab.task;
         let mut brief = task.brief(settings.seed);
@@ -383,7 +413,17 @@ impl<'a> Search<'a> {
         for n in state.tree.nodes.iter().filter(|n| n.finished() && n.id != 0) {
             researcher.observe(&Outcome { node: n.summary() }).await?;
         }
-        Ok(Search { lab, settings, journal, state, meter, session_started: Instant::now(), researcher })
+        Ok(Search {
+            lab,
+            shared: lab.clone(),
+            llm,
+            settings,
+            journal,
+            state,
+            meter,
+            session_started: Instant::now(),
+            researcher,
+        })
     }
 
     fn now(&self) -> f64 {
@@ -492,6 +532,12 @@ impl<'a> Search<'a> {
         let before = self.meter.spent();
         let proposals = self.researcher.propose(&ctx, self.settings.proposals_per_round.max(1)).await;
         let llm_tokens = self.meter.spent() - before;
+        // The server refused the format it accepted before: journal the one it accepts now.
+        if let Some(c) = &self.llm
+            && self.state.llm_format.is_some_and(|f| f != c.format())
+        {
+            self.log(Event::Llm { server: c.describe(), format: Some(c.format()), usage_reported: true })?;
+        }
         // The first proposal that passes every check becomes the node; the others are dropped.
         let mut outcome: Result<Proposal, String> = Err("the Researcher returned no proposal".into());
         match proposals {
@@ -500,7 +546,7 @@ impl<'a> Search<'a> {
                 let mut errors = Vec::new();
                 for (i, p) in list.into_iter().enumerate() {
                     let checked = match p {
-                        Err(e) => Err(e),
+                        Err(e) => Err(e.to_string()),
                         Ok(mut p) => {
                             if let Some(data) = &parent_data {
                                 p.data_recipe = data.clone();
@@ -545,7 +591,7 @@ impl<'a> Search<'a> {
     fn start_node(&mut self, id: u64) -> Result<NodeFuture<'a>, LabError> {
         self.log(Event::Started { node: id })?;
         let node = &self.state.tree.nodes[id as usize];
-        let lab = self.lab;
+        let lab = self.shared.clone();
         let proposal = node.proposal.clone();
         let parent_adapter = node
             .parent
@@ -559,11 +605,11 @@ impl<'a> Search<'a> {
                 if !p.rationale.is_empty() {
                     lab.say(format!("  why: {}", p.rationale));
                 }
-                Ok(Box::pin(async move { (id, lab.run_node(id, &p, parent_adapter, base).await) }))
+                Ok(spawn_node(id, async move { lab.run_node(id, &p, parent_adapter, base).await }))
             }
             _ => {
                 lab.say("node 0: scoring the base model on the validation split");
-                Ok(Box::pin(async move {
+                Ok(spawn_node(id, async move {
                     let started = Instant::now();
                     let r = async {
                         let scoring = lab.score(None, Split::Validation, None).await?;
@@ -572,14 +618,7 @@ impl<'a> Search<'a> {
                         Ok(r)
                     }
                     .await;
-                    (
-                        id,
-                        r.map_err(|e: String| NodeFailure {
-                            error: e,
-                            kind: FailureKind::Other,
-                            cost: Cost::default(),
-                        }),
-                    )
+                    r.map_err(|e: String| NodeFailure { error: e, kind: FailureKind::Other, cost: Cost::default() })
                 }))
             }
         }

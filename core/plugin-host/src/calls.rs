@@ -12,7 +12,7 @@ use wasmtime::{Store, Trap};
 
 use crate::bindings::{evaluator, researcher, types};
 use crate::records::{HostReader, HostWriter};
-use crate::state::StoreState;
+use crate::state::{Stop, StoreState};
 use crate::{CallEnv, KindPre, LoadedPlugin, PluginError, PluginHost, PluginInfo};
 
 /// What a data-tool run produced.
@@ -106,63 +106,94 @@ async fn with_backstop<T>(
     }
 }
 
-/// Append the plugin's stderr and recent log lines to an error message.
+/// Longest message of a plugin kept in an error (plugin text is made safe by `text::line`).
+const MESSAGE_MAX: usize = 2000;
+
+/// Append the plugin's stderr and recent log lines to an error message: the last lines only,
+/// each cut and made safe to print.
 fn context(state: &StoreState) -> String {
     let mut out = String::new();
     for (label, text) in [("stderr", state.stderr_text()), ("stdout", state.stdout_text())] {
         if text.is_empty() {
             continue;
         }
-        let lines: Vec<&str> = text.lines().collect();
         out.push_str(&format!("\n  plugin {label} (last lines):"));
-        for l in &lines[lines.len().saturating_sub(12)..] {
+        for l in crate::text::tail_lines(&text, 12, 300) {
             out.push_str("\n  | ");
-            out.push_str(l);
+            out.push_str(&l);
         }
     }
     if !state.log_tail.is_empty() {
         out.push_str("\n  plugin log (last lines):");
         for l in state.log_tail.iter().rev().take(5).collect::<Vec<_>>().into_iter().rev() {
             out.push_str("\n  | ");
-            out.push_str(l);
+            out.push_str(&crate::text::line(l, 300));
         }
     }
     out
 }
 
-/// Turn a failed call into a [`PluginError`].
+/// Turn a failed call into a [`PluginError`]: from what the host itself recorded (its own
+/// stops, the memory limiter) and the kind of trap, never from the trap's text.
 fn classify(plugin: &LoadedPlugin, state: &StoreState, err: wasmtime::Error) -> PluginError {
     let name = plugin.manifest.name.clone();
     let ctx = context(state);
-    if state.cancel.load(std::sync::atomic::Ordering::Relaxed)
-        && matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt))
-    {
-        return PluginError::Cancelled { plugin: name };
+    let trap = err.downcast_ref::<Trap>().copied();
+    match &state.stop {
+        Some(Stop::Deadline) => {
+            return PluginError::Timeout { plugin: name, limit_ms: state.deadline_ms, context: ctx };
+        }
+        Some(Stop::Scratch { what, used, limit }) => {
+            return PluginError::Scratch {
+                plugin: name,
+                what: what.to_string(),
+                used: *used,
+                limit: *limit,
+                context: ctx,
+            };
+        }
+        None => {}
     }
-    match err.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => {
-            return PluginError::Timeout { plugin: name, limit_ms: plugin.limits.timeout_ms, context: ctx };
+    if trap == Some(Trap::Interrupt) {
+        if state.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return PluginError::Cancelled { plugin: name };
         }
-        Some(Trap::OutOfFuel) => {
-            return PluginError::Fuel { plugin: name, fuel: plugin.limits.fuel.unwrap_or(u64::MAX), context: ctx };
-        }
-        _ => {}
+        return PluginError::Timeout { plugin: name, limit_ms: state.deadline_ms, context: ctx };
+    }
+    if trap == Some(Trap::OutOfFuel) {
+        return PluginError::Fuel { plugin: name, fuel: plugin.limits.fuel.unwrap_or(u64::MAX), context: ctx };
     }
     if state.limits.memory_hit {
         return PluginError::Memory { plugin: name, limit_mib: plugin.limits.memory_mib, context: ctx };
     }
-    // A Rust panic aborts the instance with `unreachable`. The SDK's hook reports the message
-    // first (`host.panicked`); a component built before 0.1.1 logs it at error level instead.
-    if let Some(Trap::UnreachableCodeReached) = err.downcast_ref::<Trap>() {
-        let message = state
-            .panic
-            .clone()
-            .or_else(|| state.last_error_log.clone())
-            .unwrap_or_else(|| "reached `unreachable` (a panic or an abort, with no message)".into());
-        return PluginError::Panic { plugin: name, message, context: ctx };
-    }
-    let chain: Vec<String> = err.chain().map(|c| c.to_string()).collect();
-    PluginError::Trap { plugin: name, message: chain.join(": "), context: ctx }
+    let message = match trap {
+        // A Rust panic aborts the instance with `unreachable`. The SDK's hook reports the message
+        // first (`host.panicked`); a component built before 0.1.1 logs it at error level instead.
+        Some(Trap::UnreachableCodeReached) => {
+            let message = state
+                .panic
+                .clone()
+                .or_else(|| state.last_error_log.clone())
+                .unwrap_or_else(|| "reached `unreachable` (a panic or an abort, with no message)".into());
+            return PluginError::Panic { plugin: name, message, context: ctx };
+        }
+        Some(Trap::StackOverflow) => {
+            "stack overflow: deep recursion or large arrays on the stack (move them into a Vec or a Box)".to_string()
+        }
+        // Rust's stack grows down from the start of linear memory, so running past its bottom
+        // is an access below address 0.
+        Some(Trap::MemoryOutOfBounds) => "out-of-bounds memory access; in a Rust plugin this is usually a stack overflow (deep recursion or large arrays on the stack: move them into a Vec or a Box)".to_string(),
+        Some(t) => format!("trapped: {t}"),
+        None => match err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Some(exit) => format!(
+                "called exit({}) during the call instead of returning from it; the call produced no result",
+                exit.0
+            ),
+            // The outermost error says what failed; the rest of the chain is wasm backtrace.
+            None => crate::text::line(&err.to_string(), MESSAGE_MAX),
+        },
+    };
+    PluginError::Trap { plugin: name, message, context: ctx }
 }
 
 /// Turn an error the plugin returned into a [`PluginError`].
@@ -174,7 +205,86 @@ fn reported(plugin: &LoadedPlugin, state: &StoreState, e: types::PluginError) ->
             context: String::new(),
         };
     }
-    PluginError::Reported { plugin: plugin.manifest.name.clone(), message: e.message, field: e.field }
+    PluginError::Reported {
+        plugin: plugin.manifest.name.clone(),
+        message: crate::text::line(&e.message, MESSAGE_MAX),
+        field: e.field.map(|f| crate::text::line(&f, 200)),
+    }
+}
+
+/// A proposal document that is not a usable `Proposal`, and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidProposal(pub String);
+
+/// Bytes a proposal document may take, and characters its rationale keeps.
+const PROPOSAL_MAX_BYTES: usize = 8 << 10;
+const RATIONALE_CHARS: usize = 1000;
+
+/// A proposal of a Researcher's reply: within the size limit, matching the schema, its
+/// rationale cut and made safe to print.
+fn parse_proposal(text: &str) -> Result<Proposal, InvalidProposal> {
+    if text.len() > PROPOSAL_MAX_BYTES {
+        return Err(InvalidProposal(format!(
+            "it is {} bytes, more than the {PROPOSAL_MAX_BYTES} a proposal may take",
+            text.len()
+        )));
+    }
+    let mut p: Proposal = serde_json::from_str(text).map_err(|e| {
+        InvalidProposal(crate::text::line(&format!("it does not match the Proposal schema: {e}"), MESSAGE_MAX))
+    })?;
+    p.rationale = crate::text::line(&p.rationale, RATIONALE_CHARS);
+    Ok(p)
+}
+
+/// The deadline of `describe` and `validate-config`, which do no real work: a plugin that spins
+/// there cannot hold up every command that lists the plugins.
+fn quick_deadline(plugin: &LoadedPlugin) -> Duration {
+    Duration::from_millis(plugin.limits.timeout_ms.min(QUICK_CALL_MS))
+}
+
+/// Milliseconds `describe` and `validate-config` may take at most.
+const QUICK_CALL_MS: u64 = 2000;
+
+/// After a call that returned: it still fails if the plugin left more in `/scratch` than its
+/// quota (one large write between two checks).
+fn after_call(plugin: &LoadedPlugin, store: &mut Store<StoreState>) -> Result<(), PluginError> {
+    let state = store.data_mut();
+    state.deadline = None;
+    match state.check_limits() {
+        Some(Stop::Scratch { what, used, limit }) => Err(PluginError::Scratch {
+            plugin: plugin.manifest.name.clone(),
+            what: what.to_string(),
+            used,
+            limit,
+            context: String::new(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Entries at most in a plugin's drop counts, metrics, tags per example; characters at most in
+/// their names and in an explanation.
+const NAMES_MAX: usize = 64;
+const NAME_CHARS: usize = 80;
+const TAGS_PER_EXAMPLE: usize = 16;
+const EXPLANATION_CHARS: usize = 1000;
+
+/// A plugin's named counts, bounded: at most [`NAMES_MAX`] names of [`NAME_CHARS`] characters;
+/// the counts of the others are summed under `other`.
+fn bounded_counts(items: impl Iterator<Item = (String, u64)>) -> BTreeMap<String, u64> {
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for (name, n) in items {
+        let name = crate::text::line(&name, NAME_CHARS);
+        let key = if out.len() < NAMES_MAX || out.contains_key(&name) { name } else { "other".to_string() };
+        *out.entry(key).or_default() += n;
+    }
+    out
+}
+
+/// A plugin's metrics, bounded like [`bounded_counts`] (metrics past the limit are left out).
+fn bounded_metrics(items: impl Iterator<Item = (String, f64)>) -> BTreeMap<String, f64> {
+    items.take(NAMES_MAX).map(|(n, v)| (crate::text::line(&n, NAME_CHARS), v)).collect()
 }
 
 /// Instantiate `$pre` (any world) in `$store` and call the export every world has, e.g.
@@ -242,7 +352,7 @@ impl PluginHost {
     /// Instantiate `plugin` and ask it to describe itself; checks the answer against its manifest.
     pub(super) async fn describe(&self, plugin: &LoadedPlugin) -> Result<PluginInfo, PluginError> {
         let mut store = self.new_store(plugin, &CallEnv::default())?;
-        self.arm(&mut store, plugin)?;
+        self.arm_for(&mut store, plugin, quick_deadline(plugin))?;
         let fut = async { Ok(any_world!(&plugin.pre, store, |api| api.call_describe(&mut store).await?)) };
         let info = with_backstop(plugin, fut).await.map_err(|e| classify(plugin, store.data(), e))?;
         let m = &plugin.manifest;
@@ -269,14 +379,26 @@ impl PluginHost {
             types::PluginKind::Evaluator => PluginKind::Evaluator,
             types::PluginKind::Researcher => PluginKind::Researcher,
         };
+        if kind != m.kind {
+            return Err(contract(
+                plugin,
+                format!(
+                    "describe() says it is {}, but {} says kind `{}`: fix one of them",
+                    crate::with_article(kind),
+                    m.manifest_path.display(),
+                    m.kind
+                ),
+            ));
+        }
         let config_schema = serde_json::from_str(&info.config_schema)
             .map_err(|e| contract(plugin, format!("describe() returned a config schema that is not JSON: {e}")))?;
+        let description = crate::text::line(&info.description, MESSAGE_MAX);
         Ok(PluginInfo {
             name: info.name,
             kind,
-            version: info.version,
+            version: crate::text::line(&info.version, 64),
             api_version: info.api_version,
-            description: if info.description.is_empty() { m.description.clone() } else { info.description },
+            description: if description.is_empty() { m.description.clone() } else { description },
             config_schema,
         })
     }
@@ -306,7 +428,7 @@ impl PluginHost {
             hint: String::new(),
         })?;
         let mut store = self.new_store(plugin, &CallEnv::default())?;
-        self.arm(&mut store, plugin)?;
+        self.arm_for(&mut store, plugin, quick_deadline(plugin))?;
         let text = to_json_text(config);
         let fut =
             async { Ok(any_world!(&plugin.pre, store, |api| api.call_validate_config(&mut store, &text).await?)) };
@@ -349,6 +471,7 @@ impl PluginHost {
         };
         let result = with_backstop(plugin, fut).await.map_err(|e| classify(plugin, store.data(), e))?;
         let stats = result.map_err(|e| reported(plugin, store.data(), e))?;
+        after_call(plugin, &mut store)?;
         let writer = wasmtime::component::Resource::<HostWriter>::new_own(writer_rep);
         let records =
             store.data_mut().table.delete(writer).map_err(|e| PluginError::Host(e.to_string()))?.into_records();
@@ -356,8 +479,8 @@ impl PluginHost {
             records_in,
             records_out: records.len() as u64,
             records,
-            dropped: stats.dropped.into_iter().map(|d| (d.reason, d.count)).collect(),
-            metrics: stats.metrics.into_iter().map(|m| (m.name, m.value)).collect(),
+            dropped: bounded_counts(stats.dropped.into_iter().map(|d| (d.reason, d.count))),
+            metrics: bounded_metrics(stats.metrics.into_iter().map(|m| (m.name, m.value))),
             elapsed: started.elapsed(),
         })
     }
@@ -423,6 +546,7 @@ impl PluginHost {
         if !agg.score.is_finite() {
             return Err(contract(plugin, "aggregate() returned a non-finite score".into()));
         }
+        after_call(plugin, &mut store)?;
         Ok(EvalReport {
             results: results
                 .into_iter()
@@ -430,14 +554,14 @@ impl PluginHost {
                     id: r.id,
                     score: r.score,
                     passed: r.passed,
-                    tags: r.tags,
-                    explanation: r.explanation,
+                    tags: r.tags.iter().take(TAGS_PER_EXAMPLE).map(|t| crate::text::line(t, NAME_CHARS)).collect(),
+                    explanation: crate::text::line(&r.explanation, EXPLANATION_CHARS),
                 })
                 .collect(),
             score: agg.score,
             passed: agg.passed,
             total: agg.total,
-            metrics: agg.metrics.into_iter().map(|m| (m.name, m.value)).collect(),
+            metrics: bounded_metrics(agg.metrics.into_iter().map(|m| (m.name, m.value))),
         })
     }
 
@@ -485,7 +609,7 @@ impl ResearcherSession<'_> {
         &mut self,
         context: &ResearchContext,
         max: u32,
-    ) -> Result<Vec<Result<Proposal, String>>, PluginError> {
+    ) -> Result<Vec<Result<Proposal, InvalidProposal>>, PluginError> {
         self.check_usable()?;
         let text = document_for(&self.plugin.info.api_version, context)?;
         self.host.arm(&mut self.store, self.plugin)?;
@@ -505,14 +629,7 @@ impl ResearcherSession<'_> {
                 format!("propose() returned {} proposals, more than the {max} asked for", raw.len()),
             ));
         }
-        Ok(raw
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                serde_json::from_str::<Proposal>(p)
-                    .map_err(|e| format!("proposal {i} does not match the Proposal schema: {e}"))
-            })
-            .collect())
+        Ok(raw.iter().map(|p| parse_proposal(p)).collect())
     }
 
     /// Tell the Researcher how an experiment went.

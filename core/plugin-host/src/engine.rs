@@ -61,11 +61,6 @@ impl EngineHandle {
         &self.engine
     }
 
-    /// Epoch ticks covering `timeout` (at least one more than needed, never zero).
-    pub(crate) fn ticks_for(&self, timeout: Duration) -> u64 {
-        (timeout.as_micros() / TICK.as_micros()) as u64 + 1
-    }
-
     /// A hex key for what makes compiled code reusable: wasmtime version, target and settings.
     fn compatibility_key(&self) -> String {
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -102,9 +97,16 @@ impl EngineHandle {
     }
 
     fn compile_fresh(&self, bytes: &[u8]) -> Result<Component, String> {
+        // The parser's message for a file that is not wasm at all quotes its first bytes: say
+        // so without them (the file may be anything a manifest points at).
+        if !bytes.starts_with(b"\0asm") {
+            return Err(
+                "not a valid WebAssembly component: the file does not start with the `\\0asm` magic number".into()
+            );
+        }
         Component::from_binary(&self.engine, bytes).map_err(|e| {
-            let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
-            if bytes.starts_with(b"\0asm") && bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+            let root = crate::text::line(&e.chain().last().map(|c| c.to_string()).unwrap_or_default(), 300);
+            if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
                 format!("this is a core WebAssembly module, not a component: build it for wasm32-wasip2 ({root})")
             } else {
                 format!("not a valid WebAssembly component: {root}")

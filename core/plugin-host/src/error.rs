@@ -102,6 +102,22 @@ pub enum PluginError {
         /// Captured output.
         context: String,
     },
+    /// The plugin kept more in `/scratch` than its quota allows.
+    #[error(
+        "plugin `{plugin}` exceeded its scratch quota of {limit} {what} (it had {used}) and was stopped; raise [limits] scratch-mib or scratch-files in its plugin.toml if that much is expected{context}"
+    )]
+    Scratch {
+        /// Plugin name.
+        plugin: String,
+        /// `bytes` or `files`.
+        what: String,
+        /// What it had.
+        used: u64,
+        /// The quota.
+        limit: u64,
+        /// Captured output.
+        context: String,
+    },
     /// The guest panicked.
     #[error("plugin `{plugin}` panicked: {message}{context}")]
     Panic {
@@ -163,6 +179,7 @@ impl PluginError {
             | Self::Memory { plugin, .. }
             | Self::Fuel { plugin, .. }
             | Self::Output { plugin, .. }
+            | Self::Scratch { plugin, .. }
             | Self::Panic { plugin, .. }
             | Self::Trap { plugin, .. }
             | Self::Reported { plugin, .. }

@@ -20,6 +20,7 @@ pub mod llm;
 pub mod manifest;
 pub mod records;
 mod state;
+pub mod text;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,7 @@ use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-pub use calls::{DataToolRun, EvalItem, EvalReport, ExampleResult, ResearcherSession};
+pub use calls::{DataToolRun, EvalItem, EvalReport, ExampleResult, InvalidProposal, ResearcherSession};
 pub use error::PluginError;
 pub use manifest::{Capabilities, HOST_API_VERSION, Limits, Manifest};
 pub use state::{Progress, ProgressSink};
@@ -62,8 +63,10 @@ pub struct HostConfig {
     pub max_limits: Limits,
     /// The LLM behind `llm.chat`, if any.
     pub llm: Option<Arc<dyn LlmClient>>,
-    /// Parent folder of each plugin's private scratch folder.
-    pub scratch_root: PathBuf,
+    /// Where the calls' private scratch folders are made (each call gets a fresh one, mode
+    /// 0700, removed afterwards); `None` (the default): a private folder under the system's
+    /// temporary directory, made when the host starts and removed with it.
+    pub scratch_root: Option<PathBuf>,
     /// The tokenizer behind `tokenizer.count` (the model being fine-tuned), if any.
     pub tokenizer: Option<Arc<dyn TokenCounter>>,
 }
@@ -86,9 +89,16 @@ impl Default for HostConfig {
         Self {
             cache_dir: None,
             grant: Capabilities { dataset: true, scratch: true, llm: true },
-            max_limits: Limits { timeout_ms: 3_600_000, memory_mib: 4096, fuel: None, output_mib: 16 * 1024 },
+            max_limits: Limits {
+                timeout_ms: 3_600_000,
+                memory_mib: 4096,
+                fuel: None,
+                output_mib: 16 * 1024,
+                scratch_mib: 4096,
+                scratch_files: 100_000,
+            },
             llm: None,
-            scratch_root: std::env::temp_dir().join(format!("trex-scratch-{}", std::process::id())),
+            scratch_root: None,
             tokenizer: None,
         }
     }
@@ -159,8 +169,9 @@ enum KindPre {
 pub struct CallEnv {
     /// The task's dataset folder, mounted read-only at `/data` when granted.
     pub dataset_dir: Option<PathBuf>,
-    /// Overrides the plugin's default scratch folder (mounted read-write at `/scratch`).
-    pub scratch_dir: Option<PathBuf>,
+    /// Where this call's private scratch folder (mounted read-write at `/scratch`) is made,
+    /// instead of the host's scratch root: a run folder, so a node's scratch lives with it.
+    pub scratch_parent: Option<PathBuf>,
     /// Set to ask running plugins to stop (`cancelled()` turns true; readers run dry).
     pub cancel: Arc<AtomicBool>,
     /// Receives progress reports.
@@ -171,7 +182,7 @@ impl std::fmt::Debug for CallEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallEnv")
             .field("dataset_dir", &self.dataset_dir)
-            .field("scratch_dir", &self.scratch_dir)
+            .field("scratch_parent", &self.scratch_parent)
             .field("cancel", &self.cancel)
             .finish()
     }
@@ -196,6 +207,10 @@ pub struct PluginHost {
     plugins: BTreeMap<String, LoadedPlugin>,
     failures: Vec<LoadFailure>,
     dir: PathBuf,
+    /// Where calls' scratch folders are made by default, and the folder to remove on drop when
+    /// the host made it itself.
+    scratch_root: PathBuf,
+    _scratch_owner: Option<tempfile::TempDir>,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -223,6 +238,16 @@ impl PluginHost {
         wasmtime_wasi::p2::add_to_linker_async(&mut researcher_linker).map_err(host_err)?;
         researcher::Researcher::add_to_linker::<StoreState, HostData>(&mut researcher_linker, |s| s)
             .map_err(host_err)?;
+        let (scratch_root, scratch_owner) = match &config.scratch_root {
+            Some(root) => (root.clone(), None),
+            None => {
+                let owned = tempfile::Builder::new()
+                    .prefix("trex-scratch-")
+                    .tempdir()
+                    .map_err(|e| PluginError::Host(format!("cannot create a private scratch folder: {e}")))?;
+                (owned.path().to_path_buf(), Some(owned))
+            }
+        };
         Ok(Self {
             engine,
             data_tool_linker,
@@ -232,6 +257,8 @@ impl PluginHost {
             plugins: BTreeMap::new(),
             failures: Vec::new(),
             dir: PathBuf::new(),
+            scratch_root,
+            _scratch_owner: scratch_owner,
         })
     }
 
@@ -285,11 +312,7 @@ impl PluginHost {
     async fn prepare(&self, manifest: Manifest) -> Result<LoadedPlugin, PluginError> {
         let name = manifest.name.clone();
         let started = Instant::now();
-        let bytes = std::fs::read(&manifest.wasm).map_err(|e| PluginError::Load {
-            plugin: name.clone(),
-            path: manifest.wasm.clone(),
-            message: format!("{e} (build the standard plugins with `cargo xtask build-plugins`)"),
-        })?;
+        let bytes = manifest.read_component()?;
         let (component, source) = self
             .engine
             .compile(&bytes, self.config.cache_dir.as_deref())
@@ -330,15 +353,37 @@ impl PluginHost {
             PluginKind::Evaluator => &self.evaluator_linker,
             PluginKind::Researcher => &self.researcher_linker,
         };
-        let instance_pre = linker.instantiate_pre(component).map_err(|e| PluginError::WrongWorld {
-            plugin: plugin.clone(),
-            kind: kind.to_string(),
-            message: format!("it imports something the host does not provide: {}", root_message(&e)),
+        let ty = component.component_type();
+        let engine = self.engine.engine();
+        let looks_like = [PluginKind::DataTool, PluginKind::Evaluator, PluginKind::Researcher]
+            .into_iter()
+            .find(|k| ty.exports(engine).any(|(n, _)| n.starts_with(&format!("trex:plugin/{k}-api"))));
+        let other_kind = looks_like.filter(|k| *k != kind).map(|other| {
+            format!(
+                "this component looks like {} (it exports `trex:plugin/{other}-api`): set kind = \"{other}\" in {}",
+                with_article(other),
+                manifest.manifest_path.display()
+            )
+        });
+        let instance_pre = linker.instantiate_pre(component).map_err(|e| {
+            let foreign: Vec<&str> =
+                ty.imports(engine).map(|(n, _)| n).filter(|n| !PROVIDED_IMPORTS.iter().any(|p| n.starts_with(p))).collect();
+            let message = if !foreign.is_empty() {
+                format!(
+                    "it imports {}, which trex does not provide (plugins get WASI's files, clocks and random numbers and trex's own interfaces; no network or HTTP)",
+                    foreign.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                )
+            } else if let Some(m) = &other_kind {
+                m.clone()
+            } else {
+                format!("it imports something the host does not provide: {}", root_message(&e))
+            };
+            PluginError::WrongWorld { plugin: plugin.clone(), kind: kind.to_string(), message }
         })?;
         let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
             plugin: plugin.clone(),
             kind: kind.to_string(),
-            message: root_message(&e),
+            message: other_kind.clone().unwrap_or_else(|| root_message(&e)),
         };
         Ok(match kind {
             PluginKind::DataTool => KindPre::DataTool(data_tool::DataToolPre::new(instance_pre).map_err(wrong_world)?),
@@ -369,14 +414,27 @@ impl PluginHost {
                 PluginError::Host(format!("cannot mount dataset folder {} for `{name}`: {e}", dir.display()))
             })?;
         }
-        if plugin.granted.scratch {
-            let dir = env.scratch_dir.clone().unwrap_or_else(|| self.config.scratch_root.join(name));
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| PluginError::Host(format!("cannot create scratch folder {}: {e}", dir.display())))?;
-            wasi.preopened_dir(&dir, "/scratch", FsPerms::ReadWrite).map_err(|e| {
-                PluginError::Host(format!("cannot mount scratch folder {} for `{name}`: {e}", dir.display()))
+        let scratch = if plugin.granted.scratch {
+            // A fresh folder per call, made with mkdtemp (an unpredictable name, mode 0700,
+            // refused if anything exists there): nothing planted beforehand is followed, and no
+            // other call or node sees it.
+            let parent = env.scratch_parent.as_ref().unwrap_or(&self.scratch_root);
+            std::fs::create_dir_all(parent)
+                .map_err(|e| PluginError::Host(format!("cannot create scratch root {}: {e}", parent.display())))?;
+            let dir = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir_in(parent).map_err(|e| {
+                PluginError::Host(format!("cannot create a scratch folder in {}: {e}", parent.display()))
             })?;
-        }
+            wasi.preopened_dir(dir.path(), "/scratch", FsPerms::ReadWrite).map_err(|e| {
+                PluginError::Host(format!("cannot mount scratch folder {} for `{name}`: {e}", dir.path().display()))
+            })?;
+            Some(state::Scratch {
+                dir,
+                max_bytes: plugin.limits.scratch_mib << 20,
+                max_files: plugin.limits.scratch_files,
+            })
+        } else {
+            None
+        };
         let limits = state::PluginLimits::new(usize::try_from(plugin.limits.memory_mib << 20).unwrap_or(usize::MAX));
         let llm = match (plugin.granted.llm, &self.config.llm) {
             (false, _) => LlmAccess::NotGranted,
@@ -398,16 +456,43 @@ impl PluginHost {
             llm,
             tokenizer: self.config.tokenizer.clone(),
             output_limit_hit: false,
+            deadline: None,
+            deadline_ms: plugin.limits.timeout_ms,
+            stop: None,
+            scratch,
         };
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(state::limiter);
+        // Every CHECK_TICKS ticks: stop the call past its deadline or over its scratch quota, and
+        // otherwise yield, so that calls running side by side share their threads.
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            match state.check_limits() {
+                Some(stop) => Err(state.stop_call(stop)),
+                None => Ok(wasmtime::UpdateDeadline::Yield(state::CHECK_TICKS)),
+            }
+        });
         store.set_fuel(plugin.limits.fuel.unwrap_or(u64::MAX)).map_err(|e| PluginError::Host(format!("{e:#}")))?;
         Ok(store)
     }
 
     /// Arm the per-call limits (deadline and fuel) before a call.
     fn arm(&self, store: &mut Store<StoreState>, plugin: &LoadedPlugin) -> Result<(), PluginError> {
-        store.set_epoch_deadline(self.engine.ticks_for(Duration::from_millis(plugin.limits.timeout_ms)));
+        self.arm_for(store, plugin, Duration::from_millis(plugin.limits.timeout_ms))
+    }
+
+    /// Arm the limits with a deadline of `timeout` from now.
+    fn arm_for(
+        &self,
+        store: &mut Store<StoreState>,
+        plugin: &LoadedPlugin,
+        timeout: Duration,
+    ) -> Result<(), PluginError> {
+        let state = store.data_mut();
+        state.deadline = Some(Instant::now() + timeout);
+        state.deadline_ms = timeout.as_millis() as u64;
+        state.stop = None;
+        store.set_epoch_deadline(state::CHECK_TICKS);
         store.set_fuel(plugin.limits.fuel.unwrap_or(u64::MAX)).map_err(|e| PluginError::Host(format!("{e:#}")))
     }
 
@@ -477,6 +562,10 @@ pub fn folders_holding(dir: &Path, file: &str) -> std::io::Result<Vec<PathBuf>> 
     out.sort();
     Ok(out)
 }
+
+/// The import namespaces the host's linkers define: WASI p2 (without HTTP) and trex's own.
+const PROVIDED_IMPORTS: &[&str] =
+    &["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:filesystem/", "wasi:random/", "wasi:sockets/", "trex:plugin/"];
 
 /// "a data-tool", "an evaluator", "a researcher".
 fn with_article(kind: PluginKind) -> String {

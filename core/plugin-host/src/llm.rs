@@ -6,6 +6,10 @@ use std::pin::Pin;
 
 use trex_sdk::types::ChatMessage;
 
+pub use probe::{FormatCheck, Probe};
+
+mod probe;
+
 /// A chat request as the host forwards it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
@@ -28,6 +32,8 @@ pub struct ChatResponse {
     pub prompt_tokens: u32,
     /// Completion tokens charged.
     pub completion_tokens: u32,
+    /// Whether the server reported the token counts (otherwise they are estimated).
+    pub usage_reported: bool,
 }
 
 /// Why a chat request failed.
@@ -72,11 +78,63 @@ pub struct OpenAiConfig {
     /// First retry delay in milliseconds; doubled at each retry.
     #[serde(default = "default_backoff")]
     pub backoff_ms: u64,
-    /// Ask for a JSON-schema response format when the caller gives a schema. A server that
-    /// refuses it (HTTP 400 naming `response_format`) is asked again without it, and not asked
-    /// again with it.
+    /// Ask for structured output when the caller gives a schema. The client starts with
+    /// OpenAI's `json_schema` format and steps down [`ResponseFormat::LADDER`] whenever a server
+    /// refuses one (any status whose body names `response_format`, `json_schema` or
+    /// `json_object`), never sending the refused request again; what worked is kept for the rest
+    /// of the run. `false`: no structured output at all, the schema goes into the prompt.
     #[serde(default = "yes")]
     pub json_schema: bool,
+}
+
+/// How a request asks for JSON that follows a schema, from the most to the least the server has
+/// to support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResponseFormat {
+    /// `{"type": "json_schema", "json_schema": {"name", "schema"}}` (OpenAI, vLLM, llama.cpp's server).
+    JsonSchema,
+    /// `{"type": "json_object", "schema": ...}` (llama-cpp-python).
+    JsonObjectSchema,
+    /// `{"type": "json_object"}`, with the schema in the prompt.
+    JsonObject,
+    /// No response format; the schema in the prompt.
+    Prompt,
+}
+
+impl ResponseFormat {
+    /// Every format, in the order the client tries them.
+    pub const LADDER: [ResponseFormat; 4] = [
+        ResponseFormat::JsonSchema,
+        ResponseFormat::JsonObjectSchema,
+        ResponseFormat::JsonObject,
+        ResponseFormat::Prompt,
+    ];
+
+    /// The name used in reports and the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseFormat::JsonSchema => "json_schema",
+            ResponseFormat::JsonObjectSchema => "json_object + schema",
+            ResponseFormat::JsonObject => "json_object",
+            ResponseFormat::Prompt => "schema in the prompt",
+        }
+    }
+
+    fn index(self) -> u8 {
+        Self::LADDER.iter().position(|f| *f == self).expect("every format is on the ladder") as u8
+    }
+
+    /// The next format down the ladder.
+    pub fn next(self) -> Option<ResponseFormat> {
+        Self::LADDER.get(self.index() as usize + 1).copied()
+    }
+}
+
+/// Whether a refused request's reply is the server refusing its response format (rather than a
+/// transient failure or a problem with the rest of the request).
+fn refuses_the_format(body: &str) -> bool {
+    ["response_format", "json_schema", "json_object"].iter().any(|k| body.contains(k))
 }
 
 impl Default for OpenAiConfig {
@@ -151,7 +209,8 @@ pub struct OpenAiClient {
     config: OpenAiConfig,
     api_key: Option<String>,
     meter: std::sync::Arc<TokenMeter>,
-    schema_refused: std::sync::atomic::AtomicBool,
+    /// The index on [`ResponseFormat::LADDER`] of the format this server accepts (so far).
+    format: std::sync::atomic::AtomicU8,
 }
 
 impl OpenAiClient {
@@ -173,7 +232,23 @@ impl OpenAiClient {
             .connect_timeout(std::time::Duration::from_secs_f64(config.timeout_s.min(10.0)))
             .build()
             .map_err(|e| LlmError::Request(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self { http, config, api_key, meter, schema_refused: false.into() })
+        let start = if config.json_schema { ResponseFormat::JsonSchema } else { ResponseFormat::Prompt };
+        Ok(Self { http, config, api_key, meter, format: start.index().into() })
+    }
+
+    /// The structured-output format this client uses with its server now.
+    pub fn format(&self) -> ResponseFormat {
+        ResponseFormat::LADDER[self.format.load(std::sync::atomic::Ordering::Relaxed) as usize]
+    }
+
+    /// Use `format` from now on (what [`OpenAiClient::probe`] found, or a resumed run journaled).
+    pub fn set_format(&self, format: ResponseFormat) {
+        self.format.store(format.index(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The server's address and model, for messages.
+    pub fn describe(&self) -> String {
+        format!("{} (model `{}`)", self.config.base_url, self.config.model)
     }
 
     /// The token meter this client charges.
@@ -181,24 +256,46 @@ impl OpenAiClient {
         &self.meter
     }
 
-    fn body(&self, request: &ChatRequest, with_schema: bool) -> serde_json::Value {
-        let mut body = serde_json::json!({ "model": self.config.model, "messages": request.messages });
+    pub(crate) fn body(&self, request: &ChatRequest, format: ResponseFormat) -> serde_json::Value {
+        let mut messages = request.messages.clone();
+        if let Some(schema) = &request.response_schema
+            && matches!(format, ResponseFormat::JsonObject | ResponseFormat::Prompt)
+        {
+            // Without a schema-constrained format, the schema travels in the prompt.
+            let instruction = format!(
+                "Reply with one JSON object only, no prose and no code fence, that follows this JSON Schema:\n{schema}"
+            );
+            match messages.first_mut().filter(|m| m.role == "system") {
+                Some(system) => system.content = format!("{}\n\n{instruction}", system.content),
+                None => messages.insert(0, ChatMessage { role: "system".into(), content: instruction }),
+            }
+        }
+        let mut body = serde_json::json!({ "model": self.config.model, "messages": messages });
         if let Some(t) = request.temperature {
             body["temperature"] = t.into();
         }
         if let Some(m) = request.max_tokens {
             body["max_tokens"] = m.into();
         }
-        if with_schema && let Some(schema) = &request.response_schema {
-            body["response_format"] = serde_json::json!({
-                "type": "json_schema",
-                "json_schema": { "name": "reply", "schema": schema, "strict": false },
-            });
+        if let Some(schema) = &request.response_schema {
+            match format {
+                ResponseFormat::JsonSchema => {
+                    body["response_format"] = serde_json::json!({
+                        "type": "json_schema",
+                        "json_schema": { "name": "reply", "schema": schema, "strict": false },
+                    });
+                }
+                ResponseFormat::JsonObjectSchema => {
+                    body["response_format"] = serde_json::json!({ "type": "json_object", "schema": schema });
+                }
+                ResponseFormat::JsonObject => body["response_format"] = serde_json::json!({ "type": "json_object" }),
+                ResponseFormat::Prompt => {}
+            }
         }
         body
     }
 
-    async fn once(&self, body: &serde_json::Value) -> Result<ChatResponse, Attempt> {
+    pub(crate) async fn once(&self, body: &serde_json::Value) -> Result<ChatResponse, Attempt> {
         let url = format!("{}/chat/completions", self.config.base_url.trim_end_matches('/'));
         let mut req = self.http.post(&url).json(body);
         if let Some(key) = &self.api_key {
@@ -217,11 +314,13 @@ impl OpenAiClient {
                 text.len()
             )));
         }
+        // A refusal of the response format comes as a 400, a 422 or, from some servers, a 500
+        // whose body is the validation error: never send that request again.
+        if !status.is_success() && body.get("response_format").is_some() && refuses_the_format(&text) {
+            return Err(Attempt::NoSchema(format!("{url}: HTTP {status}: {snippet}")));
+        }
         if status.as_u16() == 429 || status.is_server_error() {
             return Err(Attempt::Retry(format!("{url}: HTTP {status}: {snippet}")));
-        }
-        if status.as_u16() == 400 && text.contains("response_format") {
-            return Err(Attempt::NoSchema(format!("{url}: HTTP {status}: {snippet}")));
         }
         if !status.is_success() {
             return Err(Attempt::Fatal(format!("{url}: HTTP {status}: {snippet}")));
@@ -239,6 +338,7 @@ impl OpenAiClient {
             content: content.to_string(),
             prompt_tokens: usage("prompt_tokens").unwrap_or_else(|| estimate(prompt_chars)),
             completion_tokens: usage("completion_tokens").unwrap_or_else(|| estimate(content.len())),
+            usage_reported: usage("completion_tokens").is_some(),
         })
     }
 
@@ -256,16 +356,27 @@ impl OpenAiClient {
         let mut last = String::new();
         let mut attempt = 0;
         while attempt <= self.config.max_retries {
-            let with_schema = self.config.json_schema && !self.schema_refused.load(Ordering::Relaxed);
-            let body = self.body(request, with_schema);
+            let format = self.format();
+            let body = self.body(request, format);
             match self.once(&body).await {
                 Ok(r) => {
                     self.meter.add(r.prompt_tokens as u64 + r.completion_tokens as u64);
                     return Ok(r);
                 }
-                Err(Attempt::NoSchema(msg)) if with_schema => {
-                    tracing::warn!("the LLM server refused the JSON-schema response format; asking without it: {msg}");
-                    self.schema_refused.store(true, Ordering::Relaxed);
+                Err(Attempt::NoSchema(msg)) if format.next().is_some() => {
+                    let next = format.next().expect("checked");
+                    tracing::warn!(
+                        "the LLM server refused the `{}` response format; using `{}` from now on: {msg}",
+                        format.as_str(),
+                        next.as_str()
+                    );
+                    // Step down unless another request already did.
+                    let _ = self.format.compare_exchange(
+                        format.index(),
+                        next.index(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                     continue;
                 }
                 Err(Attempt::NoSchema(msg) | Attempt::Fatal(msg)) => return Err(LlmError::Request(msg)),
@@ -287,7 +398,7 @@ impl OpenAiClient {
 /// Replies larger than this are refused (a runaway server cannot flood the host or a plugin).
 const MAX_REPLY_BYTES: usize = 8 << 20;
 
-enum Attempt {
+pub(crate) enum Attempt {
     Retry(String),
     NoSchema(String),
     Fatal(String),

@@ -29,7 +29,9 @@ pub const HOST_API_VERSION: &str = "0.1.1";
 /// timeout-ms = 60000              # wall-clock deadline per call
 /// memory-mib = 256                # linear memory cap
 /// fuel = 1000000000               # optional instruction budget per call
-/// output-mib = 1024               # bytes a data tool may write per run
+/// output-mib = 1024               # bytes a data tool may write per run (records count 64 bytes more each)
+/// scratch-mib = 256               # bytes the plugin may keep in /scratch during a call
+/// scratch-files = 10000           # files and folders it may keep there
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Manifest {
@@ -109,13 +111,29 @@ pub struct Limits {
     pub memory_mib: u64,
     /// Instruction budget of one call (wasmtime fuel); unlimited when absent.
     pub fuel: Option<u64>,
-    /// Bytes a data tool may write in one run, in MiB.
+    /// Bytes a data tool may write in one run, in MiB; each record counts
+    /// [`RECORD_OVERHEAD_BYTES`] more than its text, for what the host keeps per record.
     pub output_mib: u64,
+    /// Bytes the plugin may keep in its `/scratch` folder during one call, in MiB.
+    pub scratch_mib: u64,
+    /// Files and folders the plugin may keep in `/scratch` during one call.
+    pub scratch_files: u64,
 }
+
+/// What the host keeps per record beyond its text (the string's header and its slot), counted
+/// against a data tool's `output-mib` so that millions of tiny records cannot exhaust the host.
+pub const RECORD_OVERHEAD_BYTES: u64 = 64;
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { timeout_ms: 60_000, memory_mib: 256, fuel: None, output_mib: 1024 }
+        Self {
+            timeout_ms: 60_000,
+            memory_mib: 256,
+            fuel: None,
+            output_mib: 1024,
+            scratch_mib: 256,
+            scratch_files: 10_000,
+        }
     }
 }
 
@@ -130,6 +148,8 @@ impl Limits {
                 (a, b) => a.or(b),
             },
             output_mib: self.output_mib.min(other.output_mib),
+            scratch_mib: self.scratch_mib.min(other.scratch_mib),
+            scratch_files: self.scratch_files.min(other.scratch_files),
         }
     }
 }
@@ -150,7 +170,65 @@ struct RawManifest {
     limits: Limits,
 }
 
+/// Bytes a component file may have.
+pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
+
 impl Manifest {
+    /// The component's bytes. `wasm` must resolve (links followed) to a regular file inside the
+    /// plugin's folder, of at most [`MAX_COMPONENT_BYTES`]; it is opened without following a
+    /// link and without blocking, so a link out, a device or a pipe is refused rather than read.
+    pub fn read_component(&self) -> Result<Vec<u8>, PluginError> {
+        let fail = |message: String| PluginError::Load { plugin: self.name.clone(), path: self.wasm.clone(), message };
+        let folder = self.manifest_path.parent().unwrap_or(Path::new("."));
+        let folder =
+            std::fs::canonicalize(folder).map_err(|e| fail(format!("cannot resolve the plugin folder: {e}")))?;
+        let resolved = std::fs::canonicalize(&self.wasm).map_err(|e| {
+            fail(if e.kind() == std::io::ErrorKind::NotFound {
+                if is_standard_plugin(&folder) {
+                    "no such file: build the standard plugins with `cargo xtask build-plugins`".to_string()
+                } else {
+                    "no such file: build the plugin with `cargo build --release --target wasm32-wasip2` and copy target/wasm32-wasip2/release/<crate>.wasm next to its plugin.toml".to_string()
+                }
+            } else {
+                format!("cannot resolve it: {e}")
+            })
+        })?;
+        if !resolved.starts_with(&folder) {
+            return Err(fail(format!(
+                "it resolves to {}, outside the plugin folder {}: the component must be a file inside it",
+                resolved.display(),
+                folder.display()
+            )));
+        }
+        let meta = std::fs::metadata(&resolved).map_err(|e| fail(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(fail("it is not a regular file (a folder, device or pipe)".into()));
+        }
+        if meta.len() > MAX_COMPONENT_BYTES {
+            return Err(fail(format!(
+                "it is {} MiB; a component may be at most {} MiB",
+                meta.len() >> 20,
+                MAX_COMPONENT_BYTES >> 20
+            )));
+        }
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&resolved)
+            .map_err(|e| fail(format!("cannot open it: {e}")))?;
+        if !file.metadata().map_err(|e| fail(e.to_string()))?.is_file() {
+            return Err(fail("it is not a regular file".into()));
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_COMPONENT_BYTES + 1).read_to_end(&mut bytes).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        if bytes.len() as u64 > MAX_COMPONENT_BYTES {
+            return Err(fail(format!("it grew past {} MiB while being read", MAX_COMPONENT_BYTES >> 20)));
+        }
+        Ok(bytes)
+    }
+
     /// Read and check `path` (a `plugin.toml`).
     pub fn load(path: &Path) -> Result<Manifest, PluginError> {
         let text = std::fs::read_to_string(path)
@@ -202,6 +280,13 @@ impl Manifest {
             manifest_path: path.to_path_buf(),
         })
     }
+}
+
+/// Whether `folder` is one of the standard plugins of a trex checkout (`plugins/<name>` next to
+/// the `xtask` folder), where `cargo xtask build-plugins` builds it.
+fn is_standard_plugin(folder: &Path) -> bool {
+    folder.parent().is_some_and(|p| p.file_name().is_some_and(|n| n == "plugins"))
+        && folder.parent().and_then(Path::parent).is_some_and(|root| root.join("xtask").is_dir())
 }
 
 type Semver = (u64, u64, u64);
@@ -275,9 +360,13 @@ wasm = "dedup_exact.wasm"
 
     #[test]
     fn limits_combine_to_the_stricter() {
-        let a = Limits { timeout_ms: 10, memory_mib: 100, fuel: None, output_mib: 5 };
-        let b = Limits { timeout_ms: 20, memory_mib: 50, fuel: Some(7), output_mib: 9 };
-        assert_eq!(a.min(&b), Limits { timeout_ms: 10, memory_mib: 50, fuel: Some(7), output_mib: 5 });
+        let a = Limits { timeout_ms: 10, memory_mib: 100, fuel: None, output_mib: 5, scratch_mib: 8, scratch_files: 3 };
+        let b =
+            Limits { timeout_ms: 20, memory_mib: 50, fuel: Some(7), output_mib: 9, scratch_mib: 4, scratch_files: 9 };
+        assert_eq!(
+            a.min(&b),
+            Limits { timeout_ms: 10, memory_mib: 50, fuel: Some(7), output_mib: 5, scratch_mib: 4, scratch_files: 3 }
+        );
     }
 
     #[test]

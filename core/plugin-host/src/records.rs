@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use serde::de::IgnoredAny;
+use crate::manifest::RECORD_OVERHEAD_BYTES;
 
 /// A run's input, shared by its reader (which hands records out in order) and its writer
 /// (which takes records the plugin passes on, by position, without copying them).
@@ -62,6 +62,19 @@ impl HostReader {
     }
 }
 
+/// Why `record` would not survive the host's reading it back (a JSON-lines file and
+/// `serde_json::Value`), if it would not.
+fn check_record(record: &str) -> Result<(), &'static str> {
+    if record.contains(['\n', '\r']) {
+        return Err("has a line break (records are one line each: serialize without pretty-printing)");
+    }
+    match serde_json::from_str::<serde_json::Value>(record) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => Err("is not a JSON object"),
+        Err(_) => Err("is not valid JSON (or nests too deep, or has a lone surrogate)"),
+    }
+}
+
 /// The output side of a data-tool run.
 #[derive(Debug)]
 pub struct HostWriter {
@@ -79,12 +92,15 @@ impl HostWriter {
         Self { records: Vec::new(), bytes: 0, max_bytes, limit_hit: false, input }
     }
 
-    fn reserve(&mut self, batch_bytes: u64) -> Result<(), String> {
+    /// Count `records` records of `text_bytes` bytes against the limit: each record costs
+    /// [`RECORD_OVERHEAD_BYTES`] more than its text, for what the host keeps per record.
+    fn reserve(&mut self, text_bytes: u64, records: usize) -> Result<u64, String> {
+        let batch_bytes = text_bytes + records as u64 * RECORD_OVERHEAD_BYTES;
         if self.bytes + batch_bytes > self.max_bytes {
             self.limit_hit = true;
             return Err(format!("output limit of {} MiB reached; stop writing", self.max_bytes >> 20));
         }
-        Ok(())
+        Ok(batch_bytes)
     }
 
     /// Keep input records unchanged, by position: each must have been read and not passed
@@ -113,24 +129,24 @@ impl HostWriter {
                 ));
             }
         }
-        self.reserve(batch_bytes)?;
-        self.bytes += batch_bytes;
+        self.bytes += self.reserve(batch_bytes, positions.len())?;
         self.records.extend(positions.iter().map(|&p| std::mem::take(&mut input.records[p as usize])));
         Ok(())
     }
 
-    /// Check and keep a batch. Every record must be a JSON object; the batch is refused whole
-    /// if one is not, or if it would take the output past the limit.
+    /// Check and keep a batch. Every record must be a JSON object on one line that the host's
+    /// own reader will parse (no lone surrogates, nesting within serde_json's limit); the batch
+    /// is refused whole if one is not, or if it would take the output past the limit.
     pub(crate) fn append(&mut self, batch: Vec<String>) -> Result<(), String> {
         let batch_bytes: u64 = batch.iter().map(|r| r.len() as u64).sum();
-        self.reserve(batch_bytes)?;
+        let cost = self.reserve(batch_bytes, batch.len())?;
         for (i, record) in batch.iter().enumerate() {
-            if !record.trim_start().starts_with('{') || serde_json::from_str::<IgnoredAny>(record).is_err() {
-                let preview: String = record.chars().take(80).collect();
-                return Err(format!("record {} of the batch is not a JSON object: {preview}", self.records.len() + i));
+            if let Err(why) = check_record(record) {
+                let preview = crate::text::line(record, 80);
+                return Err(format!("record {} of the batch {why}: {preview}", self.records.len() + i));
             }
         }
-        self.bytes += batch_bytes;
+        self.bytes += cost;
         self.records.extend(batch);
         Ok(())
     }
@@ -172,11 +188,33 @@ mod tests {
     }
 
     #[test]
-    fn writer_enforces_the_byte_limit() {
-        let mut w = HostWriter::new(10, Arc::default());
+    fn writer_enforces_the_byte_limit_counting_what_each_record_costs_the_host() {
+        // 7 bytes of text and 64 of overhead: one record fits in 100 bytes, two do not.
+        let mut w = HostWriter::new(100, Arc::default());
         assert!(w.append(vec!["{\"a\":1}".into()]).is_ok());
         assert!(w.append(vec!["{\"a\":1}".into()]).unwrap_err().contains("output limit"));
         assert!(w.limit_hit());
+        // Tiny records cannot slip under a byte limit: `{}` costs 66 bytes, not 2.
+        let mut w = HostWriter::new(1 << 20, Arc::default());
+        let tiny = vec!["{}".to_string(); 100_000];
+        assert!(w.append(tiny).unwrap_err().contains("output limit"));
+    }
+
+    #[test]
+    fn writer_refuses_records_its_own_reader_would_refuse() {
+        let mut w = HostWriter::new(1 << 20, Arc::default());
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        for (record, why) in [
+            ("{\"s\":\"\\ud800\"}".to_string(), "not valid JSON"),
+            (deep, "not valid JSON"),
+            ("{\"a\":\n1}".to_string(), "line break"),
+            ("{\"a\":\r1}".to_string(), "line break"),
+        ] {
+            let err = w.append(vec![record]).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+        assert!(w.append(vec!["{\"s\":\"line\\nbreak \\ud83d\\ude00\"}".into()]).is_ok(), "escapes are fine");
+        assert_eq!(w.into_records().len(), 1);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::{HasData, Resource, ResourceTable};
@@ -58,6 +59,74 @@ pub(crate) struct StoreState {
     pub tokenizer: Option<Arc<dyn TokenCounter>>,
     /// Set when a writer refused output because the limit was reached.
     pub output_limit_hit: bool,
+    /// When the current call must end (set by `arm`).
+    pub deadline: Option<Instant>,
+    /// The current call's time limit, in milliseconds (for the error that reports it).
+    pub deadline_ms: u64,
+    /// Why the host stopped the current call itself, when it did.
+    pub stop: Option<Stop>,
+    /// This call's private scratch folder and its quota, when the plugin has one.
+    pub scratch: Option<Scratch>,
+}
+
+/// Why the host stopped a call on its own, read by `classify` instead of the trap's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The call ran past its wall-clock deadline.
+    Deadline,
+    /// The plugin kept more than its quota in `/scratch`.
+    Scratch {
+        /// What went over (`bytes` or `files`) and by how much.
+        what: &'static str,
+        /// The amount found.
+        used: u64,
+        /// The quota.
+        limit: u64,
+    },
+}
+
+/// A call's private scratch folder (made with `mkdtemp`, mode 0700, removed with the store) and
+/// its quota.
+#[derive(Debug)]
+pub(crate) struct Scratch {
+    /// The folder; removing it does not follow links the plugin made.
+    pub dir: tempfile::TempDir,
+    /// Bytes the plugin may keep there.
+    pub max_bytes: u64,
+    /// Files and folders it may keep there.
+    pub max_files: u64,
+}
+
+/// Epoch ticks between two checks of a running call's deadline and scratch quota (the ticker
+/// advances every 5 ms).
+pub(crate) const CHECK_TICKS: u64 = 20;
+
+/// Bytes of text one `tokenizer.count` call may count (the SDK splits larger batches).
+pub(crate) const COUNT_MAX_BYTES: usize = 1 << 20;
+
+impl Scratch {
+    /// Bytes and entries under the folder, not following links, counting no further than one
+    /// past the file quota.
+    fn usage(&self) -> (u64, u64) {
+        let (mut bytes, mut entries) = (0u64, 0u64);
+        let mut stack = vec![self.dir.path().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let Ok(list) = std::fs::read_dir(&d) else { continue };
+            for e in list.flatten() {
+                entries += 1;
+                if entries > self.max_files {
+                    return (bytes, entries);
+                }
+                let Ok(meta) = e.path().symlink_metadata() else { continue };
+                if meta.is_dir() {
+                    stack.push(e.path());
+                } else {
+                    bytes += meta.len();
+                }
+            }
+        }
+        (bytes, entries)
+    }
 }
 
 /// What `llm.chat` may do for this store.
@@ -72,16 +141,32 @@ pub(crate) enum LlmAccess {
 }
 
 impl StoreState {
-    pub(crate) fn log_line(&mut self, level: host::LogLevel, message: &str) {
-        let mut line = message.to_string();
-        if line.len() > LOG_LINE_MAX {
-            let mut cut = LOG_LINE_MAX;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
-            line.push_str(" …(cut)");
+    /// Whether the current call must stop now: past its deadline (measured in time, not in
+    /// ticks, so a loaded machine does not stretch it) or over its scratch quota.
+    pub(crate) fn check_limits(&mut self) -> Option<Stop> {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Some(Stop::Deadline);
         }
+        let scratch = self.scratch.as_ref()?;
+        let (bytes, files) = scratch.usage();
+        if files > scratch.max_files {
+            return Some(Stop::Scratch { what: "files", used: files, limit: scratch.max_files });
+        }
+        if bytes > scratch.max_bytes {
+            return Some(Stop::Scratch { what: "bytes", used: bytes, limit: scratch.max_bytes });
+        }
+        None
+    }
+
+    /// Record that the host stops the call, as the error that ends it.
+    pub(crate) fn stop_call(&mut self, stop: Stop) -> wasmtime::Error {
+        let message = format!("stopped by the host: {stop:?}");
+        self.stop = Some(stop);
+        wasmtime::Error::msg(message)
+    }
+
+    pub(crate) fn log_line(&mut self, level: host::LogLevel, message: &str) {
+        let line = crate::text::line(message, LOG_LINE_MAX);
         let plugin = self.plugin.as_str();
         match level {
             host::LogLevel::Trace => tracing::trace!(target: "trex::plugin", plugin, "{line}"),
@@ -144,7 +229,7 @@ impl host::Host for StoreState {
 
     async fn panicked(&mut self, message: String) -> wasmtime::Result<()> {
         self.log_line(host::LogLevel::Error, &message);
-        self.panic = Some(message.chars().take(LOG_LINE_MAX).collect());
+        self.panic = Some(crate::text::line(&message, LOG_LINE_MAX));
         Ok(())
     }
 }
@@ -217,12 +302,26 @@ impl llm::Host for StoreState {
 
 impl tokenizer::Host for StoreState {
     async fn count(&mut self, texts: Vec<String>) -> wasmtime::Result<Result<Vec<u32>, String>> {
-        let Some(tok) = &self.tokenizer else {
+        let Some(tok) = self.tokenizer.clone() else {
             return Ok(Err(
                 "no tokenizer: this host runs without a model (for a pipeline, pass --tokenizer MODEL or set `tokenizer` in the pipeline file)".into(),
             ));
         };
-        Ok(Ok(texts.iter().map(|t| tok.count(t) as u32).collect()))
+        let bytes: usize = texts.iter().map(String::len).sum();
+        if bytes > COUNT_MAX_BYTES {
+            return Ok(Err(format!(
+                "tokenizer.count: {bytes} bytes in one call, more than the {COUNT_MAX_BYTES} a call may count; count in smaller batches (the SDK's count_tokens does)"
+            )));
+        }
+        let mut counts = Vec::with_capacity(texts.len());
+        for t in &texts {
+            // Counting is host work the plugin's deadline still bounds.
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(self.stop_call(Stop::Deadline));
+            }
+            counts.push(tok.count(t) as u32);
+        }
+        Ok(Ok(counts))
     }
 }
 

@@ -12,6 +12,7 @@ use trex_plugin_host::{HostConfig, PluginHost};
 pub mod bench;
 pub mod fetch;
 pub mod generate;
+pub mod llm;
 pub mod pipeline;
 pub mod plugins;
 pub mod schema;
@@ -118,6 +119,9 @@ pub enum Command {
     /// Benchmarks that print tables (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Check an OpenAI-compatible LLM server (what it supports, how fast it answers).
+    #[command(subcommand)]
+    Llm(llm::LlmCommand),
 }
 
 impl Command {
@@ -135,6 +139,7 @@ impl Command {
             Command::Resume(c) => c.execute(global).await,
             Command::Show(c) => c.execute(),
             Command::Bench(c) => c.execute(global).await,
+            Command::Llm(c) => c.execute().await,
         }
     }
 }

@@ -96,7 +96,7 @@ const QUICK: &str = "lora_rank = 4\ntargets = [\"q_proj\", \"v_proj\"]\nlearning
 fn host_config(dir: &Path) -> HostConfig {
     HostConfig {
         cache_dir: Some(trex_tests::root().join("target/test-component-cache")),
-        scratch_root: dir.join("scratch"),
+        scratch_root: Some(dir.join("scratch")),
         ..HostConfig::default()
     }
 }
@@ -253,6 +253,14 @@ fn proposal(lr: f64, steps: &str) -> String {
     )
 }
 
+/// A scripted LLM server whose first four replies answer the check `search` makes of a server
+/// before it spends any budget (one request per structured-output format), then `script`.
+fn llm_server_for_search(script: Vec<trex_tests::llm_server::Reply>) -> trex_tests::llm_server::Server {
+    let mut replies: Vec<_> = (0..4).map(|_| completion("{\"ok\": true}", 1, 1)).collect();
+    replies.extend(script);
+    start(replies)
+}
+
 fn llm_section(base_url: &str) -> String {
     format!(
         "[researcher]\nplugin = \"llm\"\n\n[llm]\nbase_url = \"{base_url}\"\nmodel = \"scripted\"\napi_key_env = \"TREX_TEST_LLM_KEY\"\ntimeout_s = 5.0\nmax_retries = 0\nbackoff_ms = 1\n"
@@ -262,7 +270,7 @@ fn llm_section(base_url: &str) -> String {
 #[test]
 fn hostile_researcher_replies_are_refused_and_the_search_goes_on() {
     trex_tests::build_plugins();
-    let server = start(vec![
+    let server = llm_server_for_search(vec![
         // Round 1: prose instead of JSON, then an out-of-range learning rate.
         completion("I would raise the learning rate and train longer!", 100, 20),
         completion(&proposal(5.0, ""), 100, 20),
@@ -291,8 +299,9 @@ fn hostile_researcher_replies_are_refused_and_the_search_goes_on() {
     assert!(rejected[1].contains("bytes"), "{}", rejected[1]);
     assert!(err.contains("not a JSON object") && err.contains("rm-rf"), "the retried problems are logged: {err}");
     assert_eq!(count(&ev, |e| matches!(e, Event::Done { node: 1, .. })), 1);
-    let reqs = server.requests.lock().unwrap();
-    assert_eq!(reqs.len(), 5);
+    let all = server.requests.lock().unwrap();
+    assert_eq!(all.len(), 9, "four to check the server, then five for the Researcher");
+    let reqs = &all[4..];
     assert!(reqs[0].head.contains("authorization: bearer sk-test"), "{}", reqs[0].head);
     assert_eq!(reqs[0].body["response_format"]["type"], "json_schema");
     // The retry carries the validation error back to the model.
@@ -315,7 +324,10 @@ fn budgets_stop_the_search() {
     let out = run(&["--minutes", "0.00001"], "wall");
     assert!(out.contains("wall-time budget") && out.contains("after 0 experiments"), "{out}");
     // LLM tokens: each reply costs 1000; the budget of 1500 allows two proposals.
-    let server = start(vec![completion(&proposal(1e-2, ""), 900, 100), completion(&proposal(2e-2, ""), 900, 100)]);
+    let server = llm_server_for_search(vec![
+        completion(&proposal(1e-2, ""), 900, 100),
+        completion(&proposal(2e-2, ""), 900, 100),
+    ]);
     let f2 = fixture(40, QUICK, &llm_section(&server.base_url), trex_model::LlamaConfig::tiny());
     let (ok, stdout, err) = output(
         trex_host(&f2)
@@ -337,7 +349,7 @@ fn budgets_stop_the_search() {
 #[test]
 fn a_plugin_failing_inside_a_node_fails_that_node_and_the_search_goes_on() {
     trex_tests::build_plugins();
-    let server = start(vec![
+    let server = llm_server_for_search(vec![
         completion(&proposal(1e-2, r#", {"plugin": "hostile", "config": {"attack": "panic"}}"#), 10, 10),
         completion(&proposal(1e-2, ""), 10, 10),
     ]);
@@ -400,7 +412,7 @@ fn ablations_switch_off_data_tools_memory_and_bad_cases() {
     trex_tests::build_plugins();
     // The scripted Researcher first asks for a data step, which the task offers but the
     // ablation does not, so the `llm` Researcher refuses it and asks again.
-    let server = start(vec![
+    let server = llm_server_for_search(vec![
         completion(&proposal(1e-2, r#", {"plugin": "dedup-exact"}"#), 100, 20),
         completion(&proposal(1e-2, ""), 100, 20),
         completion(&proposal(2e-2, ""), 100, 20),
@@ -426,8 +438,9 @@ fn ablations_switch_off_data_tools_memory_and_bad_cases() {
         })
         .collect();
     assert_eq!(recipes, vec![vec!["chat-format".to_string()]; 2], "every node keeps the start's data recipe: {ev:?}");
-    let reqs = server.requests.lock().unwrap();
-    assert_eq!(reqs.len(), 3);
+    let all = server.requests.lock().unwrap();
+    assert_eq!(all.len(), 7, "four to check the server, then three for the Researcher");
+    let reqs = &all[4..];
     let text = |i: usize| reqs[i].body["messages"].to_string();
     // No data steps are offered, and the second round's context holds only the node expanded.
     assert!(!text(0).contains("dedup-exact") && !text(0).contains("hostile"), "{}", text(0));
@@ -550,4 +563,145 @@ fn bench_tasks_tabulates_and_plots_every_task_and_strategy_and_reuses_finished_r
     assert!(ok, "{err}");
     assert_eq!(again, stdout);
     assert_eq!(std::fs::read_to_string(out.join("tiny-two/greedy-s0/journal.jsonl")).unwrap(), journal);
+}
+
+/// A reply of the `llm` Researcher proposing one experiment per (training recipe, rationale).
+fn proposals(recipes: &[(&str, &str)]) -> String {
+    let list: Vec<String> = recipes
+        .iter()
+        .map(|(r, rationale)| {
+            format!(
+                r#"{{"data_recipe": {{"steps": [{{"plugin": "chat-format"}}]}}, "train_recipe": {r}, "rationale": {}}}"#,
+                serde_json::Value::from(*rationale)
+            )
+        })
+        .collect();
+    format!(r#"{{"proposals": [{}]}}"#, list.join(", "))
+}
+
+/// Run `cmd` to its end, sampling its resident memory; its output and its peak in MiB.
+fn output_and_peak(cmd: &mut Command) -> ((bool, String, String), f64) {
+    use std::io::Read;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let (mut o, mut e) = (String::new(), String::new());
+        let _ = out.read_to_string(&mut o);
+        let _ = err.read_to_string(&mut e);
+        (o, e)
+    });
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0.0f64;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        let rss = std::fs::read_to_string(&status_file)
+            .ok()
+            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("VmRSS:").map(str::to_string)))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        peak = peak.max(rss / 1024.0);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let (o, e) = reader.join().unwrap();
+    ((status.success(), o, e), peak)
+}
+
+#[test]
+fn recipes_that_would_exhaust_the_host_are_refused_and_journaled_with_the_reason() {
+    trex_tests::build_plugins();
+    let ok = r#"{"lora_rank": 4, "targets": ["q_proj", "v_proj"], "learning_rate": 0.01, "epochs": 1.0, "batch_size": 4, "max_seq_len": 64}"#;
+    let with = |field: &str, value: &str| ok.replacen('{', &format!("{{\"{field}\": {value}, "), 1);
+    let huge_batch = with("batch_size", "4294967295").replace(", \"batch_size\": 4", "");
+    let huge_tokens = with("max_seq_len", "32768")
+        .replace(", \"max_seq_len\": 64", "")
+        .replace("\"batch_size\": 4", "\"batch_size\": 1024");
+    let long_why = "why ".repeat(500_000);
+    let server = llm_server_for_search(vec![
+        completion(
+            &proposals(&[
+                (&huge_batch, "scripted"),
+                (&with("lora_alpha", "3.4e38"), "scripted"),
+                (&with("weight_decay", "-1e300"), "scripted"),
+            ]),
+            100,
+            20,
+        ),
+        completion(
+            &proposals(&[(&with("grad_clip", "-1"), "scripted"), (&huge_tokens, "scripted"), (ok, &long_why)]),
+            100,
+            20,
+        ),
+        completion(&proposals(&[(ok, "a sane one")]), 100, 20),
+    ]);
+    let f = fixture(40, QUICK, &llm_section(&server.base_url), trex_model::LlamaConfig::tiny());
+    let run_dir = f.dir.path().join("run");
+    let ((ok, stdout, err), peak) = output_and_peak(
+        trex_host(&f)
+            .env("TREX_TEST_LLM_KEY", "sk-test")
+            .args(["search", "--nodes", "1", "--run-dir"])
+            .arg(&run_dir)
+            .arg(&f.task),
+    );
+    assert!(ok, "the host survives: {err}");
+    assert!(stdout.contains("1 experiments") && stdout.contains("2 proposals refused"), "{stdout}");
+    assert!(peak < 1500.0, "the host's memory stayed bounded: {peak:.0} MiB");
+    let ev = events(&run_dir);
+    let rejected: Vec<&String> =
+        ev.iter().filter_map(|e| if let Event::Rejected { error, .. } = e { Some(error) } else { None }).collect();
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    for (round, field) in [
+        (0, "batch_size 4294967295 is outside [1, 1024]"),
+        (0, "lora_alpha 3.400e38 is outside [0.001, 4096]"),
+        (0, "weight_decay -1.000e300 is outside [0, 1]"),
+        (1, "grad_clip -1 is outside"),
+        (1, "tokens per batch needs about"),
+        (1, "more than the 8192 a proposal may take"),
+    ] {
+        assert!(rejected[round].contains(field), "round {round}: `{field}` in {}", rejected[round]);
+    }
+    // Nothing refused ever became a node: the journal holds only the sane one.
+    assert_eq!(count(&ev, |e| matches!(e, Event::Created { node: 1, .. })), 1);
+    assert_eq!(count(&ev, |e| matches!(e, Event::Created { .. })), 2);
+    assert_eq!(count(&ev, |e| matches!(e, Event::Done { node: 1, .. })), 1);
+}
+
+#[test]
+fn a_search_whose_llm_answers_nothing_stops_before_spending_any_budget() {
+    trex_tests::build_plugins();
+    let server = start(vec![trex_tests::llm_server::Reply::Status(404, "{\"error\": \"not found\"}".into()); 4]);
+    let f = fixture(40, QUICK, &llm_section(&server.base_url), trex_model::LlamaConfig::tiny());
+    let run_dir = f.dir.path().join("run");
+    let (ok, _, err) = output(
+        trex_host(&f)
+            .env("TREX_TEST_LLM_KEY", "sk-test")
+            .args(["search", "--nodes", "2", "--run-dir"])
+            .arg(&run_dir)
+            .arg(&f.task),
+    );
+    assert!(!ok);
+    assert!(err.contains("answered none of the test requests") && err.contains("trex-host llm check"), "{err}");
+    assert!(!run_dir.exists(), "no run folder, no node, no budget spent");
+    assert_eq!(server.requests.lock().unwrap().len(), 4, "one request per format, nothing more");
+}
+
+#[test]
+fn llm_check_reports_what_a_server_supports() {
+    trex_tests::build_plugins();
+    let llama_cpp =
+        r#"{"detail":[{"loc":["body","response_format","type"],"msg":"Input should be 'text' or 'json_object'"}]}"#;
+    let server = start(vec![
+        trex_tests::llm_server::Reply::Status(500, llama_cpp.into()),
+        completion("{\"ok\": true}", 3, 2),
+        completion("{\"ok\": true}", 3, 2),
+        completion("ok", 3, 2),
+    ]);
+    let f = fixture(40, QUICK, "", trex_model::LlamaConfig::tiny());
+    let (ok, stdout, err) =
+        output(trex_host(&f).args(["llm", "check", "--llm-base-url", &server.base_url, "--llm-model", "m"]));
+    assert!(ok, "{err}");
+    assert!(stdout.contains("json_schema") && stdout.contains("refused"), "{stdout}");
+    assert!(stdout.contains("trex uses: json_object + schema"), "{stdout}");
+    assert!(stdout.contains("token usage: reported"), "{stdout}");
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use trex_sdk::types::TrainRecipe;
 
 use crate::lora::SplitMix;
-use crate::{Batch, Llama, LoraAdapter};
+use crate::{Batch, Llama, LlamaConfig, LoraAdapter};
 pub use data::{Example, TokenizedExample};
 
 /// Why training could not run.
@@ -100,31 +100,106 @@ pub struct Checkpointing {
     pub base_model: String,
 }
 
-/// Check a recipe before any work starts.
+/// Bounds on each field of a recipe, so that a recipe from a Researcher (or an LLM) can neither
+/// exhaust the host nor fail with misleading advice. `(field, min, max)`, inclusive.
+pub const RECIPE_BOUNDS: &[(&str, f64, f64)] = &[
+    ("lora_rank", 1.0, 512.0),
+    ("lora_alpha", 1e-3, 4096.0),
+    ("learning_rate", 1e-8, 1.0),
+    ("weight_decay", 0.0, 1.0),
+    ("epochs", 1e-3, 100.0),
+    ("batch_size", 1.0, 1024.0),
+    ("grad_accumulation", 1.0, 1024.0),
+    ("max_seq_len", 2.0, 32768.0),
+    ("warmup_ratio", 0.0, 1.0),
+    ("grad_clip", 0.0, 1e6),
+];
+
+/// Check a recipe before any work starts: every number finite and within [`RECIPE_BOUNDS`],
+/// dropout in [0, 1), at least one target. The error names the field and its bounds.
 pub fn check_recipe(r: &TrainRecipe) -> Result<(), TrainError> {
-    let bad = |m: &str| Err(TrainError::Recipe(m.to_string()));
-    if r.lora_rank == 0 {
-        return bad("lora_rank must be at least 1");
-    }
+    let bad = |m: String| Err(TrainError::Recipe(m));
     if r.targets.is_empty() {
         return bad(
-            "targets is empty: name at least one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj",
+            "targets is empty: name at least one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj"
+                .into(),
         );
     }
-    if !(r.learning_rate > 0.0 && r.learning_rate.is_finite()) {
-        return bad("learning_rate must be positive");
+    if !(r.lora_dropout.is_finite() && (0.0..1.0).contains(&r.lora_dropout)) {
+        return bad(format!("lora_dropout {} must be in [0, 1)", r.lora_dropout));
     }
-    if !(0.0..1.0).contains(&r.lora_dropout) {
-        return bad("lora_dropout must be in [0, 1)");
+    let values = [
+        r.lora_rank as f64,
+        r.lora_alpha as f64,
+        r.learning_rate,
+        r.weight_decay,
+        r.epochs as f64,
+        r.batch_size as f64,
+        r.grad_accumulation as f64,
+        r.max_seq_len as f64,
+        r.warmup_ratio as f64,
+        r.grad_clip as f64,
+    ];
+    for (&(field, min, max), v) in RECIPE_BOUNDS.iter().zip(values) {
+        if !(v.is_finite() && v >= min && v <= max) {
+            return bad(format!("{field} {} is outside [{min}, {max}]", number(v)));
+        }
     }
-    if r.epochs.is_nan() || r.epochs <= 0.0 {
-        return bad("epochs must be positive");
+    Ok(())
+}
+
+/// `v` as a person reads it: whole numbers as they are, very large or very small ones in
+/// scientific notation.
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else if v.is_finite() && (v.abs() >= 1e6 || v.abs() < 1e-4) {
+        format!("{v:.3e}")
+    } else {
+        format!("{v}")
     }
-    if r.batch_size == 0 || r.grad_accumulation == 0 || r.max_seq_len < 2 {
-        return bad("batch_size and grad_accumulation must be at least 1, max_seq_len at least 2");
-    }
-    if !(0.0..=1.0).contains(&r.warmup_ratio) {
-        return bad("warmup_ratio must be in [0, 1]");
+}
+
+/// Bytes of activations the CPU engine keeps per training token of `config` at sequence
+/// length `seq` with LoRA rank `rank`: per block the saved inputs, projections, attention
+/// probabilities and LoRA intermediates (f32), with half again for the transient buffers of the
+/// backward pass.
+pub fn activation_bytes_per_token(config: &LlamaConfig, seq: usize, rank: usize) -> u64 {
+    let (d, f) = (config.hidden, config.intermediate);
+    let (qd, kvd) = (config.heads * config.head_dim, config.kv_heads * config.head_dim);
+    let per_layer = 4 * d + 2 * qd + 2 * kvd + 3 * f + 7 * rank + config.heads * seq;
+    (config.layers * per_layer * 4 * 3 / 2) as u64
+}
+
+/// The most tokens one batch may hold on this machine for `config` at sequence length `seq`:
+/// what fits in 60% of the memory available now (`MemAvailable`), so that a recipe asking for
+/// more is refused with a message instead of the host being killed for memory.
+pub fn max_batch_tokens(config: &LlamaConfig, seq: usize, rank: usize) -> u64 {
+    let available = available_memory_bytes().unwrap_or(8 << 30);
+    (available / 10 * 6 / activation_bytes_per_token(config, seq, rank).max(1)).max(1)
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes (`None` where it cannot be read).
+fn available_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Refuse a recipe whose batches would not fit in this machine's memory (see
+/// [`max_batch_tokens`]).
+pub fn check_batch_memory(config: &LlamaConfig, r: &TrainRecipe) -> Result<(), TrainError> {
+    let tokens = r.batch_size as u64 * r.max_seq_len as u64;
+    let limit = max_batch_tokens(config, r.max_seq_len as usize, r.lora_rank as usize);
+    if tokens > limit {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let need = tokens * activation_bytes_per_token(config, r.max_seq_len as usize, r.lora_rank as usize);
+        return Err(TrainError::Recipe(format!(
+            "batch_size {} × max_seq_len {} = {tokens} tokens per batch needs about {:.1} GiB for activations, more than this machine can give ({limit} tokens per batch at most now): use a smaller batch_size (and grad_accumulation for the same effective batch) or max_seq_len",
+            r.batch_size,
+            r.max_seq_len,
+            gib(need)
+        )));
     }
     Ok(())
 }
@@ -350,6 +425,9 @@ pub fn train(
     mut on_step: impl FnMut(&StepReport),
 ) -> Result<TrainReport, TrainError> {
     check_recipe(recipe)?;
+    if device == ComputeDevice::Cpu {
+        check_batch_memory(&model.config, recipe)?;
+    }
     if examples.is_empty() {
         return Err(TrainError::Data(
             "no training examples (is the dataset empty, or was everything filtered out?)".into(),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use trex_plugin_host::llm::{ChatRequest, LlmError, OpenAiClient, OpenAiConfig, TokenMeter};
+use trex_plugin_host::llm::{ChatRequest, LlmError, OpenAiClient, OpenAiConfig, ResponseFormat, TokenMeter};
 use trex_sdk::types::ChatMessage;
 use trex_tests::llm_server::{Reply, completion, start};
 
@@ -72,20 +72,84 @@ async fn persistent_garbage_gives_up_with_the_last_error() {
     assert!(err.contains("gave up after 3 attempts") && err.contains("502"), "{err}");
 }
 
+/// The `response_format` type of each request the server received.
+fn formats(server: &trex_tests::llm_server::Server) -> Vec<String> {
+    server
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| match (&r.body["response_format"]["type"], r.body["response_format"].get("schema")) {
+            (serde_json::Value::String(t), Some(_)) => format!("{t}+schema"),
+            (serde_json::Value::String(t), None) => t.clone(),
+            _ => "none".into(),
+        })
+        .collect()
+}
+
 #[tokio::test]
-async fn a_server_without_structured_output_is_asked_again_without_it() {
+async fn each_real_refusal_of_a_format_steps_down_once_and_is_remembered() {
+    // The shapes real servers refuse with: llama-cpp-python 0.3.36's 500 with its validation
+    // body, OpenAI's 400 invalid_request_error, a 422.
+    let llama_cpp = r#"{"detail":[{"type":"literal_error","loc":["body","response_format","type"],"msg":"Input should be 'text' or 'json_object'","input":"json_schema"}]}"#;
+    let openai = r#"{"error":{"message":"Invalid parameter: 'response_format' of type 'json_object' is not supported with this model.","type":"invalid_request_error","param":"response_format","code":null}}"#;
+    let unprocessable = r#"{"detail":"json_object: unsupported response_format"}"#;
     let server = start(vec![
-        Reply::Status(400, "{\"error\": {\"message\": \"response_format json_schema is not supported\"}}".into()),
+        Reply::Status(500, llama_cpp.into()),
+        Reply::Status(400, openai.into()),
+        Reply::Status(422, unprocessable.into()),
         completion("{\"a\": 1}", 5, 5),
         completion("{\"b\": 2}", 5, 5),
     ]);
     let client = OpenAiClient::new(config(&server.base_url), Arc::new(TokenMeter::new(None))).unwrap();
     assert_eq!(client.complete(&request(true)).await.unwrap().content, "{\"a\": 1}");
     assert_eq!(client.complete(&request(true)).await.unwrap().content, "{\"b\": 2}");
+    // Each refused request was sent once; the format that worked is kept for the next request.
+    assert_eq!(formats(&server), ["json_schema", "json_object+schema", "json_object", "none", "none"]);
+    assert_eq!(client.format(), ResponseFormat::Prompt);
+    // Without a response format, the schema travels in the prompt.
     let reqs = server.requests.lock().unwrap();
-    assert_eq!(reqs[0].body["response_format"]["type"], "json_schema");
-    assert!(reqs[1].body.get("response_format").is_none());
-    assert!(reqs[2].body.get("response_format").is_none(), "the refusal is remembered");
+    let system = reqs[3].body["messages"][0]["content"].as_str().unwrap();
+    assert!(system.contains("JSON Schema") && system.contains("\"type\""), "{system}");
+}
+
+#[tokio::test]
+async fn a_plain_server_error_is_retried_with_the_same_format() {
+    let server = start(vec![Reply::Status(500, "internal error".into()), completion("{}", 1, 1)]);
+    let client = OpenAiClient::new(config(&server.base_url), Arc::new(TokenMeter::new(None))).unwrap();
+    client.complete(&request(true)).await.unwrap();
+    assert_eq!(formats(&server), ["json_schema", "json_schema"], "a transient failure keeps the format");
+}
+
+#[tokio::test]
+async fn the_probe_chooses_the_first_format_that_gives_json() {
+    let llama_cpp =
+        r#"{"detail":[{"loc":["body","response_format","type"],"msg":"Input should be 'text' or 'json_object'"}]}"#;
+    let server = start(vec![
+        Reply::Status(500, llama_cpp.into()),
+        // A 200 that ignores the schema does not count as support.
+        completion("Sure! Here is your answer: ok", 5, 5),
+        completion("{\"ok\": true}", 5, 3),
+        completion("{\"ok\": true}", 5, 3),
+    ]);
+    let client = OpenAiClient::new(config(&server.base_url), Arc::new(TokenMeter::new(None))).unwrap();
+    let probe = client.probe().await;
+    let ok: Vec<bool> = probe.checks.iter().map(|c| c.ok).collect();
+    assert_eq!(ok, [false, false, true, true], "{probe:?}");
+    assert!(probe.checks[0].detail.contains("refused"), "{probe:?}");
+    assert!(probe.checks[1].detail.contains("not with JSON"), "{probe:?}");
+    assert_eq!(probe.chosen, Some(ResponseFormat::JsonObject));
+    assert!(probe.usage_reported && probe.failure().is_none());
+    assert_eq!(client.format(), ResponseFormat::JsonObject, "the client uses what the probe chose");
+}
+
+#[tokio::test]
+async fn a_server_that_answers_nothing_is_reported_with_what_to_change() {
+    let server = start(vec![Reply::Status(404, "{\"error\": \"no route /v1/chat/completions\"}".into()); 4]);
+    let client = OpenAiClient::new(config(&server.base_url), Arc::new(TokenMeter::new(None))).unwrap();
+    let probe = client.probe().await;
+    let why = probe.failure().expect("nothing worked");
+    assert!(why.contains("404") && why.contains("ends in /v1") && why.contains("trex-host llm check"), "{why}");
 }
 
 #[tokio::test]
