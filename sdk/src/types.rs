@@ -218,6 +218,10 @@ pub struct FloatRange {
     /// Sample the logarithm uniformly (for learning rates).
     #[serde(default)]
     pub log: bool,
+    /// When set, only these values are allowed (a grid within `min`..`max`): Researchers step
+    /// between them instead of multiplying.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<f64>,
 }
 
 /// What the Researcher may change, declared by the task.
@@ -234,17 +238,21 @@ pub struct SearchSpace {
     pub targets: Vec<Vec<LoraTarget>>,
     /// Data-tool steps the Researcher may add to a recipe, with their default configs.
     pub data_steps: Vec<DataStep>,
+    /// Sequence lengths to choose from (empty: the start recipe's is kept).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub max_seq_len: Vec<u32>,
 }
 
 impl Default for SearchSpace {
     fn default() -> Self {
         use LoraTarget::*;
         Self {
-            learning_rate: FloatRange { min: 5e-5, max: 1e-3, log: true },
+            learning_rate: FloatRange { min: 5e-5, max: 1e-3, log: true, values: Vec::new() },
             lora_rank: vec![4, 8, 16],
             epochs: vec![1.0, 2.0, 3.0],
             targets: vec![vec![QProj, VProj], vec![QProj, KProj, VProj, OProj], LoraTarget::ALL.to_vec()],
             data_steps: Vec::new(),
+            max_seq_len: Vec::new(),
         }
     }
 }
@@ -412,6 +420,65 @@ pub struct ResearchContext {
     /// Free-form numbers the host wants to share (budget left, records per step, ...).
     #[serde(default)]
     pub notes: BTreeMap<String, f64>,
+    /// The [`experiment_key`] of every experiment the search has run or queued, anywhere in the
+    /// tree: a proposal with one of these keys would repeat one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tried: Vec<String>,
+}
+
+/// What identifies an experiment: its data recipe and its training recipe, without the
+/// training seed (the host derives that from the experiment and the search seed). Two
+/// proposals with the same key are the same experiment. Numbers count to 6 significant digits
+/// and object keys in any order, so the key is the same in every plugin and in the host.
+pub fn experiment_key(p: &Proposal) -> String {
+    let mut train = p.train_recipe.clone();
+    train.seed = 0;
+    let doc = serde_json::json!({ "data": p.data_recipe, "train": train });
+    let mut text = String::new();
+    canonical(&doc, &mut text);
+    // FNV-1a, 64 bits.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// `v` as text with object keys sorted and numbers to 6 significant digits.
+fn canonical(v: &serde_json::Value, out: &mut String) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => out.push_str(&i.to_string()),
+            None => out.push_str(&format!("{:.5e}", n.as_f64().unwrap_or(0.0))),
+        },
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 /// The result of an experiment, reported back to the Researcher that proposed it.
@@ -443,6 +510,30 @@ pub fn all_schemas() -> BTreeMap<&'static str, serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn experiment_keys_ignore_the_seed_key_order_and_float_noise() {
+        let p = Proposal {
+            data_recipe: DataRecipe {
+                steps: vec![DataStep { plugin: "chat-format".into(), config: serde_json::json!({"b": 1, "a": 2.5}) }],
+            },
+            train_recipe: TrainRecipe { learning_rate: 5e-4, seed: 7, ..TrainRecipe::default() },
+            rationale: "x".into(),
+        };
+        let mut q = p.clone();
+        q.train_recipe.seed = 99;
+        q.train_recipe.learning_rate = 2.5e-4 * 2.0 * (1.0 + 1e-12);
+        q.data_recipe.steps[0].config = serde_json::from_str(r#"{"a": 2.5, "b": 1}"#).unwrap();
+        q.rationale = "another reason".into();
+        assert_eq!(experiment_key(&p), experiment_key(&q));
+        let mut r = p.clone();
+        r.train_recipe.learning_rate = 1e-3;
+        assert_ne!(experiment_key(&p), experiment_key(&r));
+        let mut c = p.clone();
+        c.train_recipe.continue_from_parent = true;
+        assert_ne!(experiment_key(&p), experiment_key(&c));
+        assert_eq!(experiment_key(&p).len(), 16);
+    }
 
     #[test]
     fn train_recipe_rejects_misspelled_field() {

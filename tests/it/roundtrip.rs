@@ -131,6 +131,7 @@ fn context() -> ResearchContext {
         worst: vec![],
         bad_cases: vec![],
         notes: Default::default(),
+        tried: vec![],
     }
 }
 
@@ -245,4 +246,90 @@ async fn manifest_must_agree_with_the_component() {
     let m = trex_tests::install(dir.path(), "b", "dedup_exact", &text);
     let err = host.load(&m).await.unwrap_err().to_string();
     assert!(err.contains("API 0.3.0") && err.contains("API 0.1.1"), "{err}");
+}
+
+/// A context expanding node 3, a finished experiment that underfit on few optimizer steps.
+fn context_at_node() -> ResearchContext {
+    let mut ctx = context();
+    let proposal = trex_sdk::types::Proposal {
+        data_recipe: Default::default(),
+        train_recipe: trex_sdk::types::TrainRecipe { learning_rate: 2e-4, epochs: 1.0, ..Default::default() },
+        rationale: String::new(),
+    };
+    ctx.node.id = 3;
+    ctx.node.parent = Some(0);
+    ctx.node.proposal = Some(proposal);
+    ctx.node.metrics = [("first_loss", 3.0), ("final_loss", 1.5), ("train_steps", 10.0), ("train_examples", 80.0)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    ctx
+}
+
+fn brief(seed: u64) -> TaskBrief {
+    TaskBrief {
+        name: "t".into(),
+        domain: "test".into(),
+        goal: String::new(),
+        metric: "accuracy".into(),
+        search_space: SearchSpace::default(),
+        seed,
+        start: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heuristic_varies_with_the_seed_and_never_proposes_what_was_tried() {
+    use trex_sdk::types::experiment_key;
+    let (_dir, host) = standard_host().await;
+    let env = CallEnv::default();
+    let propose = |seed: u64, ctx: ResearchContext| {
+        let host = &host;
+        let env = &env;
+        async move {
+            let mut r = host.open_researcher("heuristic", &json!({}), &brief(seed), env).await.unwrap();
+            r.propose(&ctx, 3).await.unwrap().into_iter().map(Result::unwrap).collect::<Vec<_>>()
+        }
+    };
+    let first = propose(0, context_at_node()).await;
+    assert_eq!(first.len(), 3);
+    assert_eq!(first, propose(0, context_at_node()).await, "the same seed and context, the same proposals");
+    // The moves are sampled, not taken in a fixed order: some seed leads with another one.
+    let mut leads = std::collections::BTreeSet::new();
+    for seed in 0..8 {
+        leads.insert(experiment_key(&propose(seed, context_at_node()).await[0]));
+    }
+    assert!(leads.len() >= 2, "eight seeds, one first move: {leads:?}");
+    // Too few optimizer steps are named in the reasons.
+    assert!(first.iter().chain(&propose(1, context_at_node()).await).any(|p| p.rationale.contains("optimizer steps")));
+    // What the search has tried anywhere is never proposed again.
+    let mut ctx = context_at_node();
+    ctx.tried = first.iter().map(experiment_key).collect();
+    let next = propose(0, ctx.clone()).await;
+    assert!(!next.is_empty());
+    for p in &next {
+        assert!(p.train_recipe.continue_from_parent || !ctx.tried.contains(&experiment_key(p)), "{p:?} was tried");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_random_researcher_mutates_the_node_it_expands() {
+    let (_dir, host) = standard_host().await;
+    let env = CallEnv::default();
+    let mut r = host.open_researcher("random", &json!({}), &brief(5), &env).await.unwrap();
+    let ctx = context_at_node();
+    let node = ctx.node.proposal.clone().unwrap().train_recipe;
+    let proposals: Vec<_> = r.propose(&ctx, 8).await.unwrap().into_iter().map(Result::unwrap).collect();
+    assert!(proposals.len() >= 4);
+    for p in &proposals {
+        let t = &p.train_recipe;
+        let changed = [
+            t.learning_rate != node.learning_rate,
+            t.lora_rank != node.lora_rank,
+            t.epochs != node.epochs,
+            t.targets != node.targets,
+        ];
+        assert!(changed.iter().filter(|c| **c).count() <= 2, "one or two fields change: {t:?} from {node:?}");
+        assert!(p.rationale.contains("mutation"), "{}", p.rationale);
+    }
 }

@@ -244,31 +244,49 @@ fn sentiment(rng: &mut SplitMix64) -> Example {
 /// Makes one example from the random stream.
 type Generator = fn(&mut SplitMix64) -> Example;
 
-/// Write train / validation / test splits for one generator. The test split shares no prompt
-/// with the other two.
+/// A prompt as the split check compares it: lower case, letters and digits, one space between
+/// words (so a spacing or case variant counts as the same prompt).
+pub fn normalized(prompt: &str) -> String {
+    let mut out = String::with_capacity(prompt.len());
+    for word in prompt.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&word.to_lowercase());
+    }
+    out
+}
+
+/// Write train / validation / test splits for one generator. No prompt (normalized) of one
+/// split appears in another.
 fn write_splits(dir: &Path, seed: u64, sizes: (usize, usize, usize), generate: Generator) -> Result<()> {
     let mut rng = SplitMix64(seed);
     let line = |e: &Example, id: String| {
         json!({"id": id, "prompt": e.prompt, "response": e.answer, "tags": [e.tag]}).to_string()
     };
+    // Prompts of the splits written so far; the training split may repeat its own prompts.
     let mut seen = BTreeSet::new();
-    let take = |n: usize, prefix: &str, fresh: bool, rng: &mut SplitMix64, seen: &mut BTreeSet<String>| {
+    let mut take = |n: usize, prefix: &str, repeats: bool, rng: &mut SplitMix64| {
         let mut out = Vec::with_capacity(n);
+        let mut own = BTreeSet::new();
+        let mut tries = 0usize;
         while out.len() < n {
+            tries += 1;
+            anyhow::ensure!(tries < 1000 * n + 10_000, "{}: the generator ran out of distinct prompts", dir.display());
             let e = generate(rng);
-            if fresh && seen.contains(&e.prompt) {
+            let key = normalized(&e.prompt);
+            if seen.contains(&key) || (!repeats && own.contains(&key)) {
                 continue;
             }
-            if !fresh {
-                seen.insert(e.prompt.clone());
-            }
+            own.insert(key);
             out.push(line(&e, format!("{prefix}-{}", out.len())));
         }
-        out
+        seen.extend(own);
+        Ok::<_, anyhow::Error>(out)
     };
-    let train = take(sizes.0, "train", false, &mut rng, &mut seen);
-    let validation = take(sizes.1, "val", false, &mut rng, &mut seen);
-    let test = take(sizes.2, "test", true, &mut rng, &mut seen);
+    let train = take(sizes.0, "train", true, &mut rng)?;
+    let validation = take(sizes.1, "val", false, &mut rng)?;
+    let test = take(sizes.2, "test", false, &mut rng)?;
     std::fs::create_dir_all(dir)?;
     for (name, lines) in [("train.jsonl", &train), ("validation.jsonl", &validation), ("test.jsonl", &test)] {
         std::fs::write(dir.join(name), lines.join("\n") + "\n")?;

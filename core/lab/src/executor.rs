@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use trex_sdk::types::{DataRecipe, FailureKind, Proposal};
 
 use crate::LabError;
+use crate::cache::ExperimentCache;
 use crate::pipeline::read_jsonl;
 
 use crate::analysis::{Scored, bad_cases};
@@ -74,6 +75,22 @@ pub struct Lab {
     pub observer: SharedObserver,
     /// Where nodes train.
     pub device: train::ComputeDevice,
+    /// The experiment cache, when the search uses one.
+    pub cache: Option<ExperimentCache>,
+    /// What every experiment of this lab shares and its result depends on: the base model's
+    /// content, the splits, the evaluator and the prompt settings (see [`crate::cache`]).
+    base_key: String,
+}
+
+/// What a node needs of its parent to continue its adapter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParentRef {
+    /// The parent's adapter folder.
+    pub adapter: PathBuf,
+    /// The parent's cache key.
+    pub key: Option<String>,
+    /// Epochs of the data stream the parent's lineage has trained on.
+    pub epochs_done: f32,
 }
 
 impl std::fmt::Debug for Lab {
@@ -157,6 +174,22 @@ impl Lab {
         let validation = load(&task.splits.validation, task.prompt.validation_limit)?;
         let test = load(&task.splits.test, None)?;
         let model_source = base.source.display().to_string();
+        let model_hash = crate::cache::hash_model(&base.source)
+            .map_err(|e| LabError::Run(format!("cannot read the base model {}: {e}", base.source.display())))?;
+        let evaluator = host.get(&task.evaluator.plugin).map(|p| p.wasm_sha256.clone()).unwrap_or_default();
+        let validation_ids: Vec<&str> = validation.iter().map(|r| r.id.as_str()).collect();
+        let validation_text =
+            serde_json::to_string(&validation.iter().map(|r| &r.value).collect::<Vec<_>>()).expect("records serialize");
+        let base_key = crate::cache::hash(&[
+            b"trex-experiment-v1",
+            model_hash.as_bytes(),
+            train_hash.as_bytes(),
+            validation_text.as_bytes(),
+            validation_ids.join("\n").as_bytes(),
+            evaluator.as_bytes(),
+            task.evaluator.config.to_string().as_bytes(),
+            serde_json::to_string(&task.prompt).expect("prompts serialize").as_bytes(),
+        ]);
         let model = Arc::new(Llama::new(base.config, base.weights));
         Ok(Lab {
             host,
@@ -171,7 +204,169 @@ impl Lab {
             test,
             observer: Arc::new(Silent),
             device: train::ComputeDevice::Cpu,
+            cache: None,
+            base_key,
         })
+    }
+
+    /// The cache key of `proposal` (its training seed as set by the search), continued from a
+    /// parent with key `parent` when it continues.
+    pub fn experiment_key(&self, proposal: &Proposal, parent: Option<&str>) -> String {
+        let plugins: Vec<String> = proposal
+            .data_recipe
+            .steps
+            .iter()
+            .map(|s| self.host.get(&s.plugin).map(|p| p.wasm_sha256.clone()).unwrap_or_default())
+            .collect();
+        let continued = if proposal.train_recipe.continue_from_parent { parent.unwrap_or("") } else { "" };
+        crate::cache::hash(&[
+            self.base_key.as_bytes(),
+            self.device.as_str().as_bytes(),
+            plugins.join(",").as_bytes(),
+            trex_sdk::types::experiment_key(proposal).as_bytes(),
+            &proposal.train_recipe.seed.to_le_bytes(),
+            continued.as_bytes(),
+        ])
+    }
+
+    /// The cache key of the base model's own scores.
+    fn base_model_key(&self) -> String {
+        crate::cache::hash(&[self.base_key.as_bytes(), b"base model"])
+    }
+
+    /// A cached result for `key` as this run sees it: scored on the cache's validation subset
+    /// when it has one, its reward against `base_score`, nothing paid for it; or the failure it
+    /// ended in.
+    fn cached_outcome(&self, key: &str, base_score: Option<f64>) -> Option<Result<NodeResult, NodeFailure>> {
+        let cache = self.cache.as_ref()?;
+        let (entry, dir) = cache.lookup(key)?;
+        let Some(mut result) = entry.result else {
+            let f = entry.failure.expect("lookup keeps entries with a result or a failure");
+            let error = format!("{} (from the experiment cache)", f.error);
+            return Some(Err(NodeFailure { error, kind: f.kind, cost: Cost { cached: true, ..Cost::default() } }));
+        };
+        if let Some(subset) = &cache.subset {
+            let kept: Vec<&crate::cache::Verdict> = entry.verdicts.iter().filter(|v| subset.keeps(&v.id)).collect();
+            if !kept.is_empty() {
+                result.score = kept.iter().map(|v| v.score).sum::<f64>() / kept.len() as f64;
+                result.passed = kept.iter().filter(|v| v.passed).count() as u64;
+                result.total = kept.len() as u64;
+            }
+        }
+        result.reward = base_score.map_or(0.0, |b| normalized_gain(result.score, b, self.task.reference_score));
+        result.adapter = result.adapter.map(|a| dir.join(a).display().to_string());
+        result.cost = Cost { cached: true, ..Cost::default() };
+        result.key = Some(key.to_string());
+        Some(Ok(result))
+    }
+
+    /// Keep a finished result in the cache (a failure to write it is only logged: the run goes
+    /// on without it).
+    fn to_cache(&self, key: &str, result: &NodeResult, scoring: &Scoring, adapter: Option<&Path>) {
+        let Some(cache) = &self.cache else { return };
+        let verdicts = scoring
+            .report
+            .results
+            .iter()
+            .map(|r| crate::cache::Verdict { id: r.id.clone(), score: r.score, passed: r.passed })
+            .collect();
+        let entry = crate::cache::Entry {
+            result: Some(result.clone()),
+            failure: None,
+            verdicts,
+            test_score: None,
+            lab: self.base_key.clone(),
+        };
+        if let Err(e) = cache.store(key, entry, adapter) {
+            tracing::warn!("cannot cache the experiment {key}: {e}");
+        }
+    }
+
+    /// Score the base model on the validation split (node 0), from the cache when it is there.
+    pub async fn score_base(&self) -> Result<NodeResult, NodeFailure> {
+        let key = self.base_model_key();
+        if let Some(r) = self.cached_outcome(&key, None) {
+            return r;
+        }
+        let fail = |e: String| NodeFailure { error: e, kind: FailureKind::Other, cost: Cost::default() };
+        if self.cache.as_ref().is_some_and(|c| c.only) {
+            return Err(fail(not_in_table()));
+        }
+        let started = Instant::now();
+        let scoring = self.score(None, Split::Validation, None).await.map_err(fail)?;
+        let mut r = self.result_of(0, &scoring, None).map_err(fail)?;
+        r.cost.seconds = started.elapsed().as_secs_f64();
+        r.cost.generated_tokens = scoring.outputs.iter().map(|g| g.tokens as u64).sum();
+        r.key = Some(key.clone());
+        self.to_cache(&key, &r, &scoring, None);
+        Ok(r)
+    }
+
+    /// The test-split score of the node whose result is `result` (the base model when it has no
+    /// adapter), from the cache when it was scored before.
+    pub async fn score_test(&self, result: &NodeResult) -> Result<f64, LabError> {
+        let key = result.key.clone();
+        if let (Some(cache), Some(k)) = (&self.cache, &key)
+            && let Some((entry, _)) = cache.lookup(k)
+            && let Some(score) = entry.test_score
+        {
+            return Ok(score);
+        }
+        if self.cache.as_ref().is_some_and(|c| c.only) {
+            return Err(LabError::Run(not_in_table()));
+        }
+        let adapter = match &result.adapter {
+            Some(a) => Some(Arc::new(self.load_adapter(a)?)),
+            None => None,
+        };
+        let score = self.score(adapter, Split::Test, None).await.map_err(LabError::Run)?.report.score;
+        if let (Some(cache), Some(k)) = (&self.cache, &key) {
+            let _ = cache.update(k, |e| e.test_score = Some(score));
+        }
+        Ok(score)
+    }
+
+    /// Whether `proposal`, continued from a parent with key `parent`, can be served: always,
+    /// unless the lab replays its cache, which must then hold it.
+    pub fn can_serve(&self, proposal: &Proposal, parent: Option<&str>) -> bool {
+        match &self.cache {
+            Some(c) if c.only => c.lookup(&self.experiment_key(proposal, parent)).is_some(),
+            _ => true,
+        }
+    }
+
+    /// Score on the test split every cached experiment of this lab that has no test score yet
+    /// (what a replay's regret needs); returns how many were scored.
+    pub async fn score_cached_tests(&self, mut progress: impl FnMut(usize, usize)) -> Result<usize, LabError> {
+        let Some(cache) = &self.cache else { return Ok(0) };
+        let todo: Vec<(String, crate::cache::Entry, PathBuf)> = cache
+            .keys_of(&self.base_key)
+            .into_iter()
+            .filter_map(|k| cache.lookup(&k).map(|(e, dir)| (k, e, dir)))
+            .filter(|(_, e, _)| e.test_score.is_none() && e.result.is_some())
+            .collect();
+        for (i, (key, entry, dir)) in todo.iter().enumerate() {
+            progress(i, todo.len());
+            let adapter = match entry.result.as_ref().and_then(|r| r.adapter.as_ref()) {
+                Some(a) => Some(Arc::new(self.load_adapter(&dir.join(a).display().to_string())?)),
+                None => None,
+            };
+            let score = self.score(adapter, Split::Test, None).await.map_err(LabError::Run)?.report.score;
+            cache.update(key, |e| e.test_score = Some(score)).map_err(LabError::Run)?;
+        }
+        progress(todo.len(), todo.len());
+        Ok(todo.len())
+    }
+
+    /// Every cached experiment of this lab: its key and entry.
+    pub fn cached_entries(&self) -> Vec<(String, crate::cache::Entry)> {
+        let Some(cache) = &self.cache else { return Vec::new() };
+        cache.keys_of(&self.base_key).into_iter().filter_map(|k| cache.lookup(&k).map(|(e, _)| (k, e))).collect()
+    }
+
+    /// Where the base model was loaded from.
+    pub fn model_source(&self) -> &str {
+        &self.model_source
     }
 
     /// The base model's configuration.
@@ -335,6 +530,7 @@ impl Lab {
             train: None,
             cost: Cost::default(),
             adapter: None,
+            key: None,
         })
     }
 
@@ -343,8 +539,55 @@ impl Lab {
         &self,
         id: u64,
         proposal: &Proposal,
-        parent_adapter: Option<PathBuf>,
+        parent: Option<ParentRef>,
         base_score: f64,
+    ) -> Result<NodeResult, NodeFailure> {
+        let key = self.experiment_key(proposal, parent.as_ref().and_then(|p| p.key.as_deref()));
+        if let Some(cached) = self.cached_outcome(&key, Some(base_score)) {
+            let mut r = cached?;
+            // A search keeps its own copy, so that its run folder stands alone; a replay reads
+            // the cache in place.
+            if let Some(a) = r.adapter.clone().filter(|_| !self.cache.as_ref().is_some_and(|c| c.only)) {
+                let dir = self.node_dir(id).join("adapter");
+                crate::cache::copy_dir(Path::new(&a), &dir).map_err(|e| NodeFailure {
+                    error: format!("cannot copy the cached adapter {a}: {e}"),
+                    kind: FailureKind::Other,
+                    cost: Cost::default(),
+                })?;
+                r.adapter = Some(format!("nodes/{id}/adapter"));
+            }
+            return Ok(r);
+        }
+        if self.cache.as_ref().is_some_and(|c| c.only) {
+            return Err(NodeFailure { error: not_in_table(), kind: FailureKind::Other, cost: Cost::default() });
+        }
+        let outcome = self.train_and_score(id, proposal, parent, base_score, &key).await;
+        // A recipe that diverges or is refused does so every time: keep that too.
+        if let (Err(f), Some(cache)) = (&outcome, &self.cache)
+            && matches!(f.kind, FailureKind::Diverged | FailureKind::Recipe)
+        {
+            let failure = Some(crate::cache::CachedFailure { error: f.error.clone(), kind: f.kind });
+            let entry = crate::cache::Entry {
+                result: None,
+                failure,
+                verdicts: Vec::new(),
+                test_score: None,
+                lab: self.base_key.clone(),
+            };
+            if let Err(e) = cache.store(&key, entry, None) {
+                tracing::warn!("cannot cache the experiment {key}: {e}");
+            }
+        }
+        outcome
+    }
+
+    async fn train_and_score(
+        &self,
+        id: u64,
+        proposal: &Proposal,
+        parent: Option<ParentRef>,
+        base_score: f64,
+        key: &str,
     ) -> Result<NodeResult, NodeFailure> {
         let started = Instant::now();
         let reporter = NodeReporter::new(self.observer.clone(), id);
@@ -352,7 +595,7 @@ impl Lab {
         let fail = |kind: FailureKind, error: String, tokens: u64| NodeFailure {
             error,
             kind,
-            cost: Cost { train_tokens: tokens, seconds: started.elapsed().as_secs_f64(), llm_tokens: 0 },
+            cost: Cost { train_tokens: tokens, seconds: started.elapsed().as_secs_f64(), ..Cost::default() },
         };
         let (records, data) =
             self.build_data(&proposal.data_recipe).await.map_err(|e| fail(FailureKind::Plugin, e, 0))?;
@@ -377,9 +620,11 @@ impl Lab {
         let recipe = proposal.train_recipe.clone();
         let tokenized = train::data::tokenize(&examples, &self.tokenizer, recipe.max_seq_len as usize);
         let config = self.model.config.clone();
-        let continued = recipe.continue_from_parent && parent_adapter.is_some();
-        let mut adapter = match parent_adapter.filter(|_| recipe.continue_from_parent) {
-            Some(dir) => train::peft::load_adapter(&dir, &config)
+        let parent = parent.filter(|_| recipe.continue_from_parent);
+        let continued = parent.is_some();
+        let epoch_offset = parent.as_ref().map_or(0.0, |p| p.epochs_done);
+        let mut adapter = match &parent {
+            Some(p) => train::peft::load_adapter(&p.adapter, &config)
                 .map_err(|e| fail(FailureKind::Other, format!("parent adapter: {e}"), 0))?,
             None => LoraAdapter::from_recipe(&config, &recipe),
         };
@@ -388,7 +633,7 @@ impl Lab {
         let (observer, node) = reporter.handle();
         let n_examples = tokenized.len() as u64;
         let trained = tokio::task::spawn_blocking(move || {
-            let r = train::train(device, &model, &mut adapter, &tokenized, &recipe, None, |s| {
+            let r = train::train_from(device, &model, &mut adapter, &tokenized, &recipe, epoch_offset, None, |s| {
                 let detail = format!("loss {:.3}", s.loss);
                 let p = NodeProgress { stage: Stage::Train, done: s.step as u64, total: s.total_steps as u64, detail };
                 observer.progress(node, &p);
@@ -412,6 +657,7 @@ impl Lab {
             .score(Some(Arc::new(adapter)), Split::Validation, Some(&reporter))
             .await
             .map_err(|e| fail(FailureKind::Plugin, e, report.tokens as u64))?;
+        let generated_tokens = scoring.outputs.iter().map(|g| g.tokens as u64).sum();
         let mut result = self
             .result_of(id, &scoring, Some(base_score))
             .map_err(|e| fail(FailureKind::Other, e, report.tokens as u64))?;
@@ -425,10 +671,17 @@ impl Lab {
             truncated: report.truncated as u64,
             seconds: report.seconds,
             continued,
+            epoch_offset,
         });
-        result.cost =
-            Cost { train_tokens: report.tokens as u64, seconds: started.elapsed().as_secs_f64(), llm_tokens: 0 };
+        result.cost = Cost {
+            train_tokens: report.tokens as u64,
+            seconds: started.elapsed().as_secs_f64(),
+            generated_tokens,
+            ..Cost::default()
+        };
         result.adapter = Some(format!("nodes/{id}/adapter"));
+        result.key = Some(key.to_string());
+        self.to_cache(key, &result, &scoring, Some(&adapter_dir));
         Ok(result)
     }
 
@@ -436,6 +689,11 @@ impl Lab {
     pub fn load_adapter(&self, rel: &str) -> Result<LoraAdapter<f32>, LabError> {
         Ok(train::peft::load_adapter(&self.run_dir.join(rel), &self.model.config).map_err(train::TrainError::from)?)
     }
+}
+
+/// Why a replay cannot serve an experiment.
+fn not_in_table() -> String {
+    "not in the experiment table: fill it with `trex-host bench table` before replaying".into()
 }
 
 /// `(score − base) / (reference − base)`; when the base already reaches the reference, the raw

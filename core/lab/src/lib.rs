@@ -9,13 +9,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod abmcts;
 pub mod analysis;
+pub mod cache;
 pub mod error;
 pub mod executor;
 pub mod journal;
 pub mod memory;
 pub mod observer;
 pub mod pipeline;
+pub mod replay;
 pub mod run;
 pub mod search;
 pub mod task;

@@ -63,7 +63,16 @@ pub fn context(tree: &Tree, id: u64, notes: BTreeMap<String, f64>, params: &Memo
     for c in &mut bad_cases {
         c.examples.truncate(params.examples_per_cluster);
     }
-    let mut ctx = ResearchContext { node: node.summary(), parent_path, siblings, best, worst, bad_cases, notes };
+    let mut ctx = ResearchContext {
+        node: node.summary(),
+        parent_path,
+        siblings,
+        best,
+        worst,
+        bad_cases,
+        notes,
+        tried: Vec::new(),
+    };
     compress(&mut ctx, params.token_budget);
     ctx
 }
@@ -207,8 +216,9 @@ mod tests {
                         bad_cases,
                         data: vec![],
                         train: None,
-                        cost: Cost { train_tokens: 1000 * id, seconds: 12.5, llm_tokens: 0 },
+                        cost: Cost { train_tokens: 1000 * id, seconds: 12.5, ..Cost::default() },
                         adapter: None,
+                        key: None,
                     }))
                 },
                 lesson: if failed {

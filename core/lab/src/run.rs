@@ -10,6 +10,7 @@ use trex_plugin_host::llm::{OpenAiClient, OpenAiConfig, TokenMeter};
 use trex_plugin_host::{HostConfig, PluginHost};
 
 use crate::LabError;
+use crate::cache::ExperimentCache;
 use crate::executor::Lab;
 use crate::journal::{Event, FORMAT, FinalResult, Journal, JournalError};
 use crate::observer::SharedObserver;
@@ -33,6 +34,8 @@ pub struct SearchRequest {
     pub run_dir: Option<PathBuf>,
     /// Where messages and progress go.
     pub observer: SharedObserver,
+    /// The experiment cache folder (`None`: every experiment runs).
+    pub experiment_cache: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SearchRequest {
@@ -106,47 +109,66 @@ fn load_base(path: &str) -> Result<BaseModel, LabError> {
     Ok(BaseModel::load(Path::new(path))?)
 }
 
-/// Start a search and run it to the end of its budget.
-pub async fn search(req: SearchRequest) -> Result<(PathBuf, SearchSummary), LabError> {
-    let SearchRequest { mut task, task_file, plugins, host, settings, run_dir, observer } = req;
-    let mut settings = settings;
+/// A lab for `req` (its task validated against the plugins, the base model loaded, the
+/// experiment cache attached), the LLM client behind `llm.chat`, and the settings with the
+/// task's budget filled in. Nothing is written.
+pub async fn open_lab(
+    req: &SearchRequest,
+    run_dir: PathBuf,
+) -> Result<(Lab, Option<Arc<OpenAiClient>>, Settings, Arc<TokenMeter>), LabError> {
+    let mut task = req.task.clone();
+    let task_file = &req.task_file;
+    let mut settings = req.settings.clone();
     settings.budget = task.budget.overridden_by(&settings.budget);
-    if settings.budget.is_unbounded() {
-        return Err(LabError::Run(format!(
-            "{}: the search has no budget: add a [budget] section (nodes, wall_minutes or train_tokens) or pass --nodes / --minutes",
-            task_file.display()
-        )));
-    }
     let meter = Arc::new(TokenMeter::new(settings.budget.llm_tokens));
     let base = load_base(&task.base_model)?;
-    let mut host_config = host;
+    let mut host_config = req.host.clone();
     host_config.tokenizer = Some(Arc::new(ModelTokens(base.tokenizer.clone())));
-    let (host, client) = open_host(&plugins, host_config, task.llm.as_ref(), &meter).await?;
-    task.validate_with(&host, &task_file).await?;
+    let (host, client) = open_host(&req.plugins, host_config, task.llm.as_ref(), &meter).await?;
+    task.validate_with(&host, task_file).await?;
     if task.researcher.plugin == "llm" && task.llm.is_none() {
         return Err(LabError::Run(format!(
             "{}: the `llm` Researcher needs an LLM: add an [llm] section (base_url, model, api_key_env) or pass --llm-base-url and --llm-model",
             task_file.display()
         )));
     }
+    let mut lab = Lab::open(host, task, base, run_dir)?;
+    lab.device = settings.device;
+    lab.observer = req.observer.clone();
+    lab.cache = req.experiment_cache.clone().map(ExperimentCache::at);
+    Ok((lab, client, settings, meter))
+}
+
+/// Start a search and run it to the end of its budget.
+pub async fn search(req: SearchRequest) -> Result<(PathBuf, SearchSummary), LabError> {
+    let budget = req.task.budget.overridden_by(&req.settings.budget);
+    if budget.is_unbounded() {
+        return Err(LabError::Run(format!(
+            "{}: the search has no budget: add a [budget] section (nodes, wall_minutes or train_tokens) or pass --nodes / --minutes",
+            req.task_file.display()
+        )));
+    }
+    let run_dir = req.run_dir.clone().unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let name = format!("{}-{}-s{}-{secs}", req.task.name, req.settings.strategy.as_str(), req.settings.seed);
+        PathBuf::from("runs").join(name)
+    });
+    let (lab, client, settings, meter) = open_lab(&req, run_dir.clone()).await?;
+    let observer = req.observer.clone();
     let llm_event = match &client {
-        Some(c) if uses_llm(&task, &host) => Some(check_llm(c, &observer).await?),
+        Some(c) if uses_llm(&lab.task, &lab.host) => Some(check_llm(c, &observer).await?),
         _ => None,
     };
-    let run_dir = run_dir.unwrap_or_else(|| {
-        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        PathBuf::from("runs").join(format!("{}-{}-s{}-{secs}", task.name, settings.strategy.as_str(), settings.seed))
-    });
     let mut journal = Journal::create(&run_dir)?;
-    let task_file = std::fs::canonicalize(&task_file).unwrap_or(task_file);
+    let task_file = std::fs::canonicalize(&req.task_file).unwrap_or(req.task_file.clone());
     journal.append(
         0.0,
         &Event::Start {
             format: FORMAT,
             task_file,
-            task: Box::new(task.clone()),
+            task: Box::new(lab.task.clone()),
             settings: Box::new(settings.clone()),
-            model: base.source.display().to_string(),
+            model: lab.model_source().to_string(),
         },
     )?;
     journal.append(0.0, &Event::Session { resumed: false })?;
@@ -156,9 +178,6 @@ pub async fn search(req: SearchRequest) -> Result<(PathBuf, SearchSummary), LabE
         state.apply(0.0, &e).map_err(|e| LabError::Run(e.to_string()))?;
     }
     observer.message(&format!("run folder: {}", run_dir.display()));
-    let mut lab = Lab::open(host, task, base, run_dir.clone())?;
-    lab.device = settings.device;
-    lab.observer = observer;
     let lab = Arc::new(lab);
     let search = Search::new(&lab, settings, journal, state, meter, client).await?;
     let summary = search.run().await?;
@@ -172,6 +191,8 @@ pub struct ResumeOverrides {
     pub workers: Option<usize>,
     /// Where nodes train from now on (default: as the run began).
     pub device: Option<trex_model::train::ComputeDevice>,
+    /// The experiment cache folder (`None`: every experiment runs).
+    pub experiment_cache: Option<PathBuf>,
 }
 
 /// Continue a run that was stopped or killed: finished nodes are kept, interrupted ones run
@@ -217,6 +238,7 @@ pub async fn resume(
     let mut lab = Lab::open(host, task, base, run_dir.to_path_buf())?;
     lab.device = settings.device;
     lab.observer = observer;
+    lab.cache = overrides.experiment_cache.map(ExperimentCache::at);
     let lab = Arc::new(lab);
     let search = Search::new(&lab, settings, journal, state, meter, client).await?;
     search.run().await

@@ -11,10 +11,10 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use trex_sdk::rng::SplitMix64;
-use trex_sdk::types::{FailureKind, Outcome, PluginKind, Proposal};
+use trex_sdk::types::{FailureKind, Outcome, PluginKind, Proposal, experiment_key};
 
 use crate::LabError;
-use crate::executor::{self, Lab, NodeFailure, Split, describe};
+use crate::executor::{self, Lab, NodeFailure, ParentRef, describe};
 use crate::journal::{self, Event, FinalResult, Journal, JournalError};
 use crate::memory::{self, MemoryParams};
 use crate::task::{Budget, Task};
@@ -53,6 +53,10 @@ pub struct Settings {
     /// Where nodes train.
     #[serde(default)]
     pub device: trex_model::train::ComputeDevice,
+    /// The seed fresh experiments' training seeds derive from (default: `seed`). A replay sets
+    /// it to one of the seeds its table was filled with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_seed: Option<u64>,
 }
 
 /// A part of the system that an ablation switches off.
@@ -111,6 +115,7 @@ impl Default for Settings {
             hide_bad_cases: false,
             ablations: Vec::new(),
             device: trex_model::train::ComputeDevice::Cpu,
+            training_seed: None,
         }
     }
 }
@@ -296,6 +301,16 @@ pub fn failure_lesson(proposal: Option<&Proposal>, error: &str) -> String {
     }
 }
 
+/// The training seed of a fresh experiment with key `key` in a search seeded `seed`.
+pub fn derive_seed(seed: u64, key: &str) -> u64 {
+    let mut h = seed ^ 0x9E37_79B9_7F4A_7C15;
+    for b in key.bytes() {
+        h = SplitMix64(h ^ u64::from(b)).next_u64();
+    }
+    // Seeds travel through JSON and plugins as numbers: keep them exact in an f64.
+    h >> 11
+}
+
 /// Check a proposal against the task's search space and the plugins; returns it with data-step
 /// configs normalized, or why it is refused.
 pub(crate) async fn check_proposal(lab: &Lab, mut p: Proposal) -> Result<Proposal, String> {
@@ -313,6 +328,13 @@ pub(crate) async fn check_proposal(lab: &Lab, mut p: Proposal) -> Result<Proposa
             r.learning_rate, lr.min, lr.max
         ));
     }
+    if !lr.values.is_empty() && !lr.values.iter().any(|v| (v - r.learning_rate).abs() <= v.abs() * 1e-6) {
+        return Err(format!(
+            "learning_rate {:.3e} is not one of the search space's values [{}]",
+            r.learning_rate,
+            lr.values.iter().map(|v| format!("{v:.1e}")).collect::<Vec<_>>().join(", ")
+        ));
+    }
     let start = &task.start.train_recipe;
     if !space.lora_rank.is_empty() && !space.lora_rank.contains(&r.lora_rank) && r.lora_rank != start.lora_rank {
         return Err(format!("lora_rank {} is not one of {:?}", r.lora_rank, space.lora_rank));
@@ -327,9 +349,13 @@ pub(crate) async fn check_proposal(lab: &Lab, mut p: Proposal) -> Result<Proposa
             return Err(format!("target {} is not in the search space", t.module_name()));
         }
     }
-    let longest = start.max_seq_len.max(2048);
-    if r.max_seq_len > longest {
-        return Err(format!("max_seq_len {} is more than {longest}", r.max_seq_len));
+    if space.max_seq_len.is_empty() {
+        let longest = start.max_seq_len.max(2048);
+        if r.max_seq_len > longest {
+            return Err(format!("max_seq_len {} is more than {longest}", r.max_seq_len));
+        }
+    } else if r.max_seq_len != start.max_seq_len && !space.max_seq_len.contains(&r.max_seq_len) {
+        return Err(format!("max_seq_len {} is not one of {:?}", r.max_seq_len, space.max_seq_len));
     }
     let allowed: BTreeSet<&str> =
         task.start.data_recipe.steps.iter().chain(&space.data_steps).map(|s| s.plugin.as_str()).collect();
@@ -476,6 +502,22 @@ impl<'a> Search<'a> {
         None
     }
 
+    /// The share of the budget spent, in [0, 1]: the largest over the limits that are set.
+    fn progress(&self) -> f64 {
+        let b = &self.settings.budget;
+        let mut p: f64 = 0.0;
+        if let Some(n) = b.nodes {
+            p = p.max(self.state.tree.nodes.len().saturating_sub(1) as f64 / n.max(1) as f64);
+        }
+        if let Some(m) = b.wall_minutes {
+            p = p.max(self.now() / (m * 60.0).max(1e-9));
+        }
+        if let Some(t) = b.train_tokens {
+            p = p.max(self.state.train_tokens() as f64 / t.max(1) as f64);
+        }
+        p.min(1.0)
+    }
+
     fn notes(&self) -> BTreeMap<String, f64> {
         let mut notes = BTreeMap::new();
         let b = &self.settings.budget;
@@ -495,24 +537,68 @@ impl<'a> Search<'a> {
         notes
     }
 
-    /// Refuse an experiment that already ran: anywhere in the tree for a fresh adapter (it does
-    /// not depend on its parent), under the same parent for a continued one.
+    /// Refuse an experiment that already ran under the same parent (it would add nothing to the
+    /// tree); one reached by another path is kept, and reuses the earlier result when it runs.
     fn not_a_repeat(&self, parent: u64, p: Proposal) -> Result<Proposal, String> {
-        let same = self.state.tree.nodes.iter().find(|c| {
-            (c.parent == Some(parent) || !p.train_recipe.continue_from_parent)
-                && c.proposal
-                    .as_ref()
-                    .is_some_and(|q| q.data_recipe == p.data_recipe && q.train_recipe == p.train_recipe)
-        });
+        let key = experiment_key(&p);
+        let same = self
+            .state
+            .tree
+            .nodes
+            .iter()
+            .find(|c| c.parent == Some(parent) && c.proposal.as_ref().is_some_and(|q| experiment_key(q) == key));
         match same {
-            Some(d) => Err(format!("the same experiment already ran as node {}", d.id)),
+            Some(d) => Err(format!("the same experiment already ran from this node, as node {}", d.id)),
             None => Ok(p),
         }
+    }
+
+    /// Refuse an experiment a replay's table does not hold.
+    fn servable(&self, parent: u64, p: Proposal) -> Result<Proposal, String> {
+        let parent_key = self.state.tree.nodes[parent as usize].result().and_then(|r| r.key.as_deref());
+        if self.lab.can_serve(&p, parent_key) {
+            Ok(p)
+        } else {
+            Err("not in the experiment table being replayed".into())
+        }
+    }
+
+    /// The training seed of `p` as a child of `parent`: a continued adapter keeps its parent's
+    /// seed (so it trains on the examples that come next in the same stream); a fresh one gets a
+    /// seed derived from the search seed and the experiment, so every strategy that meets the
+    /// same experiment in the same search seed trains the same adapter (and shares its cached
+    /// result).
+    fn training_seed(&self, parent: u64, p: &Proposal) -> u64 {
+        if p.train_recipe.continue_from_parent
+            && let Some(q) = &self.state.tree.nodes[parent as usize].proposal
+        {
+            return q.train_recipe.seed;
+        }
+        derive_seed(self.settings.training_seed.unwrap_or(self.settings.seed), &experiment_key(p))
+    }
+
+    /// An earlier finished node that ran exactly the experiment of node `id` (same recipe, same
+    /// seed and, when continued, the same parent).
+    fn same_as(&self, id: u64) -> Option<&Node> {
+        let node = &self.state.tree.nodes[id as usize];
+        let p = node.proposal.as_ref()?;
+        let key = experiment_key(p);
+        self.state.tree.nodes.iter().find(|c| {
+            c.id != id
+                && c.result().is_some()
+                && (!p.train_recipe.continue_from_parent || c.parent == node.parent)
+                && c.proposal
+                    .as_ref()
+                    .is_some_and(|q| q.train_recipe.seed == p.train_recipe.seed && experiment_key(q) == key)
+        })
     }
 
     /// Ask the Researcher for a child of `parent`; `None` when it gave nothing usable.
     async fn propose(&mut self, parent: u64) -> Result<Option<u64>, LabError> {
         let mut ctx = memory::context(&self.state.tree, parent, self.notes(), &self.settings.memory);
+        let tried: BTreeSet<String> =
+            self.state.tree.nodes.iter().filter_map(|n| n.proposal.as_ref()).map(experiment_key).collect();
+        ctx.tried = tried.into_iter().collect();
         if self.settings.ablated(Ablation::BadCases) {
             ctx.bad_cases.clear();
         }
@@ -551,7 +637,14 @@ impl<'a> Search<'a> {
                             if let Some(data) = &parent_data {
                                 p.data_recipe = data.clone();
                             }
-                            check_proposal(self.lab, p).await.and_then(|p| self.not_a_repeat(parent, p))
+                            check_proposal(self.lab, p)
+                                .await
+                                .and_then(|p| self.not_a_repeat(parent, p))
+                                .map(|mut p| {
+                                    p.train_recipe.seed = self.training_seed(parent, &p);
+                                    p
+                                })
+                                .and_then(|p| self.servable(parent, p))
                         }
                     };
                     match checked {
@@ -593,33 +686,32 @@ impl<'a> Search<'a> {
         let node = &self.state.tree.nodes[id as usize];
         let lab = self.shared.clone();
         let proposal = node.proposal.clone();
-        let parent_adapter = node
-            .parent
-            .and_then(|p| self.state.tree.nodes[p as usize].result())
-            .and_then(|r| r.adapter.as_ref())
-            .map(|a| lab.run_dir.join(a));
         let base = self.base_score();
+        if let (Some(p), Some(same)) = (&proposal, self.same_as(id)) {
+            lab.say(format!("node {id} (from {}): {}", node.parent.unwrap_or(0), describe(p)));
+            lab.say(format!("  the same experiment ran as node {}: its result is reused", same.id));
+            let mut r = same.result().cloned().expect("same_as finds finished nodes");
+            r.cost = Cost { cached: true, ..Cost::default() };
+            return Ok(spawn_node(id, async move { Ok(r) }));
+        }
+        let parent = node.parent.map(|p| &self.state.tree.nodes[p as usize]).and_then(|p| {
+            let r = p.result()?;
+            let adapter = lab.run_dir.join(r.adapter.as_ref()?);
+            let own = p.proposal.as_ref().map_or(0.0, |q| q.train_recipe.epochs);
+            let epochs_done = r.train.as_ref().map_or(0.0, |t| t.epoch_offset) + own;
+            Some(ParentRef { adapter, key: r.key.clone(), epochs_done })
+        });
         match (proposal, base) {
             (Some(p), Some(base)) => {
                 lab.say(format!("node {id} (from {}): {}", node.parent.unwrap_or(0), describe(&p)));
                 if !p.rationale.is_empty() {
                     lab.say(format!("  why: {}", p.rationale));
                 }
-                Ok(spawn_node(id, async move { lab.run_node(id, &p, parent_adapter, base).await }))
+                Ok(spawn_node(id, async move { lab.run_node(id, &p, parent, base).await }))
             }
             _ => {
                 lab.say("node 0: scoring the base model on the validation split");
-                Ok(spawn_node(id, async move {
-                    let started = Instant::now();
-                    let r = async {
-                        let scoring = lab.score(None, Split::Validation, None).await?;
-                        let mut r = lab.result_of(0, &scoring, None)?;
-                        r.cost.seconds = started.elapsed().as_secs_f64();
-                        Ok(r)
-                    }
-                    .await;
-                    r.map_err(|e: String| NodeFailure { error: e, kind: FailureKind::Other, cost: Cost::default() })
-                }))
+                Ok(spawn_node(id, async move { lab.score_base().await }))
             }
         }
     }
@@ -697,11 +789,13 @@ impl<'a> Search<'a> {
                 }
                 let created = self.state.tree.nodes.len() as u64;
                 let mut rng = SplitMix64(self.settings.seed ^ created.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let progress = self.progress();
                 match self.state.tree.select(
                     self.settings.strategy,
                     &self.settings.mcts,
                     &self.state.exhausted,
                     &mut rng,
+                    progress,
                 ) {
                     None => {
                         if in_flight.is_empty() {
@@ -740,13 +834,11 @@ impl<'a> Search<'a> {
             None => {
                 lab.say(format!("search stopped: {reason}"));
                 lab.say(format!("scoring the base model and the best node ({}) on the test split", best.id));
-                let base_test = lab.score(None, Split::Test, None).await.map_err(LabError::Run)?.report.score;
-                let best_test = match best.result().and_then(|r| r.adapter.as_ref()) {
-                    Some(a) => {
-                        let adapter = lab.load_adapter(a)?;
-                        lab.score(Some(Arc::new(adapter)), Split::Test, None).await.map_err(LabError::Run)?.report.score
-                    }
-                    None => base_test,
+                let root = self.state.tree.nodes[0].result().cloned().expect("the base model was scored");
+                let base_test = lab.score_test(&root).await?;
+                let best_test = match best.result() {
+                    Some(r) if r.adapter.is_some() => lab.score_test(r).await?,
+                    _ => base_test,
                 };
                 let test_gain = executor::normalized_gain(best_test, base_test, lab.task.reference_score);
                 self.log(Event::Final(FinalResult {

@@ -335,6 +335,17 @@ impl Task {
         if self.search_space.epochs.iter().any(|e| !(e.is_finite() && *e > 0.0)) {
             return Err("search_space.epochs: epoch counts must be positive".into());
         }
+        if let Some(v) = lr.values.iter().find(|v| !(**v >= lr.min && **v <= lr.max)) {
+            return Err(format!("search_space.learning_rate.values: {v:e} is outside [{:e}, {:e}]", lr.min, lr.max));
+        }
+        let (lo, hi) = trex_model::train::RECIPE_BOUNDS
+            .iter()
+            .find(|b| b.0 == "max_seq_len")
+            .map_or((2.0, 32768.0), |b| (b.1, b.2));
+        if let Some(n) = self.search_space.max_seq_len.iter().find(|n| !(f64::from(**n) >= lo && f64::from(**n) <= hi))
+        {
+            return Err(format!("search_space.max_seq_len: {n} is outside [{lo}, {hi}]"));
+        }
         if self.prompt.max_new_tokens == 0 {
             return Err("prompt.max_new_tokens must be at least 1".into());
         }

@@ -336,6 +336,16 @@ fn document_for<T: Serialize>(api_version: &str, doc: &T) -> Result<String, Plug
                 nodes.iter_mut().for_each(strip);
             }
         }
+        if let Some(o) = value.as_object_mut() {
+            o.remove("tried");
+        }
+        // A task brief: the search-space fields added since.
+        if let Some(space) = value.get_mut("search_space").and_then(|v| v.as_object_mut()) {
+            space.remove("max_seq_len");
+            if let Some(lr) = space.get_mut("learning_rate").and_then(|v| v.as_object_mut()) {
+                lr.remove("values");
+            }
+        }
     }
     Ok(value.to_string())
 }
@@ -578,7 +588,7 @@ impl PluginHost {
         let mut store = self.new_store(plugin, env)?;
         self.arm(&mut store, plugin)?;
         let config_text = to_json_text(config);
-        let task_text = serde_json::to_string(task).map_err(|e| PluginError::Host(e.to_string()))?;
+        let task_text = document_for(&plugin.info.api_version, task)?;
         let fut = async {
             let b = pre.instantiate_async(&mut store).await?;
             let opened =
@@ -683,11 +693,13 @@ mod tests {
             worst: vec![failed_node(3)],
             bad_cases: vec![],
             notes: Default::default(),
+            tried: vec!["0123456789abcdef".into()],
         };
         let new = document_for("0.1.1", &ctx).unwrap();
         assert_eq!(new.matches("\"failure\":\"diverged\"").count(), 4, "{new}");
+        assert!(new.contains("\"tried\""), "{new}");
         let old = document_for("0.1.0", &ctx).unwrap();
-        assert!(!old.contains("failure"), "{old}");
+        assert!(!old.contains("failure") && !old.contains("tried"), "{old}");
         // What is left is exactly what the 0.1.0 types accept.
         let back: ResearchContext = serde_json::from_str(&old).unwrap();
         assert_eq!(back.node.status, NodeStatus::Failed);

@@ -144,6 +144,8 @@ pub struct LoadedPlugin {
     pub limits: Limits,
     /// How it was loaded.
     pub load: LoadStats,
+    /// SHA-256 of the component, hex: what a cached result computed with it is keyed by.
+    pub wasm_sha256: String,
     pre: KindPre,
 }
 
@@ -313,6 +315,10 @@ impl PluginHost {
         let name = manifest.name.clone();
         let started = Instant::now();
         let bytes = manifest.read_component()?;
+        let wasm_sha256 = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(&bytes))
+        };
         let (component, source) = self
             .engine
             .compile(&bytes, self.config.cache_dir.as_deref())
@@ -339,6 +345,7 @@ impl PluginHost {
             denied,
             limits,
             load,
+            wasm_sha256,
             pre,
         };
         plugin.info = self.describe(&plugin).await?;

@@ -1,12 +1,18 @@
-//! `random`: a Researcher that samples training recipes uniformly from the task's search space
-//! (log-uniform learning rates), and with some probability adds one of the declared data steps.
-//! Deterministic for a given task seed and config seed; the baseline every smarter policy has to beat.
+//! `random`: a Researcher that knows nothing about training. From the root it samples training
+//! recipes uniformly from the task's search space (log-uniform learning rates); from any other
+//! node it resamples one or two fields of that node's recipe (`mode = "mutate"`, the default),
+//! so the tree a strategy grows decides where it searches. With some probability it adds one
+//! of the declared data steps. It never proposes an experiment the search has already tried.
+//! Deterministic for a given task seed, config seed and context; the baseline every smarter
+//! policy has to beat.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use trex_sdk::guest::{PluginError, Researcher};
 use trex_sdk::rng::SplitMix64;
-use trex_sdk::types::{DataRecipe, Outcome, Proposal, ResearchContext, SearchSpace, TaskBrief, TrainRecipe};
+use trex_sdk::types::{
+    DataRecipe, Outcome, Proposal, ResearchContext, SearchSpace, TaskBrief, TrainRecipe, experiment_key,
+};
 
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -17,11 +23,21 @@ struct Config {
     data_step_probability: f64,
     /// Probability that a proposal continues from its parent's adapter.
     continue_probability: f64,
+    /// `mutate`: resample one or two fields of the expanded node's recipe; `global`: sample
+    /// every field from the whole space, wherever the node is.
+    mode: Mode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+enum Mode {
+    Mutate,
+    Global,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { seed: 0, data_step_probability: 0.3, continue_probability: 0.0 }
+        Self { seed: 0, data_step_probability: 0.3, continue_probability: 0.0, mode: Mode::Mutate }
     }
 }
 
@@ -42,15 +58,23 @@ struct RandomResearcher {
 }
 
 impl RandomResearcher {
-    fn sample(&mut self) -> Proposal {
-        let s = &self.space;
-        let lr = &s.learning_rate;
+    fn learning_rate(&mut self) -> f64 {
+        let lr = &self.space.learning_rate;
+        if !lr.values.is_empty() {
+            return *pick(&mut self.rng, &lr.values).expect("not empty");
+        }
         let u = self.rng.unit();
-        let learning_rate = if lr.log && lr.min > 0.0 {
+        if lr.log && lr.min > 0.0 {
             (lr.min.ln() + u * (lr.max.ln() - lr.min.ln())).exp()
         } else {
             lr.min + u * (lr.max - lr.min)
-        };
+        }
+    }
+
+    /// Every field sampled from the whole space.
+    fn sample(&mut self) -> Proposal {
+        let learning_rate = self.learning_rate();
+        let s = self.space.clone();
         let defaults = self.base_train.clone();
         let lora_rank = pick(&mut self.rng, &s.lora_rank).copied().unwrap_or(defaults.lora_rank);
         let train_recipe = TrainRecipe {
@@ -59,8 +83,8 @@ impl RandomResearcher {
             lora_alpha: 2.0 * lora_rank as f32,
             epochs: pick(&mut self.rng, &s.epochs).copied().unwrap_or(defaults.epochs),
             targets: pick(&mut self.rng, &s.targets).cloned().unwrap_or(defaults.targets.clone()),
-            continue_from_parent: self.rng.unit() < self.config.continue_probability,
-            seed: self.rng.next_u64() % 1_000_000,
+            max_seq_len: pick(&mut self.rng, &s.max_seq_len).copied().unwrap_or(defaults.max_seq_len),
+            continue_from_parent: false,
             ..defaults
         };
         let mut data_recipe = self.base_data.clone();
@@ -79,6 +103,63 @@ impl RandomResearcher {
                 .unwrap_or_default()
         );
         Proposal { data_recipe, train_recipe, rationale }
+    }
+
+    /// One or two fields of `node` resampled.
+    fn mutate(&mut self, node: &Proposal) -> Proposal {
+        let s = self.space.clone();
+        let mut p = node.clone();
+        p.train_recipe.continue_from_parent = false;
+        let fields = 1 + self.rng.below(2);
+        let mut changed = Vec::new();
+        for _ in 0..fields {
+            match self.rng.below(6) {
+                0 => {
+                    p.train_recipe.learning_rate = self.learning_rate();
+                    changed.push(format!("lr {:.2e}", p.train_recipe.learning_rate));
+                }
+                1 => {
+                    if let Some(r) = pick(&mut self.rng, &s.lora_rank).copied() {
+                        p.train_recipe.lora_rank = r;
+                        p.train_recipe.lora_alpha = 2.0 * r as f32;
+                        changed.push(format!("rank {r}"));
+                    }
+                }
+                2 => {
+                    if let Some(e) = pick(&mut self.rng, &s.epochs).copied() {
+                        p.train_recipe.epochs = e;
+                        changed.push(format!("{e} epoch(s)"));
+                    }
+                }
+                3 => {
+                    if let Some(t) = pick(&mut self.rng, &s.targets).cloned() {
+                        changed.push(format!("{} modules", t.len()));
+                        p.train_recipe.targets = t;
+                    }
+                }
+                4 => {
+                    if let Some(len) = pick(&mut self.rng, &s.max_seq_len).copied() {
+                        p.train_recipe.max_seq_len = len;
+                        changed.push(format!("max_seq_len {len}"));
+                    }
+                }
+                _ => {
+                    if self.rng.unit() < self.config.data_step_probability
+                        && let Some(step) = pick(&mut self.rng, &s.data_steps).cloned()
+                        && !p.data_recipe.steps.iter().any(|d| d.plugin == step.plugin)
+                    {
+                        changed.push(format!("data step `{}`", step.plugin));
+                        p.data_recipe.steps.push(step);
+                    }
+                }
+            }
+        }
+        if self.rng.unit() < self.config.continue_probability {
+            p.train_recipe.continue_from_parent = true;
+            changed.push("continued".into());
+        }
+        p.rationale = format!("random mutation of the node: {}", changed.join(", "));
+        p
     }
 }
 
@@ -108,8 +189,25 @@ impl Researcher for RandomResearcher {
         Ok(Self { rng: SplitMix64(seed), base_data, base_train, space: task.search_space, config, observed: 0 })
     }
 
-    fn propose(&mut self, _context: ResearchContext, max: u32) -> Result<Vec<Proposal>, PluginError> {
-        Ok((0..max).map(|_| self.sample()).collect())
+    fn propose(&mut self, context: ResearchContext, max: u32) -> Result<Vec<Proposal>, PluginError> {
+        let mut out: Vec<Proposal> = Vec::new();
+        // A bounded number of draws: a small space may have fewer untried experiments than asked.
+        for _ in 0..max.saturating_mul(8) {
+            let p = match (&context.node.proposal, self.config.mode) {
+                (Some(node), Mode::Mutate) => self.mutate(node),
+                _ => self.sample(),
+            };
+            let key = experiment_key(&p);
+            let repeat = !p.train_recipe.continue_from_parent && context.tried.contains(&key);
+            if repeat || out.iter().any(|o| experiment_key(o) == key) {
+                continue;
+            }
+            out.push(p);
+            if out.len() >= max as usize {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     fn observe(&mut self, _outcome: Outcome) -> Result<(), PluginError> {

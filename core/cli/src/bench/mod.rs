@@ -18,6 +18,7 @@ use anyhow::Result;
 
 use trex_plugin_host::{CallEnv, EvalItem, HostConfig, PluginHost};
 
+pub mod replay;
 pub mod search;
 pub mod tasks;
 

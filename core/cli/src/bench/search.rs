@@ -60,6 +60,19 @@ pub async fn bench_search(
                     Some(a) => format!("{}-no-{}-s{seed}", strategy.as_str(), a.as_str()),
                 };
                 let run_dir = out.join(folder);
+                let mut want = base.settings.clone();
+                want.strategy = strategy;
+                want.seed = seed;
+                want.ablations = variant.into_iter().collect();
+                want.budget = base.task.budget.overridden_by(&want.budget);
+                if let Ok(v) = view(&run_dir)
+                    && let Some(why) = settings_differ(&v.settings, &want)
+                {
+                    anyhow::bail!(
+                        "{} was run with other settings ({why}): pass another --out, or remove the folder to run it again",
+                        run_dir.display()
+                    );
+                }
                 let done = view(&run_dir).ok().filter(|v| v.final_result.is_some());
                 if done.is_none() {
                     if Journal::path_in(&run_dir).is_file() {
@@ -91,6 +104,23 @@ pub async fn bench_search(
     std::fs::write(out.join("table.md"), bench_table(&runs))
         .with_context(|| format!("cannot write {}", out.display()))?;
     Ok(runs)
+}
+
+/// What differs between the settings a run was made with and those a benchmark asks for (the
+/// number of workers and the device may differ: they change the speed, not the tree).
+fn settings_differ(had: &trex_lab::Settings, want: &trex_lab::Settings) -> Option<String> {
+    let checks = [
+        ("strategy", had.strategy != want.strategy),
+        ("seed", had.seed != want.seed),
+        ("ablations", had.ablations != want.ablations),
+        ("budget", had.budget != want.budget),
+        ("MCTS constants", had.mcts != want.mcts),
+        ("memory", had.memory != want.memory),
+        ("proposals per round", had.proposals_per_round != want.proposals_per_round),
+        ("training seed", had.training_seed != want.training_seed),
+    ];
+    let differ: Vec<&str> = checks.iter().filter(|(_, d)| *d).map(|(n, _)| *n).collect();
+    (!differ.is_empty()).then(|| differ.join(", "))
 }
 
 /// One finished benchmark run, read back from its folder.

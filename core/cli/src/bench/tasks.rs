@@ -26,7 +26,8 @@ pub struct SuiteRun {
     pub base_validation: f64,
     /// The base model's test score.
     pub base_test: f64,
-    /// Tokens trained on, all experiments together.
+    /// Tokens trained on, all experiments together (what they cost when first run, even if
+    /// this run found them in the experiment cache).
     pub train_tokens: u64,
     /// Best validation score so far after the base model (index 0) and each experiment, in the
     /// order they were created.
@@ -46,7 +47,8 @@ fn suite_run(task: &str, run: BenchRun) -> Result<SuiteRun> {
     for n in &nodes {
         if let Some(r) = n.result() {
             best = best.max(r.score);
-            train_tokens += r.cost.train_tokens;
+            // What the experiment cost to train, even when this run found it in the cache.
+            train_tokens += r.train.as_ref().map_or(r.cost.train_tokens, |t| t.tokens);
         }
         curve.push(if best.is_finite() { best } else { 0.0 });
     }

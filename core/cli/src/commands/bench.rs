@@ -13,6 +13,7 @@ use trex_lab::tree::Strategy;
 use trex_lab::{Ablation, Settings};
 use trex_model::train::ComputeDevice;
 
+use super::search::CacheArgs;
 use super::{Global, host_config};
 use crate::bench;
 
@@ -44,6 +45,8 @@ pub enum BenchCommand {
         /// Folder of the runs and the results.
         #[arg(long, default_value = "runs/ftbench")]
         out: PathBuf,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Search efficiency: one search per strategy and seed on a task at equal budget; prints the
     /// mean normalized gain (validation and test) per strategy. Finished runs are reused and
@@ -68,6 +71,66 @@ pub enum BenchCommand {
         /// Folder of the runs, results.json and table.md.
         #[arg(long, default_value = "runs/bench-search")]
         out: PathBuf,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Fill the experiment table a replay runs on: real searches (each strategy at each
+    /// training seed, with the experiment cache on, so nothing already run is paid for twice),
+    /// then a test-split score for every cached experiment of the task. Finished runs are
+    /// reused and interrupted ones resumed.
+    Table {
+        /// The task (task.toml or its folder).
+        #[arg(default_value = "examples/tasks/unit-conversion")]
+        task: PathBuf,
+        /// Comma-separated strategies whose searches fill the table.
+        #[arg(long, value_parser = super::named(&Strategy::NAMES, Strategy::from_name), value_delimiter = ',', default_value = "mcts,greedy,random")]
+        strategies: Vec<Strategy>,
+        /// Comma-separated training seeds (each the search seed of one search per strategy).
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        train_seeds: Vec<u64>,
+        /// Experiments per search.
+        #[arg(long, default_value_t = 8)]
+        nodes: u64,
+        /// Folder of the runs.
+        #[arg(long, default_value = "runs/bench-table")]
+        out: PathBuf,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Compare strategies over many seeds on the experiment table (`bench table`), each search
+    /// run by the real search loop against cached results only (milliseconds per search). Each
+    /// seed resamples the validation examples and picks one of the table's training seeds, the
+    /// same for every strategy. Prints the mean test regret (the table's best test score minus
+    /// the chosen node's) per budget and strategy, with the paired bootstrap 95% interval of
+    /// its difference from the first strategy, wins/ties/losses, and the compute spent.
+    /// Proposals the table does not hold are refused, so strategies are compared on the part
+    /// of the landscape the table covers. Writes OUT/results.json and OUT/table.md.
+    Replay {
+        /// The task (task.toml or its folder).
+        #[arg(default_value = "examples/tasks/unit-conversion")]
+        task: PathBuf,
+        /// Comma-separated strategies; the first is compared with the others.
+        /// `random-researcher` is random selection with the `random` Researcher.
+        #[arg(long, value_parser = super::named(&crate::bench::replay::Arm::NAMES, crate::bench::replay::Arm::from_name), value_delimiter = ',', default_value = "mcts,ab-mcts,greedy,sequential,random,random-researcher")]
+        strategies: Vec<crate::bench::replay::Arm>,
+        /// Replay seeds (0..N).
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// Comma-separated budgets, in experiments.
+        #[arg(long, value_delimiter = ',', default_value = "4,8,16,32")]
+        budgets: Vec<u64>,
+        /// Share of the validation examples each seed keeps.
+        #[arg(long, default_value_t = 0.7)]
+        fraction: f64,
+        /// Comma-separated training seeds the table was filled with (`bench table --train-seeds`).
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        train_seeds: Vec<u64>,
+        /// Folder of results.json and table.md.
+        #[arg(long, default_value = "runs/bench-replay")]
+        out: PathBuf,
+        /// The experiment table [default: $TREX_CACHE_DIR/experiments, else ~/.cache/trex/experiments].
+        #[arg(long, value_name = "DIR")]
+        experiment_cache: Option<PathBuf>,
     },
     /// Data-pipeline throughput: normalize → length filter → exact dedup → near dedup over
     /// synthetic records through the plugins, against the same pipeline written with Hugging Face
@@ -132,7 +195,12 @@ pub enum BenchCommand {
 /// The search request a benchmark starts from: the task's own settings, a budget of `nodes`
 /// experiments (the task's when `None`) and no wall-clock cut-off, so budgets are equal in
 /// experiments.
-fn bench_request(global: &Global, task: &std::path::Path, nodes: Option<u64>) -> Result<SearchRequest> {
+fn bench_request(
+    global: &Global,
+    task: &std::path::Path,
+    nodes: Option<u64>,
+    cache: &CacheArgs,
+) -> Result<SearchRequest> {
     let (task, task_file) = crate::assets::load_task(task)?;
     Ok(SearchRequest {
         task,
@@ -145,6 +213,7 @@ fn bench_request(global: &Global, task: &std::path::Path, nodes: Option<u64>) ->
         },
         run_dir: None,
         observer: Arc::new(Silent),
+        experiment_cache: cache.dir(),
     })
 }
 
@@ -152,7 +221,7 @@ impl BenchCommand {
     /// Run it.
     pub async fn execute(self, global: &Global) -> Result<ExitCode> {
         match self {
-            BenchCommand::Tasks { tasks, strategies, ablate, seeds, budget, out } => {
+            BenchCommand::Tasks { tasks, strategies, ablate, seeds, budget, out, cache } => {
                 let tasks = if tasks.is_empty() {
                     trex_lab::task::Task::folders(std::path::Path::new("examples/tasks"))?
                 } else {
@@ -161,7 +230,7 @@ impl BenchCommand {
                 if tasks.is_empty() {
                     bail!("no tasks: pass --tasks, or run from the repository root (examples/tasks)");
                 }
-                let req = bench_request(global, &tasks[0], budget)?;
+                let req = bench_request(global, &tasks[0], budget, &cache)?;
                 std::fs::create_dir_all(&out)?;
                 let runs = bench::tasks::bench_tasks(req, &tasks, &strategies, &ablate, &seeds, &out, |task, r| {
                     eprintln!(
@@ -173,8 +242,8 @@ impl BenchCommand {
                 print!("{}", bench::tasks::table(&runs));
                 eprintln!("results: {0}/results.json, {0}/table.md, {0}/plot.svg", out.display());
             }
-            BenchCommand::Search { task, strategies, ablate, seeds, nodes, out } => {
-                let req = bench_request(global, &task, Some(nodes))?;
+            BenchCommand::Search { task, strategies, ablate, seeds, nodes, out, cache } => {
+                let req = bench_request(global, &task, Some(nodes), &cache)?;
                 std::fs::create_dir_all(&out)?;
                 let runs = bench::search::bench_search(req, &strategies, &ablate, &seeds, &out, |r| {
                     eprintln!(
@@ -184,6 +253,54 @@ impl BenchCommand {
                 })
                 .await?;
                 print!("{}", bench::search::bench_table(&runs));
+            }
+            BenchCommand::Table { task, strategies, train_seeds, nodes, out, cache } => {
+                let Some(dir) = cache.dir() else {
+                    bail!("bench table fills the experiment cache: drop --no-experiment-cache");
+                };
+                let req = bench_request(global, &task, Some(nodes), &cache)?;
+                std::fs::create_dir_all(&out)?;
+                let runs = bench::search::bench_search(req.clone(), &strategies, &[], &train_seeds, &out, |r| {
+                    eprintln!(
+                        "{} seed {}: validation gain {:+.3}, test gain {:+.3} ({} experiments, {:.0} s)",
+                        r.strategy, r.seed, r.validation_gain, r.test_gain, r.nodes, r.seconds
+                    );
+                })
+                .await?;
+                print!("{}", bench::search::bench_table(&runs));
+                let scored = bench::replay::score_table(&req, &dir, |i, n| {
+                    if n > 0 {
+                        eprint!("\rscoring the table on the test split: {i}/{n}");
+                    }
+                })
+                .await?;
+                eprintln!("\n{scored} experiment(s) scored on the test split; the table is in {}", dir.display());
+            }
+            BenchCommand::Replay { task, strategies, seeds, budgets, fraction, train_seeds, out, experiment_cache } => {
+                if strategies.is_empty() || budgets.is_empty() || seeds == 0 {
+                    bail!("give at least one strategy, one budget and one seed");
+                }
+                if !(fraction > 0.0 && fraction <= 1.0) {
+                    bail!("--fraction must be within (0, 1], got {fraction}");
+                }
+                let cache = CacheArgs::at(experiment_cache);
+                let dir = cache.dir().expect("a folder is always given or defaulted");
+                let req = bench_request(global, &task, None, &cache)?;
+                std::fs::create_dir_all(&out)?;
+                let plan = bench::replay::ReplayPlan { arms: strategies, seeds, budgets, fraction, train_seeds };
+                let (stats, runs) = bench::replay::replay(&req, &dir, &plan, &out, |i, n| {
+                    if i % 50 == 0 || i == n {
+                        eprint!("\rreplaying: {i}/{n} searches");
+                    }
+                })
+                .await?;
+                eprintln!();
+                let table = bench::replay::replay_table(&stats, &plan, &runs);
+                let json = serde_json::json!({ "table": stats, "runs": runs });
+                std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
+                std::fs::write(out.join("table.md"), &table)?;
+                print!("{table}");
+                eprintln!("results: {0}/results.json, {0}/table.md", out.display());
             }
             BenchCommand::Train { seq, batch, rank, steps, completion_fraction, device } => {
                 println!(

@@ -8,7 +8,7 @@ use anyhow::Result;
 use trex_lab::memory::MemoryParams;
 use trex_lab::run::{ResumeOverrides, SearchRequest};
 use trex_lab::task::Budget;
-use trex_lab::tree::{MctsParams, Strategy};
+use trex_lab::tree::{Backup, MctsParams, Strategy};
 use trex_lab::{Ablation, Settings};
 use trex_model::train::ComputeDevice;
 use trex_plugin_host::llm::OpenAiConfig;
@@ -52,18 +52,26 @@ pub struct SearchCommand {
     /// Base model (overrides the task's base_model).
     #[arg(long)]
     model: Option<String>,
-    /// MCTS: UCT exploration constant.
-    #[arg(long, default_value_t = 1.0)]
+    /// MCTS: UCT exploration constant, against scores normalized to [0, 1] over the finished
+    /// nodes; it shrinks to zero as the budget runs out.
+    #[arg(long, default_value_t = MctsParams::default().exploration)]
     exploration: f64,
-    /// MCTS: progressive widening allows ceil(k * visits^alpha) children; this is k.
-    #[arg(long, default_value_t = 1.0)]
+    /// MCTS: progressive widening allows max(1, floor(k * subtree_nodes^alpha)) children; this is k.
+    #[arg(long, default_value_t = MctsParams::default().widening_k)]
     widening_k: f64,
     /// MCTS: progressive widening exponent alpha.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = MctsParams::default().widening_alpha)]
     widening_alpha: f64,
     /// MCTS: reward of a failed node.
-    #[arg(long, default_value_t = -0.5, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = MctsParams::default().failure_reward, allow_hyphen_values = true)]
     failure_reward: f64,
+    /// MCTS and AB-MCTS: children the root gets (the start recipe and distinct alternatives)
+    /// before the search goes deeper.
+    #[arg(long, default_value_t = MctsParams::default().drafts)]
+    drafts: usize,
+    /// MCTS: how a subtree's value is backed up: `max` (find the best experiment) or `mean`.
+    #[arg(long, value_parser = super::named(&["max", "mean"], Backup::from_name), default_value = "max")]
+    backup: Backup,
     /// Approximate token budget of the Researcher's context.
     #[arg(long, default_value_t = 3000)]
     context_tokens: usize,
@@ -84,9 +92,39 @@ pub struct SearchCommand {
     /// Where nodes train: `cpu` or `cuda` (the first NVIDIA GPU).
     #[arg(long, value_parser = super::device(), default_value = "cpu")]
     device: ComputeDevice,
+    #[command(flatten)]
+    cache: CacheArgs,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Where finished experiments are kept, so that no search pays twice for one.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// The experiment cache: every finished experiment (result, per-example verdicts, adapter),
+    /// keyed by the content of everything that determines it, shared by every run
+    /// [default: $TREX_CACHE_DIR/experiments, else ~/.cache/trex/experiments].
+    #[arg(long, value_name = "DIR")]
+    experiment_cache: Option<PathBuf>,
+    /// Run every experiment, even one the cache holds (and keep nothing in it).
+    #[arg(long, conflicts_with = "experiment_cache")]
+    no_experiment_cache: bool,
+}
+
+impl CacheArgs {
+    /// The cache in `dir` (the default folder when `None`).
+    pub fn at(dir: Option<PathBuf>) -> CacheArgs {
+        CacheArgs { experiment_cache: dir, no_experiment_cache: false }
+    }
+
+    /// The cache folder to use, if any.
+    pub fn dir(&self) -> Option<PathBuf> {
+        if self.no_experiment_cache {
+            return None;
+        }
+        Some(self.experiment_cache.clone().unwrap_or_else(|| trex_assets::cache_dir().join("experiments")))
+    }
 }
 
 impl SearchCommand {
@@ -107,6 +145,9 @@ impl SearchCommand {
                 widening_k: self.widening_k,
                 widening_alpha: self.widening_alpha,
                 failure_reward: self.failure_reward,
+                drafts: self.drafts,
+                backup: self.backup,
+                ..MctsParams::default()
             },
             memory: MemoryParams { token_budget: self.context_tokens, ..Default::default() },
             ablations: self.ablate.clone(),
@@ -140,6 +181,7 @@ impl SearchCommand {
             settings: self.settings(),
             run_dir: self.run_dir.clone(),
             observer: Arc::new(Bars::new()),
+            experiment_cache: self.cache.dir(),
         };
         let (run_dir, summary) = trex_lab::run::search(req).await?;
         if self.json {
@@ -163,12 +205,15 @@ pub struct ResumeCommand {
     /// Where nodes train from now on (default: as the run began).
     #[arg(long, value_parser = super::device())]
     device: Option<ComputeDevice>,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 impl ResumeCommand {
     /// Run it.
     pub async fn execute(self, global: &Global) -> Result<ExitCode> {
-        let overrides = ResumeOverrides { workers: self.workers, device: self.device };
+        let overrides =
+            ResumeOverrides { workers: self.workers, device: self.device, experiment_cache: self.cache.dir() };
         let observer = Arc::new(Bars::new());
         let summary =
             trex_lab::run::resume(&self.run_dir, &global.plugins, host_config(global)?, overrides, observer).await?;

@@ -2,4 +2,5 @@
 //! model through the command line and the library.
 
 mod cli;
+mod interop;
 mod search;

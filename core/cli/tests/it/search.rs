@@ -11,14 +11,19 @@ use trex_lab::{SearchSummary, Settings};
 use trex_plugin_host::HostConfig;
 use trex_tests::llm_server::{completion, start};
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    plugins: PathBuf,
-    task: PathBuf,
+pub(crate) struct Fixture {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) plugins: PathBuf,
+    pub(crate) task: PathBuf,
 }
 
 /// The task: answer `w<a>` with `w<a+20>`. `extra` is appended to task.toml.
-fn fixture(train_records: usize, start_recipe: &str, extra: &str, config: trex_model::LlamaConfig) -> Fixture {
+pub(crate) fn fixture(
+    train_records: usize,
+    start_recipe: &str,
+    extra: &str,
+    config: trex_model::LlamaConfig,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let plugins = trex_tests::standard_plugins(dir.path());
     trex_tests::install(
@@ -78,10 +83,6 @@ targets = [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]]
 
 [[search_space.data_steps]]
 plugin = "dedup-exact"
-
-[[search_space.data_steps]]
-plugin = "hostile"
-config = {{ attack = "panic" }}
 {extra}
 "#,
         model = model.display()
@@ -91,7 +92,10 @@ config = {{ attack = "panic" }}
     Fixture { dir, plugins, task: task_path }
 }
 
-const QUICK: &str = "lora_rank = 4\ntargets = [\"q_proj\", \"v_proj\"]\nlearning_rate = 1e-2\nepochs = 2.0\nbatch_size = 4\nmax_seq_len = 64";
+/// A data step that panics, offered to the Researcher (only where a test wants a node to fail).
+const HOSTILE_STEP: &str = "\n[[search_space.data_steps]]\nplugin = \"hostile\"\nconfig = { attack = \"panic\" }\n";
+
+pub(crate) const QUICK: &str = "lora_rank = 4\ntargets = [\"q_proj\", \"v_proj\"]\nlearning_rate = 1e-2\nepochs = 2.0\nbatch_size = 4\nmax_seq_len = 64";
 
 fn host_config(dir: &Path) -> HostConfig {
     HostConfig {
@@ -111,10 +115,11 @@ fn request(f: &Fixture, strategy: Strategy, run: &str) -> SearchRequest {
         settings: Settings { strategy, ..Settings::default() },
         run_dir: Some(f.dir.path().join(run)),
         observer: std::sync::Arc::new(trex_lab::observer::Silent),
+        experiment_cache: None,
     }
 }
 
-fn events(run_dir: &Path) -> Vec<Event> {
+pub(crate) fn events(run_dir: &Path) -> Vec<Event> {
     Journal::read(run_dir).unwrap().into_iter().map(|e| e.event).collect()
 }
 
@@ -126,11 +131,15 @@ fn count(events: &[Event], f: impl Fn(&Event) -> bool) -> usize {
 async fn every_strategy_runs_a_search_end_to_end() {
     trex_tests::build_plugins();
     let f = fixture(40, QUICK, "", trex_model::LlamaConfig::tiny());
-    for strategy in [Strategy::Mcts, Strategy::Greedy, Strategy::Sequential, Strategy::Random] {
+    for strategy in [Strategy::Mcts, Strategy::AbMcts, Strategy::Greedy, Strategy::Sequential, Strategy::Random] {
         let name = strategy.as_str();
         let (run_dir, summary): (PathBuf, SearchSummary) =
             search(request(&f, strategy, name)).await.unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!((summary.nodes, summary.failed), (3, 0), "{name}: {summary:?}");
+        let failures: Vec<String> = events(&run_dir)
+            .into_iter()
+            .filter_map(|e| if let Event::Failed { error, .. } = e { Some(error) } else { None })
+            .collect();
+        assert_eq!((summary.nodes, summary.failed), (3, 0), "{name}: {summary:?} {failures:?}");
         assert!(summary.reason.contains("node budget"), "{name}: {}", summary.reason);
         let v = view(&run_dir).unwrap();
         assert!(v.final_result.is_some(), "{name}: the test split is scored at the end");
@@ -162,7 +171,7 @@ async fn every_strategy_runs_a_search_end_to_end() {
                     assert_eq!(n.parent, Some(best.id), "greedy expands the best node so far");
                 }
             }
-            Strategy::Mcts => assert_eq!(parents[0], 0),
+            Strategy::Mcts | Strategy::AbMcts => assert_eq!(parents[0], 0),
             Strategy::Random => {}
         }
         let text = trex_cli::render::render_tree(&v);
@@ -170,13 +179,15 @@ async fn every_strategy_runs_a_search_end_to_end() {
     }
 }
 
-fn trex_host(f: &Fixture) -> Command {
+pub(crate) fn trex_host(f: &Fixture) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_trex-host"));
+    // Each fixture its own cache: nothing a test trains is served to another.
+    c.env("TREX_CACHE_DIR", f.dir.path().join("cache"));
     c.arg("--plugins").arg(&f.plugins).arg("--cache-dir").arg(trex_tests::root().join("target/test-component-cache"));
     c
 }
 
-fn output(c: &mut Command) -> (bool, String, String) {
+pub(crate) fn output(c: &mut Command) -> (bool, String, String) {
     let o = c.output().unwrap();
     (o.status.success(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
 }
@@ -353,7 +364,8 @@ fn a_plugin_failing_inside_a_node_fails_that_node_and_the_search_goes_on() {
         completion(&proposal(1e-2, r#", {"plugin": "hostile", "config": {"attack": "panic"}}"#), 10, 10),
         completion(&proposal(1e-2, ""), 10, 10),
     ]);
-    let f = fixture(40, QUICK, &llm_section(&server.base_url), trex_model::LlamaConfig::tiny());
+    let extra = format!("{HOSTILE_STEP}{}", llm_section(&server.base_url));
+    let f = fixture(40, QUICK, &extra, trex_model::LlamaConfig::tiny());
     let run_dir = f.dir.path().join("run");
     let (ok, stdout, err) = output(
         trex_host(&f)
@@ -704,4 +716,100 @@ fn llm_check_reports_what_a_server_supports() {
     assert!(stdout.contains("json_schema") && stdout.contains("refused"), "{stdout}");
     assert!(stdout.contains("trex uses: json_object + schema"), "{stdout}");
     assert!(stdout.contains("token usage: reported"), "{stdout}");
+}
+
+/// Append a custom section to a component: the plugin behaves the same, but its bytes (and so
+/// its hash) change.
+fn touch_component(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes.extend_from_slice(&[0x00, 0x06, 0x04, b't', b'r', b'e', b'x', b'!']);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_experiment_cache_serves_repeats_without_training_and_misses_changed_inputs() {
+    trex_tests::build_plugins();
+    let f = fixture(40, QUICK, "", trex_model::LlamaConfig::tiny());
+    let cache = f.dir.path().join("experiments");
+    let cached = |run: &str| {
+        let mut r = request(&f, Strategy::Greedy, run);
+        r.experiment_cache = Some(cache.clone());
+        r
+    };
+    let (_, first) = search(cached("first")).await.unwrap();
+    assert!(first.train_tokens > 0 && first.nodes == 3, "{first:?}");
+    // The same search again: nothing trains, and the tree and its scores are the same.
+    let (dir, again) = search(cached("again")).await.unwrap();
+    assert_eq!(again.train_tokens, 0, "every experiment came from the cache: {again:?}");
+    assert_eq!(
+        (again.best, again.best_validation, again.best_test),
+        (first.best, first.best_validation, first.best_test)
+    );
+    let v = view(&dir).unwrap();
+    assert!(v.nodes.iter().all(|n| n.result().is_some_and(|r| r.cost.cached)), "{:?}", v.nodes);
+    for n in &v.nodes[1..] {
+        let adapter = dir.join(n.result().unwrap().adapter.as_ref().unwrap());
+        assert!(adapter.join("adapter_config.json").is_file(), "the run keeps its own copy of {}", adapter.display());
+    }
+    let trained = |dir: &Path| -> Vec<bool> {
+        view(dir).unwrap().nodes.iter().map(|n| n.result().is_some_and(|r| !r.cost.cached)).collect()
+    };
+    // Another training recipe: the base model's scores are served, the experiments run.
+    let task = std::fs::read_to_string(&f.task).unwrap();
+    std::fs::write(&f.task, task.replace("learning_rate = 1e-2", "learning_rate = 2e-2")).unwrap();
+    let (dir, _) = search(cached("recipe")).await.unwrap();
+    let t = trained(&dir);
+    assert!(!t[0] && t[1], "a changed recipe misses, the base model does not: {t:?}");
+    std::fs::write(&f.task, &task).unwrap();
+    // Other training data: every experiment runs again.
+    let train = f.task.parent().unwrap().join("data/train.jsonl");
+    let mut data = std::fs::read_to_string(&train).unwrap();
+    data.push_str("{\"id\":\"extra\",\"prompt\":\"w1\",\"response\":\"w21\",\"tags\":[\"t1\"]}\n");
+    std::fs::write(&train, &data).unwrap();
+    let (dir, _) = search(cached("data")).await.unwrap();
+    assert!(trained(&dir)[1..].iter().all(|t| *t), "changed training data misses: {:?}", trained(&dir));
+    // Another evaluator component: everything is scored again, the base model included.
+    let wasm = f.plugins.join("exact-match/exact_match.wasm");
+    touch_component(&wasm);
+    let (dir, _) = search(cached("evaluator")).await.unwrap();
+    assert!(trained(&dir).iter().all(|t| *t), "a changed evaluator misses: {:?}", trained(&dir));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_gives_the_same_table_twice_from_the_same_seeds() {
+    use trex_cli::bench::replay::{Arm, ReplayPlan, replay, replay_table, score_table};
+    trex_tests::build_plugins();
+    let f = fixture(40, QUICK, "", trex_model::LlamaConfig::tiny());
+    let cache = f.dir.path().join("experiments");
+    let cached = |strategy: Strategy, run: &str| {
+        let mut r = request(&f, strategy, run);
+        r.experiment_cache = Some(cache.clone());
+        r.settings.budget.nodes = Some(4);
+        r
+    };
+    for s in [Strategy::Mcts, Strategy::Greedy, Strategy::Random] {
+        search(cached(s, s.as_str())).await.unwrap();
+    }
+    let req = cached(Strategy::Mcts, "unused");
+    let scored = score_table(&req, &cache, |_, _| {}).await.unwrap();
+    assert!(scored >= 4, "every experiment without a test score is scored: {scored}");
+    assert_eq!(score_table(&req, &cache, |_, _| {}).await.unwrap(), 0, "and only once");
+    let arms: Vec<Arm> =
+        ["mcts", "ab-mcts", "greedy", "random-researcher"].iter().map(|a| Arm::from_name(a).unwrap()).collect();
+    let plan = ReplayPlan { arms, seeds: 4, budgets: vec![2, 4], fraction: 0.75, train_seeds: vec![0] };
+    let (stats, a) = replay(&req, &cache, &plan, &f.dir.path().join("replay-a"), |_, _| {}).await.unwrap();
+    let (_, b) = replay(&req, &cache, &plan, &f.dir.path().join("replay-b"), |_, _| {}).await.unwrap();
+    assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap(), "a replay is deterministic");
+    assert_eq!(a.len(), 4 * 2 * 4);
+    assert!(stats.experiments >= 5 && stats.base_test.is_some(), "{stats:?}");
+    for r in &a {
+        assert!(r.regret >= -1e-9 && r.nodes as u64 <= r.budget, "{r:?}");
+    }
+    assert!(a.iter().any(|r| r.nodes > 1), "replays grow trees from the table: {a:?}");
+    let table = replay_table(&stats, &plan, &a);
+    assert!(table.contains("| 4 | mcts |") && table.contains("| 2 | random-researcher |"), "{table}");
+    // Without a table there is nothing to replay, and the error says what to do.
+    let empty = f.dir.path().join("empty");
+    let err = replay(&req, &empty, &plan, &f.dir.path().join("replay-c"), |_, _| {}).await.unwrap_err();
+    assert!(err.to_string().contains("bench table"), "{err}");
 }

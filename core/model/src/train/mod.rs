@@ -422,6 +422,23 @@ pub fn train(
     examples: &[TokenizedExample],
     recipe: &TrainRecipe,
     checkpoints: Option<&Checkpointing>,
+    on_step: impl FnMut(&StepReport),
+) -> Result<TrainReport, TrainError> {
+    train_from(device, model, adapter, examples, recipe, 0.0, checkpoints, on_step)
+}
+
+/// [`train`], starting `start_epoch` epochs into the data stream that `recipe.seed` orders: a
+/// continued adapter trained with its parent's seed from where the parent stopped sees the
+/// examples that come next, not the parent's first batches again.
+#[allow(clippy::too_many_arguments)]
+pub fn train_from(
+    device: ComputeDevice,
+    model: &Llama<f32>,
+    adapter: &mut LoraAdapter<f32>,
+    examples: &[TokenizedExample],
+    recipe: &TrainRecipe,
+    start_epoch: f32,
+    checkpoints: Option<&Checkpointing>,
     mut on_step: impl FnMut(&StepReport),
 ) -> Result<TrainReport, TrainError> {
     check_recipe(recipe)?;
@@ -440,13 +457,15 @@ pub fn train(
     // Whole epochs of batches, plus a fractional last epoch.
     let per_epoch = examples.len().div_ceil(recipe.batch_size as usize);
     let total_batches = ((recipe.epochs as f64) * per_epoch as f64).ceil().max(1.0) as usize;
-    let mut schedule: Vec<Vec<usize>> = Vec::with_capacity(total_batches);
+    let skip = ((start_epoch.max(0.0) as f64) * per_epoch as f64).round() as usize;
+    let mut stream: Vec<Vec<usize>> = Vec::with_capacity(skip + total_batches);
     let mut epoch = 0u64;
-    while schedule.len() < total_batches {
+    while stream.len() < skip + total_batches {
         let batches = bucketed_batches(examples, recipe.batch_size as usize, recipe.seed.wrapping_add(epoch));
-        schedule.extend(batches.into_iter().take(total_batches - schedule.len()));
+        stream.extend(batches.into_iter().take(skip + total_batches - stream.len()));
         epoch += 1;
     }
+    let schedule: Vec<Vec<usize>> = stream.split_off(skip);
     let accum = recipe.grad_accumulation as usize;
     let total_steps = schedule.len().div_ceil(accum);
     let mut engine = engine(device, model, adapter)?;

@@ -324,3 +324,27 @@ fn checkpoints_are_written_and_training_continues_from_a_parent() {
         first.first_loss
     );
 }
+
+#[test]
+fn a_continued_run_trains_on_the_batches_that_come_next_in_the_stream() {
+    // With a learning rate too small to move the adapter, each step's loss depends only on the
+    // examples in its batch: the losses show which batches a run saw.
+    let model = tiny_model();
+    let mut r = recipe();
+    r.learning_rate = 1e-7;
+    r.warmup_ratio = 0.0;
+    let losses = |epochs: f32, start_epoch: f32| {
+        let mut r = r.clone();
+        r.epochs = epochs;
+        let mut a = LoraAdapter::new(&model.config, 8, 16.0, 0.0, &r.targets, r.seed);
+        train::train_from(ComputeDevice::Cpu, &model, &mut a, &dataset(), &r, start_epoch, None, |_| {}).unwrap().losses
+    };
+    let two_epochs = losses(2.0, 0.0);
+    let first = losses(1.0, 0.0);
+    let next = losses(1.0, 1.0);
+    assert_eq!(two_epochs.len(), 4, "8 examples in batches of 4: two steps an epoch");
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4);
+    assert!(close(&first, &two_epochs[..2]), "{first:?} vs {two_epochs:?}");
+    assert!(close(&next, &two_epochs[2..]), "the continued run sees the second epoch: {next:?} vs {two_epochs:?}");
+    assert!(!close(&next, &first), "and not the first epoch's batches again: {next:?} vs {first:?}");
+}
