@@ -115,6 +115,21 @@ async fn clean_text_normalizes_scrubs_and_filters() {
         .await
         .unwrap();
     assert!(run.records[0].contains("12000"), "{}", run.records[0]);
+    // An anchored pattern on one field matches that field exactly.
+    let run = host
+        .run_data_tool(
+            "clean-text",
+            &json!({"fields": ["completion"], "include": ["^(yes|no)$"]}),
+            vec![
+                json!({"completion": "yes"}).to_string(),
+                json!({"completion": "The answer is yes."}).to_string(),
+                json!({"completion": "no "}).to_string(),
+            ],
+            &CallEnv::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(run.records_out, 2, "{:?}", run.records);
     // Patterns are compiled when the run starts; a bad one fails before any record, naming the field.
     let err = host
         .run_data_tool(

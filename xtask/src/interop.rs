@@ -16,15 +16,6 @@ use crate::{cargo, python, root, run};
 /// The server trex is tested against.
 pub const LLAMA_CPP_PYTHON: &str = "0.3.36";
 
-/// trex's cache folder (as `trex-assets` finds it).
-fn cache_dir() -> PathBuf {
-    std::env::var_os("TREX_CACHE_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("trex")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/trex")))
-        .unwrap_or_else(|| std::env::temp_dir().join("trex-cache"))
-}
-
 /// The virtual environment's python, when the server is installed there.
 pub fn installed() -> Option<PathBuf> {
     let py = venv().join("bin/python");
@@ -39,7 +30,7 @@ const CMAKE_ARGS: &str = "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF";
 
 fn venv() -> PathBuf {
-    cache_dir().join("venvs").join(format!("llama-cpp-python-{LLAMA_CPP_PYTHON}-avx2"))
+    trex_assets::cache_dir().join("venvs").join(format!("llama-cpp-python-{LLAMA_CPP_PYTHON}-avx2"))
 }
 
 /// Install the server into the cached environment unless it is there; its python.

@@ -311,5 +311,69 @@ pub fn generate_all(root: &Path) -> Result<()> {
             generate,
         )?;
     }
+    for (base, seed) in [("review-sentiment", 21), ("finance-ratios", 22)] {
+        noisy_variant(root, base, 20_261_202 + seed)?;
+    }
+    Ok(())
+}
+
+/// How a scraped answer is written instead of the bare label.
+const SCRAPED: &[&str] = &["The answer is {a}.", "{A}!", "I would say {a}.", "Answer: {a}", "{a} (I think)"];
+
+/// `<base>-noisy`: the task `base` with documented noise injected into its training split (the
+/// validation and test splits are the base task's, unchanged). 45% of the training records are
+/// replaced by "scraped" copies whose answer is written in a sentence instead of the bare label,
+/// a quarter of those with the wrong label, and one in eight scraped records is repeated. The
+/// bare-label records are untouched, so a cleaning step that keeps only well-formed answers
+/// (and a dedup) recovers a clean, smaller training split.
+fn noisy_variant(root: &Path, base: &str, seed: u64) -> Result<()> {
+    let from = root.join("examples/tasks").join(base).join("data");
+    let to = root.join("examples/tasks").join(format!("{base}-noisy")).join("data");
+    std::fs::create_dir_all(&to)?;
+    for split in ["validation.jsonl", "test.jsonl"] {
+        std::fs::copy(from.join(split), to.join(split))?;
+    }
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(from.join("train.jsonl"))?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let labels: Vec<String> = records
+        .iter()
+        .filter_map(|r| r["response"].as_str().map(String::from))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut rng = SplitMix64(seed);
+    let mut out = Vec::with_capacity(records.len() * 11 / 10);
+    let (mut scraped, mut wrong, mut repeated) = (0, 0, 0);
+    for r in records {
+        if rng.unit() >= 0.45 {
+            out.push(r.to_string());
+            continue;
+        }
+        let mut label = r["response"].as_str().unwrap_or_default().to_string();
+        if rng.unit() < 0.25 {
+            let others: Vec<&String> = labels.iter().filter(|l| **l != label).collect();
+            label = pick(&mut rng, &others).to_string();
+            wrong += 1;
+        }
+        let text = pick(&mut rng, SCRAPED).replace("{a}", &label).replace("{A}", &label.to_uppercase());
+        let mut noisy = r.clone();
+        noisy["id"] = format!("{}-scraped", r["id"].as_str().unwrap_or_default()).into();
+        noisy["response"] = text.into();
+        noisy["tags"] = json!(["scraped"]);
+        scraped += 1;
+        out.push(noisy.to_string());
+        if rng.below(8) == 0 {
+            out.push(noisy.to_string());
+            repeated += 1;
+        }
+    }
+    std::fs::write(to.join("train.jsonl"), out.join("\n") + "\n")?;
+    eprintln!(
+        "wrote {} training records to {} ({scraped} scraped, {wrong} of them mislabelled, {repeated} repeated)",
+        out.len(),
+        to.display()
+    );
     Ok(())
 }

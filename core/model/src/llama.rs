@@ -529,39 +529,15 @@ impl<T: Real> Llama<T> {
             rms_norm_forward(&x, &lw.attn_norm, eps, d, &mut xn, &mut inv);
             let bias = lw.qkv_bias.as_ref();
             let (mut q, mut k, mut v) = (zeros(n * qd), zeros(n * kvd), zeros(n * kvd));
-            self.linear(
-                &xn,
-                n,
-                &lw.q,
-                bias.map(|b| &b[0][..]),
-                qd,
-                d,
-                Self::pair(lora, li, LoraTarget::QProj),
-                None,
-                &mut q,
-            );
-            self.linear(
-                &xn,
-                n,
-                &lw.k,
-                bias.map(|b| &b[1][..]),
-                kvd,
-                d,
-                Self::pair(lora, li, LoraTarget::KProj),
-                None,
-                &mut k,
-            );
-            self.linear(
-                &xn,
-                n,
-                &lw.v,
-                bias.map(|b| &b[2][..]),
-                kvd,
-                d,
-                Self::pair(lora, li, LoraTarget::VProj),
-                None,
-                &mut v,
-            );
+            let projections = [
+                (LoraTarget::QProj, &lw.q, qd, &mut q),
+                (LoraTarget::KProj, &lw.k, kvd, &mut k),
+                (LoraTarget::VProj, &lw.v, kvd, &mut v),
+            ];
+            for (slot, (target, w, width, out)) in projections.into_iter().enumerate() {
+                let b = bias.map(|b| &b[slot][..]);
+                self.linear(&xn, n, w, b, width, d, Self::pair(lora, li, target), None, out);
+            }
             let mut attn = zeros(n * qd);
             let mut start = 0;
             for (seq, cache) in seqs.iter().zip(caches.iter_mut()) {

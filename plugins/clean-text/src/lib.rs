@@ -153,8 +153,7 @@ impl Cleaner {
                         *s = cleaned;
                         changed = true;
                     }
-                    all.push_str(s);
-                    all.push('\n');
+                    push_line(&mut all, s);
                 }
                 Some(serde_json::Value::Array(turns)) => {
                     for t in turns.iter_mut() {
@@ -164,8 +163,7 @@ impl Cleaner {
                                 *c = cleaned;
                                 changed = true;
                             }
-                            all.push_str(c);
-                            all.push('\n');
+                            push_line(&mut all, c);
                         }
                     }
                 }
@@ -174,6 +172,15 @@ impl Cleaner {
         }
         (all, changed)
     }
+}
+
+/// Append `piece` to the text the patterns see, one field (or turn) a line: `^…$` then matches a
+/// one-field text exactly.
+fn push_line(all: &mut String, piece: &str) {
+    if !all.is_empty() {
+        all.push('\n');
+    }
+    all.push_str(piece);
 }
 
 /// Runs of spaces, tabs and no-break spaces become one space; each line and the whole text are
