@@ -97,7 +97,14 @@ pub struct DataStep {
     pub plugin: String,
     /// The plugin's config; validated against the plugin's schema before any work starts.
     #[serde(default = "empty_object")]
+    #[schemars(schema_with = "object_schema")]
     pub config: serde_json::Value,
+}
+
+/// A JSON object of any fields: what a plugin config is. Said as `"type": "object"` rather than
+/// left open, so that servers which turn a schema into a decoding grammar (llama.cpp) can.
+fn object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "object" })
 }
 
 fn empty_object() -> serde_json::Value {
@@ -510,6 +517,40 @@ pub fn all_schemas() -> BTreeMap<&'static str, serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every sub-schema says what it is (a type, a reference, a choice or a constant): servers
+    /// that compile the reply schema into a decoding grammar (llama.cpp) give up on an open one
+    /// and fall back to any JSON.
+    #[test]
+    fn the_proposal_schema_has_no_open_sub_schema() {
+        fn walk(v: &serde_json::Value, path: &str, open: &mut Vec<String>) {
+            let Some(o) = v.as_object() else { return };
+            if let Some(props) = o.get("properties").and_then(|p| p.as_object()) {
+                for (k, p) in props {
+                    let says = ["type", "$ref", "oneOf", "anyOf", "allOf", "enum", "const"]
+                        .iter()
+                        .any(|key| p.get(*key).is_some());
+                    if !says {
+                        open.push(format!("{path}.{k}"));
+                    }
+                    walk(p, &format!("{path}.{k}"), open);
+                }
+            }
+            for key in ["$defs", "items"] {
+                match o.get(key) {
+                    Some(serde_json::Value::Object(m)) if key == "$defs" => {
+                        m.iter().for_each(|(k, d)| walk(d, &format!("{path}.{k}"), open))
+                    }
+                    Some(d) => walk(d, path, open),
+                    None => {}
+                }
+            }
+        }
+        let schema = serde_json::to_value(schemars::schema_for!(Proposal)).unwrap();
+        let mut open = Vec::new();
+        walk(&schema, "Proposal", &mut open);
+        assert!(open.is_empty(), "open sub-schemas: {open:?}");
+    }
 
     #[test]
     fn experiment_keys_ignore_the_seed_key_order_and_float_noise() {

@@ -10,7 +10,8 @@ use trex_lab::tree::{NodeStatus, Tree};
 /// The tree as indented text, one node per line (and an error line under failed nodes).
 pub fn render_tree(view: &RunView) -> String {
     let tree = Tree { nodes: view.nodes.clone() };
-    let best = tree.best().map(|n| n.id);
+    // The node the search chose once it has, else the best so far.
+    let best = view.final_result.as_ref().map(|f| f.best).or_else(|| tree.best().map(|n| n.id));
     let mut out = format!(
         "task {} · strategy {} · seed {} · {} experiments, {} failed, {} proposals refused · {:.0} s\n",
         view.task.name,
@@ -45,6 +46,12 @@ pub fn render_tree(view: &RunView) -> String {
     }
     if !tree.nodes.is_empty() {
         walk(&tree, 0, 0, best, &mut out);
+    }
+    if let Some(f) = &view.final_result
+        && !f.rescored.is_empty()
+    {
+        let scores: Vec<String> = f.rescored.iter().map(|(id, s)| format!("#{id} {s:.3}")).collect();
+        out.push_str(&format!("whole validation split, the best nodes: {} → chose #{}\n", scores.join(", "), f.best));
     }
     if let Some(f) = &view.final_result {
         out.push_str(&format!(

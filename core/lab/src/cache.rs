@@ -87,6 +87,10 @@ pub struct Entry {
     /// The test-split score, once it was scored.
     #[serde(default)]
     pub test_score: Option<f64>,
+    /// The score on the whole validation split (where the task limits what each node is scored
+    /// on), once it was scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_validation: Option<f64>,
     /// What the experiments of one task share (model, splits, evaluator, prompt): the entries of
     /// one task's table.
     #[serde(default)]
@@ -126,9 +130,8 @@ impl ExperimentCache {
         let dir = self.entry_dir(key);
         if dir.join("entry.json").is_file() {
             return self.update(key, |e| {
-                if e.test_score.is_none() {
-                    e.test_score = entry.test_score;
-                }
+                e.test_score = e.test_score.or(entry.test_score);
+                e.full_validation = e.full_validation.or(entry.full_validation);
             });
         }
         let parent = dir.parent().expect("entries are two levels down");

@@ -45,6 +45,9 @@ pub enum Split {
     Validation,
     /// Scored once, at the end.
     Test,
+    /// The whole validation split, where the task scores nodes on a part of it: scored for the
+    /// few best nodes before the final choice.
+    FullValidation,
 }
 
 /// A scored split: the evaluator's report and what the model wrote.
@@ -70,6 +73,8 @@ pub struct Lab {
     train_records: Vec<String>,
     train_hash: String,
     validation: Vec<EvalRecord>,
+    /// Every validation record (`validation` is the first `validation_limit` of them).
+    validation_full: Vec<EvalRecord>,
     test: Vec<EvalRecord>,
     /// Where messages and node progress go.
     pub observer: SharedObserver,
@@ -171,15 +176,18 @@ impl Lab {
             }
             Ok(out)
         };
-        let validation = load(&task.splits.validation, task.prompt.validation_limit)?;
+        let validation_full = load(&task.splits.validation, None)?;
+        let keep = task.prompt.validation_limit.unwrap_or(usize::MAX).min(validation_full.len());
+        let validation = validation_full[..keep].to_vec();
         let test = load(&task.splits.test, None)?;
         let model_source = base.source.display().to_string();
         let model_hash = crate::cache::hash_model(&base.source)
             .map_err(|e| LabError::Run(format!("cannot read the base model {}: {e}", base.source.display())))?;
         let evaluator = host.get(&task.evaluator.plugin).map(|p| p.wasm_sha256.clone()).unwrap_or_default();
+        // The whole split (its full score is cached too) and the part nodes are scored on.
         let validation_ids: Vec<&str> = validation.iter().map(|r| r.id.as_str()).collect();
-        let validation_text =
-            serde_json::to_string(&validation.iter().map(|r| &r.value).collect::<Vec<_>>()).expect("records serialize");
+        let validation_text = serde_json::to_string(&validation_full.iter().map(|r| &r.value).collect::<Vec<_>>())
+            .expect("records serialize");
         let base_key = crate::cache::hash(&[
             b"trex-experiment-v1",
             model_hash.as_bytes(),
@@ -201,6 +209,7 @@ impl Lab {
             train_records,
             train_hash,
             validation,
+            validation_full,
             test,
             observer: Arc::new(Silent),
             device: train::ComputeDevice::Cpu,
@@ -275,6 +284,7 @@ impl Lab {
             failure: None,
             verdicts,
             test_score: None,
+            full_validation: None,
             lab: self.base_key.clone(),
         };
         if let Err(e) = cache.store(key, entry, adapter) {
@@ -326,6 +336,38 @@ impl Lab {
         Ok(score)
     }
 
+    /// Whether nodes are scored on a part of the validation split only.
+    pub fn validation_is_limited(&self) -> bool {
+        self.validation.len() < self.validation_full.len()
+    }
+
+    /// The score of the node whose result is `result` on the whole validation split (its
+    /// validation score when the task scores nodes on all of it), from the cache when it was
+    /// scored before.
+    pub async fn score_full_validation(&self, result: &NodeResult) -> Result<f64, LabError> {
+        if !self.validation_is_limited() {
+            return Ok(result.score);
+        }
+        if let (Some(cache), Some(k)) = (&self.cache, &result.key)
+            && let Some((entry, _)) = cache.lookup(k)
+            && let Some(score) = entry.full_validation
+        {
+            return Ok(score);
+        }
+        if self.cache.as_ref().is_some_and(|c| c.only) {
+            return Err(LabError::Run(not_in_table()));
+        }
+        let adapter = match &result.adapter {
+            Some(a) => Some(Arc::new(self.load_adapter(a)?)),
+            None => None,
+        };
+        let score = self.score(adapter, Split::FullValidation, None).await.map_err(LabError::Run)?.report.score;
+        if let (Some(cache), Some(k)) = (&self.cache, &result.key) {
+            let _ = cache.update(k, |e| e.full_validation = Some(score));
+        }
+        Ok(score)
+    }
+
     /// Whether `proposal`, continued from a parent with key `parent`, can be served: always,
     /// unless the lab replays its cache, which must then hold it.
     pub fn can_serve(&self, proposal: &Proposal, parent: Option<&str>) -> bool {
@@ -335,8 +377,9 @@ impl Lab {
         }
     }
 
-    /// Score on the test split every cached experiment of this lab that has no test score yet
-    /// (what a replay's regret needs); returns how many were scored.
+    /// Score on the test split (and on the whole validation split, where nodes see a part of
+    /// it) every cached experiment of this lab that has no test score yet (what a replay's
+    /// final choice and regret need); returns how many were scored.
     pub async fn score_cached_tests(&self, mut progress: impl FnMut(usize, usize)) -> Result<usize, LabError> {
         let Some(cache) = &self.cache else { return Ok(0) };
         let todo: Vec<(String, crate::cache::Entry, PathBuf)> = cache
@@ -351,8 +394,12 @@ impl Lab {
                 Some(a) => Some(Arc::new(self.load_adapter(&dir.join(a).display().to_string())?)),
                 None => None,
             };
-            let score = self.score(adapter, Split::Test, None).await.map_err(LabError::Run)?.report.score;
+            let score = self.score(adapter.clone(), Split::Test, None).await.map_err(LabError::Run)?.report.score;
             cache.update(key, |e| e.test_score = Some(score)).map_err(LabError::Run)?;
+            if self.validation_is_limited() && entry.full_validation.is_none() {
+                let full = self.score(adapter, Split::FullValidation, None).await.map_err(LabError::Run)?.report.score;
+                cache.update(key, |e| e.full_validation = Some(full)).map_err(LabError::Run)?;
+            }
         }
         progress(todo.len(), todo.len());
         Ok(todo.len())
@@ -445,6 +492,7 @@ impl Lab {
         let records = match split {
             Split::Validation => &self.validation,
             Split::Test => &self.test,
+            Split::FullValidation => &self.validation_full,
         };
         let prompts: Vec<String> = records.iter().map(|r| r.prompt.clone()).collect();
         let config = GenerationConfig {
@@ -455,7 +503,11 @@ impl Lab {
         };
         let (model, tokenizer) = (self.model.clone(), self.tokenizer.clone());
         let total = prompts.len() as u64;
-        let which = if split == Split::Test { "test" } else { "validation" };
+        let which = match split {
+            Split::Test => "test",
+            Split::Validation => "validation",
+            Split::FullValidation => "whole validation split",
+        };
         if let Some(r) = reporter {
             r.report(Stage::Generate, 0, total, which);
         }
@@ -572,6 +624,7 @@ impl Lab {
                 failure,
                 verdicts: Vec::new(),
                 test_score: None,
+                full_validation: None,
                 lab: self.base_key.clone(),
             };
             if let Err(e) = cache.store(&key, entry, None) {

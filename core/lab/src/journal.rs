@@ -138,6 +138,10 @@ pub struct FinalResult {
     pub best_test: f64,
     /// Normalized gain on the test split.
     pub test_gain: f64,
+    /// The nodes re-scored on the whole validation split before the choice (when the search
+    /// scored a limited part of it), with those scores; the best of them is `best`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rescored: Vec<(u64, f64)>,
 }
 
 /// A journal line: the event and when it happened.

@@ -57,6 +57,14 @@ pub struct Settings {
     /// it to one of the seeds its table was filled with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training_seed: Option<u64>,
+    /// Where the task scores nodes on a part of the validation split: how many of the best
+    /// nodes are scored on the whole split before the final choice (0: choose on the part).
+    #[serde(default = "three_usize")]
+    pub rescore_top: usize,
+}
+
+fn three_usize() -> usize {
+    3
 }
 
 /// A part of the system that an ablation switches off.
@@ -116,6 +124,7 @@ impl Default for Settings {
             ablations: Vec::new(),
             device: trex_model::train::ComputeDevice::Cpu,
             training_seed: None,
+            rescore_top: 3,
         }
     }
 }
@@ -821,19 +830,54 @@ impl<'a> Search<'a> {
         self.finalize(reason).await
     }
 
+    /// The node the search hands over: the best by validation score, or, where nodes were
+    /// scored on a part of the validation split, the best of the top few on the whole split
+    /// (so that the choice does not overfit a small sample). Returns it and the re-scored nodes.
+    async fn choose(&self) -> Result<(Node, Vec<(u64, f64)>), LabError> {
+        let tree = &self.state.tree;
+        let best =
+            tree.best().cloned().ok_or_else(|| LabError::Run("no node finished, not even the base model".into()))?;
+        let k = self.settings.rescore_top;
+        if k < 2 || !self.lab.validation_is_limited() {
+            return Ok((best, Vec::new()));
+        }
+        let mut top: Vec<&Node> =
+            tree.nodes.iter().filter(|n| n.id != 0 && n.result().is_some_and(|r| r.adapter.is_some())).collect();
+        top.sort_by(|a, b| b.score().unwrap_or(0.0).total_cmp(&a.score().unwrap_or(0.0)).then(a.id.cmp(&b.id)));
+        top.truncate(k);
+        if top.len() < 2 {
+            return Ok((best, Vec::new()));
+        }
+        self.lab.say(format!(
+            "scoring the {} best nodes ({}) on the whole validation split before choosing",
+            top.len(),
+            top.iter().map(|n| format!("#{}", n.id)).collect::<Vec<_>>().join(", ")
+        ));
+        let mut rescored = Vec::with_capacity(top.len());
+        for n in &top {
+            let r = n.result().expect("finished nodes were kept");
+            rescored.push((n.id, self.lab.score_full_validation(r).await?));
+        }
+        // The best on the whole split; ties go to the better score on the part, then the older node.
+        let (chosen, _) = rescored
+            .iter()
+            .copied()
+            .fold(None::<(u64, f64)>, |b, (id, s)| match b {
+                Some((_, bs)) if bs >= s => b,
+                _ => Some((id, s)),
+            })
+            .expect("at least two nodes");
+        Ok((tree.nodes[chosen as usize].clone(), rescored))
+    }
+
     async fn finalize(mut self, reason: String) -> Result<SearchSummary, LabError> {
         let lab = self.lab;
-        let best = self
-            .state
-            .tree
-            .best()
-            .cloned()
-            .ok_or_else(|| LabError::Run("no node finished, not even the base model".into()))?;
-        let (base_test, best_test) = match &self.state.final_result {
-            Some(f) => (f.base_test, f.best_test),
+        let (best, base_test, best_test) = match &self.state.final_result {
+            Some(f) => (self.state.tree.nodes[f.best as usize].clone(), f.base_test, f.best_test),
             None => {
                 lab.say(format!("search stopped: {reason}"));
-                lab.say(format!("scoring the base model and the best node ({}) on the test split", best.id));
+                let (best, rescored) = self.choose().await?;
+                lab.say(format!("scoring the base model and the chosen node ({}) on the test split", best.id));
                 let root = self.state.tree.nodes[0].result().cloned().expect("the base model was scored");
                 let base_test = lab.score_test(&root).await?;
                 let best_test = match best.result() {
@@ -847,9 +891,10 @@ impl<'a> Search<'a> {
                     base_test,
                     best_test,
                     test_gain,
+                    rescored,
                 }))?;
                 self.log(Event::Finished { reason: reason.clone() })?;
-                (base_test, best_test)
+                (best, base_test, best_test)
             }
         };
         let nodes = &self.state.tree.nodes;

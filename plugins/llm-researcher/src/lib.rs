@@ -32,7 +32,9 @@ impl Default for Config {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Reply {
-    /// Proposed experiments, most promising first.
+    /// Proposed experiments, most promising first (at least one: a server that decodes by the
+    /// schema then cannot answer with an empty list).
+    #[schemars(length(min = 1, max = 8))]
     proposals: Vec<Proposal>,
 }
 
@@ -135,6 +137,61 @@ impl LlmResearcher {
     }
 }
 
+/// The reply schema with the task's search space written into the training recipe (allowed
+/// ranks, epochs, sequence lengths, the learning-rate range or grid): a server that decodes by
+/// the schema then writes only recipes the task allows, and one that does not is told them.
+fn reply_schema(space: &SearchSpace, start: Option<&Proposal>) -> serde_json::Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(Reply)).expect("the reply schema serializes");
+    let Some(props) = schema.pointer_mut("/$defs/TrainRecipe/properties").and_then(|p| p.as_object_mut()) else {
+        return schema;
+    };
+    let start = start.map(|p| &p.train_recipe);
+    let mut one_of = |field: &str, mut values: Vec<serde_json::Value>, keep: Option<serde_json::Value>| {
+        if values.is_empty() {
+            return;
+        }
+        if let Some(k) = keep
+            && !values.contains(&k)
+        {
+            values.push(k);
+        }
+        if let Some(p) = props.get_mut(field).and_then(|p| p.as_object_mut()) {
+            p.insert("enum".into(), serde_json::Value::Array(values));
+        }
+    };
+    one_of("lora_rank", space.lora_rank.iter().map(|r| (*r).into()).collect(), start.map(|s| s.lora_rank.into()));
+    one_of(
+        "epochs",
+        space.epochs.iter().map(|e| f64::from(*e).into()).collect(),
+        start.map(|s| f64::from(s.epochs).into()),
+    );
+    one_of("max_seq_len", space.max_seq_len.iter().map(|n| (*n).into()).collect(), start.map(|s| s.max_seq_len.into()));
+    // The learning rate: the task's grid, else nine log-spaced values across its range (grammar
+    // converters honour a list, not always a numeric range).
+    let lr = &space.learning_rate;
+    let grid: Vec<f64> = if lr.values.is_empty() {
+        (0..9)
+            .map(|i| {
+                let v = lr.min * (lr.max / lr.min).powf(f64::from(i) / 8.0);
+                let scale = 10f64.powf(v.log10().floor() - 1.0);
+                ((v / scale).round() * scale).clamp(lr.min, lr.max)
+            })
+            .collect()
+    } else {
+        lr.values.clone()
+    };
+    one_of("learning_rate", grid.into_iter().map(Into::into).collect(), None);
+    if let Some(p) = props.get_mut("learning_rate").and_then(|p| p.as_object_mut()) {
+        p.remove("default");
+    }
+    // A field left out takes its default, which may lie outside the space: ask for each one.
+    if let Some(recipe) = schema.pointer_mut("/$defs/TrainRecipe").and_then(|r| r.as_object_mut()) {
+        let required = ["learning_rate", "lora_rank", "epochs", "targets"].map(serde_json::Value::from).to_vec();
+        recipe.insert("required".into(), serde_json::Value::Array(required));
+    }
+    schema
+}
+
 impl Researcher for LlmResearcher {
     type Config = Config;
     const NAME: &'static str = "llm";
@@ -148,7 +205,7 @@ impl Researcher for LlmResearcher {
     }
 
     fn propose(&mut self, context: ResearchContext, max: u32) -> Result<Vec<Proposal>, PluginError> {
-        let schema = serde_json::to_value(schemars::schema_for!(Reply)).ok();
+        let schema = Some(reply_schema(&self.task.search_space, self.task.start.as_ref()));
         let options = ChatOptions {
             temperature: Some(self.config.temperature),
             max_tokens: Some(self.config.max_tokens),

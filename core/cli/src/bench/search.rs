@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use trex_lab::Ablation;
 use trex_lab::journal::Journal;
 use trex_lab::run::{ResumeOverrides, SearchRequest, resume, search, view};
-use trex_lab::tree::{NodeStatus, Strategy, Tree};
+use trex_lab::tree::{NodeStatus, Strategy};
 
 /// One (strategy, seed) search of a benchmark.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -127,8 +127,7 @@ fn settings_differ(had: &trex_lab::Settings, want: &trex_lab::Settings) -> Optio
 fn bench_run(run_dir: &Path, label: &str, seed: u64) -> Result<BenchRun> {
     let v = view(run_dir)?;
     let f = v.final_result.clone().with_context(|| format!("{}: the run has no final result", run_dir.display()))?;
-    let tree = Tree { nodes: v.nodes.clone() };
-    let best = tree.best().and_then(|n| n.result().cloned());
+    let best = v.nodes.get(f.best as usize).and_then(|n| n.result().cloned());
     Ok(BenchRun {
         strategy: label.into(),
         seed,

@@ -813,3 +813,27 @@ async fn a_replay_gives_the_same_table_twice_from_the_same_seeds() {
     let err = replay(&req, &empty, &plan, &f.dir.path().join("replay-c"), |_, _| {}).await.unwrap_err();
     assert!(err.to_string().contains("bench table"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_final_choice_rescores_the_best_nodes_on_the_whole_validation_split() {
+    trex_tests::build_plugins();
+    let f = fixture(40, QUICK, "", trex_model::LlamaConfig::tiny());
+    let task = std::fs::read_to_string(&f.task).unwrap();
+    std::fs::write(&f.task, task.replacen("max_new_tokens = 1\n", "max_new_tokens = 1\nvalidation_limit = 4\n", 1))
+        .unwrap();
+    let mut req = request(&f, Strategy::Greedy, "run");
+    req.experiment_cache = Some(f.dir.path().join("experiments"));
+    let (dir, summary) = search(req).await.unwrap();
+    let v = view(&dir).unwrap();
+    let fin = v.final_result.unwrap();
+    assert_eq!(fin.rescored.len(), 3, "the three best of three experiments: {fin:?}");
+    let top = fin.rescored.iter().map(|(_, s)| *s).fold(f64::NEG_INFINITY, f64::max);
+    let chosen = fin.rescored.iter().find(|(id, _)| *id == fin.best).expect("the chosen node is one of them");
+    assert_eq!(chosen.1, top, "the best on the whole split is chosen: {fin:?}");
+    assert_eq!(summary.best, fin.best);
+    for n in &v.nodes[1..] {
+        assert_eq!(n.result().unwrap().total, 4, "nodes are scored on the first 4 validation records");
+    }
+    let text = trex_cli::render::render_tree(&trex_lab::run::view(&dir).unwrap());
+    assert!(text.contains("whole validation split"), "{text}");
+}
