@@ -397,6 +397,8 @@ pub struct Search<'a> {
     state: RunState,
     meter: Arc<TokenMeter>,
     session_started: Instant,
+    /// Search seconds before this session (the journal's last time when it began).
+    session_base: f64,
     researcher: ResearcherSession<'a>,
 }
 
@@ -448,6 +450,7 @@ impl<'a> Search<'a> {
         for n in state.tree.nodes.iter().filter(|n| n.finished() && n.id != 0) {
             researcher.observe(&Outcome { node: n.summary() }).await?;
         }
+        let session_base = state.t_offset;
         Ok(Search {
             lab,
             shared: lab.clone(),
@@ -457,12 +460,14 @@ impl<'a> Search<'a> {
             state,
             meter,
             session_started: Instant::now(),
+            session_base,
             researcher,
         })
     }
 
     fn now(&self) -> f64 {
-        self.state.t_offset + self.session_started.elapsed().as_secs_f64()
+        // Not `state.t_offset`: every event journaled in this session moves that forward.
+        self.session_base + self.session_started.elapsed().as_secs_f64()
     }
 
     /// Journal `event` (fsynced), then apply it to the state: nothing changes that is not

@@ -133,8 +133,12 @@ async fn every_strategy_runs_a_search_end_to_end() {
     let f = fixture(40, QUICK, "", trex_model::LlamaConfig::tiny());
     for strategy in [Strategy::Mcts, Strategy::AbMcts, Strategy::Greedy, Strategy::Sequential, Strategy::Random] {
         let name = strategy.as_str();
+        let started = std::time::Instant::now();
         let (run_dir, summary): (PathBuf, SearchSummary) =
             search(request(&f, strategy, name)).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Search time is measured, not summed twice: it cannot exceed the time that passed.
+        let wall = started.elapsed().as_secs_f64();
+        assert!(summary.seconds <= wall, "{name}: {} s of search time in {wall} s", summary.seconds);
         let failures: Vec<String> = events(&run_dir)
             .into_iter()
             .filter_map(|e| if let Event::Failed { error, .. } = e { Some(error) } else { None })
