@@ -91,7 +91,8 @@ fn formats(server: &trex_tests::llm_server::Server) -> Vec<String> {
 async fn each_real_refusal_of_a_format_steps_down_once_and_is_remembered() {
     // The shapes real servers refuse with: llama-cpp-python 0.3.36's 500 with its validation
     // body, OpenAI's 400 invalid_request_error, a 422.
-    let llama_cpp = r#"{"detail":[{"type":"literal_error","loc":["body","response_format","type"],"msg":"Input should be 'text' or 'json_object'","input":"json_schema"}]}"#;
+    // (llama-cpp-python's body as its server sends it, recorded from `cargo xtask interop`.)
+    let llama_cpp = r#"{"error":{"message":"1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', 'ctx': {'expected': \"'text' or 'json_object'\"}}\n\n  File \"/venv/lib/python3.11/site-packages/llama_cpp/server/app.py\", line 376, in create_chat_completion\n    POST /v1/chat/completions","type":"internal_server_error","param":null,"code":null}}"#;
     let openai = r#"{"error":{"message":"Invalid parameter: 'response_format' of type 'json_object' is not supported with this model.","type":"invalid_request_error","param":"response_format","code":null}}"#;
     let unprocessable = r#"{"detail":"json_object: unsupported response_format"}"#;
     let server = start(vec![
