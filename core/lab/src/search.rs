@@ -348,9 +348,9 @@ pub(crate) async fn check_proposal(lab: &Lab, mut p: Proposal) -> Result<Proposa
     if !space.lora_rank.is_empty() && !space.lora_rank.contains(&r.lora_rank) && r.lora_rank != start.lora_rank {
         return Err(format!("lora_rank {} is not one of {:?}", r.lora_rank, space.lora_rank));
     }
-    let max_epochs = space.epochs.iter().copied().fold(start.epochs, f32::max);
-    if r.epochs > max_epochs * 1.0001 {
-        return Err(format!("epochs {} is more than the search space allows ({max_epochs})", r.epochs));
+    let same = |a: f32, b: f32| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
+    if !space.epochs.is_empty() && !same(r.epochs, start.epochs) && !space.epochs.iter().any(|e| same(r.epochs, *e)) {
+        return Err(format!("epochs {} is not one of {:?} (the search space's epochs)", r.epochs, space.epochs));
     }
     if !space.targets.is_empty() {
         let allowed: BTreeSet<_> = space.targets.iter().flatten().chain(&start.targets).collect();

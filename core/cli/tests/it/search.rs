@@ -841,3 +841,30 @@ async fn the_final_choice_rescores_the_best_nodes_on_the_whole_validation_split(
     let text = trex_cli::render::render_tree(&trex_lab::run::view(&dir).unwrap());
     assert!(text.contains("whole validation split"), "{text}");
 }
+
+#[test]
+fn proposals_outside_the_search_space_are_refused_naming_the_field_and_the_allowed_values() {
+    trex_tests::build_plugins();
+    let with = |from: &str, to: &str| proposal(1e-2, "").replace(from, to);
+    let server = llm_server_for_search(vec![
+        completion(&with("\"epochs\": 1.0", "\"epochs\": 3.0"), 10, 10),
+        completion(&proposal(1e-2, ""), 10, 10),
+    ]);
+    let f = fixture(40, QUICK, &llm_section(&server.base_url), trex_model::LlamaConfig::tiny());
+    let run_dir = f.dir.path().join("run");
+    let (ok, _, err) = output(
+        trex_host(&f)
+            .env("TREX_TEST_LLM_KEY", "k")
+            .args(["search", "--nodes", "1", "--run-dir"])
+            .arg(&run_dir)
+            .arg(&f.task),
+    );
+    assert!(ok, "{err}");
+    let rejected: Vec<String> = events(&run_dir)
+        .into_iter()
+        .filter_map(|e| if let Event::Rejected { error, .. } = e { Some(error) } else { None })
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(rejected[0].contains("epochs 3 is not one of [1.0, 2.0, 4.0, 40.0]"), "{}", rejected[0]);
+    assert_eq!(count(&events(&run_dir), |e| matches!(e, Event::Done { node: 1, .. })), 1);
+}
