@@ -322,7 +322,12 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<String>, PipelineError> {
         match serde_json::from_str::<serde_json::Value>(line) {
             Ok(serde_json::Value::Object(_)) => out.push(line.to_string()),
             Ok(_) => return Err(data(format!("line {}: expected a JSON object", i + 1))),
-            Err(e) => return Err(data(format!("line {}: {e}", i + 1))),
+            // serde_json counts within the line, which is always line 1: say the column only.
+            Err(e) => {
+                let what = e.to_string();
+                let what = what.split(" at line ").next().unwrap_or(&what).to_string();
+                return Err(data(format!("line {}, column {}: not valid JSON: {what}", i + 1, e.column())));
+            }
         }
     }
     if out.is_empty() {
@@ -351,6 +356,9 @@ mod tests {
         std::fs::write(&p, "{\"a\":1}\n\n[1]\n").unwrap();
         let err = read_jsonl(&p).unwrap_err().to_string();
         assert!(err.contains("line 3") && err.contains("d.jsonl"), "{err}");
+        std::fs::write(&p, "{\"a\":1}\n{\"a\": 2,, }\n").unwrap();
+        let err = read_jsonl(&p).unwrap_err().to_string();
+        assert!(err.ends_with("d.jsonl: line 2, column 9: not valid JSON: key must be a string"), "{err}");
         std::fs::write(&p, "\n").unwrap();
         assert!(read_jsonl(&p).unwrap_err().to_string().contains("empty"));
     }

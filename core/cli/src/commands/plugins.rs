@@ -91,7 +91,9 @@ fn list(host: &PluginHost, json: bool) -> Result<()> {
         if !p.denied.is_empty() {
             caps.push_str(&format!(" (denied: {})", p.denied.join(",")));
         }
-        let description: String = p.manifest.description.chars().take(60).collect();
+        // The manifest's description, else the one the component gives itself.
+        let text = if p.manifest.description.is_empty() { &p.info.description } else { &p.manifest.description };
+        let description: String = text.chars().take(60).collect();
         println!(
             "{:<18} {:<11} {:<8} {:<5} {:<22} {}",
             p.manifest.name,

@@ -38,6 +38,14 @@ fn plugins_list_shows_the_standard_plugins() {
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["plugins"].as_array().unwrap().len(), 17);
+    // A manifest without a description: the list shows the one the component gives itself.
+    std::fs::remove_dir_all(plugins.join("dedup-exact")).unwrap();
+    let manifest = trex_tests::manifest("dedup-exact", "data-tool", "dedup_exact", "");
+    trex_tests::install(&plugins, "dedup-exact", "dedup_exact", &manifest);
+    let (ok, out, err) = run(trex_host(&plugins).args(["plugins", "list"]));
+    assert!(ok, "{err}");
+    let line = out.lines().find(|l| l.starts_with("dedup-exact")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("Drop exact duplicates"), "{line}");
 }
 
 #[test]
