@@ -13,6 +13,7 @@ pub mod bench;
 pub mod fetch;
 pub mod generate;
 pub mod llm;
+pub mod new;
 pub mod pipeline;
 pub mod plugins;
 pub mod schema;
@@ -72,9 +73,12 @@ pub struct Global {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// List, inspect and validate plugins.
+    /// List, inspect, validate and build plugins.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
+    /// Make a new plugin crate (data-tool, evaluator or researcher) that builds, with its
+    /// manifest, a unit test and a README.
+    New(new::NewCommand),
     /// Print the JSON Schemas of every document trex exchanges with plugins, and of every
     /// loaded plugin's config.
     Schema(schema::SchemaCommand),
@@ -129,6 +133,7 @@ impl Command {
     pub async fn execute(self, global: &Global) -> Result<ExitCode> {
         match self {
             Command::Plugins(c) => c.execute(global).await,
+            Command::New(c) => c.execute(),
             Command::Schema(c) => c.execute(global).await,
             Command::Pipeline(c) => c.execute(global).await,
             Command::Train(c) => c.execute(),

@@ -1,4 +1,4 @@
-//! `trex-host plugins list | inspect | validate`.
+//! `trex-host plugins list | inspect | validate | build`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,6 +31,15 @@ pub enum PluginsCommand {
         /// A folder holding plugin.toml, or a folder of such folders.
         dir: PathBuf,
     },
+    /// Build a plugin crate (one made by `trex-host new`, say) into a component: `cargo build
+    /// --release --target wasm32-wasip2` (the target is added through rustup when missing), the
+    /// `.wasm` copied next to the crate's plugin.toml as its `wasm` field names it, then
+    /// validated as `plugins validate` does.
+    Build {
+        /// The crate's folder (holding Cargo.toml and plugin.toml).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 impl PluginsCommand {
@@ -57,6 +66,10 @@ impl PluginsCommand {
                 Ok(ExitCode::SUCCESS)
             }
             PluginsCommand::Validate { dir } => validate(global, &dir).await,
+            PluginsCommand::Build { dir } => {
+                build(&dir)?;
+                validate(global, &dir).await
+            }
         }
     }
 }
@@ -188,4 +201,62 @@ async fn validate(global: &Global, dir: &Path) -> Result<ExitCode> {
     }
     println!("{} passed, {} failed", folders.len() - failed, failed);
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Build the plugin crate in `dir` for `wasm32-wasip2` and put its component where its manifest
+/// says.
+fn build(dir: &Path) -> Result<()> {
+    use std::process::Command;
+    let manifest_path = dir.join("plugin.toml");
+    let cargo_toml = dir.join("Cargo.toml");
+    for f in [&manifest_path, &cargo_toml] {
+        if !f.is_file() {
+            bail!("{} is missing: `plugins build` takes a plugin crate's folder (see `trex-host new`)", f.display());
+        }
+    }
+    let manifest = trex_plugin_host::Manifest::load(&manifest_path)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The target, through rustup when it is there.
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    if let Ok(o) = installed
+        && o.status.success()
+        && !String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-wasip2")
+    {
+        eprintln!("adding the wasm32-wasip2 target (rustup target add wasm32-wasip2)");
+        let ok = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status()?.success();
+        if !ok {
+            bail!("`rustup target add wasm32-wasip2` failed");
+        }
+    }
+    eprintln!("building {} for wasm32-wasip2", dir.display());
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(&cargo_toml)
+        .status()
+        .with_context(|| format!("cannot run {cargo}"))?;
+    if !status.success() {
+        bail!("the build of {} failed (its errors are above)", dir.display());
+    }
+    // Where cargo put it: the crate's target folder (or CARGO_TARGET_DIR), named after its library.
+    let meta = Command::new(&cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--manifest-path"])
+        .arg(&cargo_toml)
+        .output()
+        .with_context(|| format!("cannot run {cargo} metadata"))?;
+    if !meta.status.success() {
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&meta.stderr));
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&meta.stdout)?;
+    let target = PathBuf::from(meta["target_directory"].as_str().context("cargo metadata: no target_directory")?);
+    let lib = meta["packages"][0]["targets"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "cdylib"))))
+        .and_then(|t| t["name"].as_str())
+        .context("the crate has no cdylib library: add `[lib] crate-type = [\"cdylib\"]` to its Cargo.toml")?
+        .replace('-', "_");
+    let built = target.join("wasm32-wasip2/release").join(format!("{lib}.wasm"));
+    std::fs::copy(&built, &manifest.wasm)
+        .with_context(|| format!("cannot copy {} to {}", built.display(), manifest.wasm.display()))?;
+    eprintln!("placed {}", manifest.wasm.display());
+    Ok(())
 }

@@ -3,4 +3,5 @@
 
 mod cli;
 mod interop;
+mod new;
 mod search;
