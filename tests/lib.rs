@@ -51,7 +51,7 @@ pub fn install(dir: &Path, folder: &str, lib: &str, manifest: &str) -> PathBuf {
 /// A manifest for component `lib` under `name` and `kind`, with extra TOML appended.
 pub fn manifest(name: &str, kind: &str, lib: &str, extra: &str) -> String {
     format!(
-        "name = \"{name}\"\nkind = \"{kind}\"\nversion = \"0.1.0\"\napi-version = \"0.1.1\"\nwasm = \"{lib}.wasm\"\n{extra}\n"
+        "name = \"{name}\"\nkind = \"{kind}\"\nversion = \"0.1.0\"\napi_version = \"0.1.1\"\nwasm = \"{lib}.wasm\"\n{extra}\n"
     )
 }
 

@@ -31,7 +31,7 @@ impl Sandbox {
 }
 
 pub(crate) const LIMITS: &str =
-    "[capabilities]\ndataset = true\nscratch = true\n[limits]\ntimeout-ms = 1500\nmemory-mib = 64\noutput-mib = 4\n";
+    "[capabilities]\ndataset = true\nscratch = true\n[limits]\ntimeout_ms = 1500\nmemory_mib = 64\noutput_mib = 4\n";
 
 pub(crate) async fn sandbox_with(grant: Capabilities, extra_manifest: &str) -> Sandbox {
     let dir = tempfile::tempdir().unwrap();

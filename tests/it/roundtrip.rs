@@ -242,7 +242,7 @@ async fn manifest_must_agree_with_the_component() {
     assert!(err.contains("describe() says its name is `dedup-exact`") && err.contains("`not-dedup`"), "{err}");
 
     let text = trex_tests::manifest("dedup-exact", "data-tool", "dedup_exact", "")
-        .replace("api-version = \"0.1.1\"", "api-version = \"0.3.0\"");
+        .replace("api_version = \"0.1.1\"", "api_version = \"0.3.0\"");
     let m = trex_tests::install(dir.path(), "b", "dedup_exact", &text);
     let err = host.load(&m).await.unwrap_err().to_string();
     assert!(err.contains("API 0.3.0") && err.contains("API 0.1.1"), "{err}");

@@ -66,7 +66,7 @@ async fn millions_of_tiny_records_are_charged_what_they_cost_the_host() {
     still_healthy(&s).await;
 }
 
-const SCRATCH_LIMITS: &str = "scratch-mib = 8\nscratch-files = 300\n";
+const SCRATCH_LIMITS: &str = "scratch_mib = 8\nscratch_files = 300\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scratch_has_a_quota_on_files_and_bytes() {
@@ -113,7 +113,7 @@ async fn calls_side_by_side_run_at_once_each_with_its_own_scratch() {
         "hostile",
         "data-tool",
         "hostile",
-        "[capabilities]\nscratch = true\nllm = true\n[limits]\ntimeout-ms = 20000\n",
+        "[capabilities]\nscratch = true\nllm = true\n[limits]\ntimeout_ms = 20000\n",
     );
     let path = trex_tests::install(&dir.path().join("plugins"), "hostile", "hostile", &manifest);
     let config = HostConfig { llm: Some(client), ..test_config(dir.path().join("scratch")) };

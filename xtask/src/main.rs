@@ -145,7 +145,10 @@ fn build_plugins() -> Result<()> {
 }
 
 fn demo(extra: &[String]) -> Result<()> {
+    eprintln!("xtask demo: building the plugins, then trex-host (release), then searching.");
+    eprintln!("  On a fresh 2-core machine the first build takes about 15 minutes; cargo shows its progress.");
     build_plugins()?;
+    run(cargo().current_dir(root()).args(["build", "--release", "-p", "trex-cli", "--bin", "trex-host"]))?;
     let mut cmd = cargo();
     cmd.current_dir(root()).args(["run", "--release", "--quiet", "-p", "trex-cli", "--bin", "trex-host", "--"]);
     cmd.args(["--plugins", "plugins", "search", "examples/tasks/unit-conversion"]);

@@ -4,8 +4,8 @@
 //!
 //! ```toml
 //! name = "support-faq"
-//! dataset-dir = "data"                 # relative to this file; mounted read-only at /data
-//! input = "train.jsonl"                # JSON lines, relative to dataset-dir
+//! dataset_dir = "data"                 # relative to this file; mounted read-only at /data
+//! input = "train.jsonl"                # JSON lines, relative to dataset_dir
 //!
 //! [[steps]]
 //! plugin = "chat-format"
@@ -31,9 +31,9 @@ use trex_plugin_host::{CallEnv, DataToolRun, EvalItem, EvalReport, PluginError, 
 /// Failure tags a report lists one by one.
 pub const TAGS_REPORTED: usize = 50;
 
-/// A pipeline definition.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// A pipeline definition (what `trex-host schema Pipeline` describes).
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Pipeline {
     /// Name, for reports.
     pub name: String,
@@ -55,13 +55,14 @@ pub struct Pipeline {
 }
 
 /// How to evaluate.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Evaluation {
     /// Evaluator plugin.
     pub plugin: String,
     /// Its config.
     #[serde(default)]
+    #[schemars(schema_with = "crate::task::object_schema")]
     pub config: serde_json::Value,
     /// Held-out records (JSON lines), relative to `dataset_dir`.
     pub data: PathBuf,
@@ -78,7 +79,7 @@ fn default_batch() -> usize {
 }
 
 /// Where the outputs being evaluated come from, until a trained model produces them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Predictor {
     /// The most frequent completion of the prepared training data, for every example: the
@@ -175,7 +176,10 @@ impl Pipeline {
     pub fn load(path: &Path) -> Result<Pipeline, PipelineError> {
         let def = |message: String| PipelineError::Definition { path: path.to_path_buf(), message };
         let text = std::fs::read_to_string(path).map_err(|e| def(format!("cannot read it: {e}")))?;
-        let mut p: Pipeline = toml::from_str(&text).map_err(|e| def(e.to_string().trim_end().to_string()))?;
+        let (mut p, old): (Pipeline, _) = trex_plugin_host::toml_file::parse(&text).map_err(def)?;
+        if let Some(w) = trex_plugin_host::toml_file::deprecation(path, &old) {
+            tracing::warn!("{w}");
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         p.dataset_dir = base.join(&p.dataset_dir);
         if let Some(t) = &mut p.tokenizer {
@@ -367,7 +371,7 @@ mod tests {
     fn pipeline_rejects_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pipeline.toml");
-        std::fs::write(&p, "name='x'\ndataset-dir='.'\ninput='a.jsonl'\nstepz=[]\n").unwrap();
+        std::fs::write(&p, "name='x'\ndataset_dir='.'\ninput='a.jsonl'\nstepz=[]\n").unwrap();
         let err = Pipeline::load(&p).unwrap_err().to_string();
         assert!(err.contains("stepz") && err.contains("pipeline.toml"), "{err}");
     }

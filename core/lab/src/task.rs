@@ -46,7 +46,7 @@ use trex_sdk::types::{PluginKind, Proposal, SearchSpace, TaskBrief};
 use trex_plugin_host::PluginHost;
 
 /// A task definition, as read from `task.toml`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Task {
     /// Task name (used for run folders and reports).
@@ -99,7 +99,7 @@ fn default_dataset_dir() -> PathBuf {
 }
 
 /// The split files, relative to `dataset_dir`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Splits {
     /// Raw training records; the data recipe turns them into training examples.
@@ -111,7 +111,7 @@ pub struct Splits {
 }
 
 /// How evaluation prompts are rendered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PromptFormat {
     /// System message put before every prompt (use the same one as the chat-format step).
@@ -142,13 +142,14 @@ impl Default for PromptFormat {
 }
 
 /// The evaluator plugin.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluatorSpec {
     /// Plugin name.
     pub plugin: String,
     /// Its config.
     #[serde(default = "empty_object")]
+    #[schemars(schema_with = "object_schema")]
     pub config: serde_json::Value,
     /// Name of the metric the evaluator's score stands for (higher is better).
     #[serde(default = "default_metric")]
@@ -159,12 +160,17 @@ fn default_metric() -> String {
     "score".into()
 }
 
+/// A JSON object of any fields (a plugin's config, which its own schema describes).
+pub(crate) fn object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "object" })
+}
+
 fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(Default::default())
 }
 
 /// Limits of a search. Each is optional; the search stops at the first one reached.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
     /// Experiments run (the base model's evaluation is not one).
@@ -195,7 +201,7 @@ impl Budget {
 }
 
 /// The Researcher plugin.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResearcherSpec {
     /// Plugin name.
@@ -203,6 +209,7 @@ pub struct ResearcherSpec {
     pub plugin: String,
     /// Its config.
     #[serde(default = "empty_object")]
+    #[schemars(schema_with = "object_schema")]
     pub config: serde_json::Value,
 }
 

@@ -92,7 +92,7 @@ pub enum PluginError {
     },
     /// A data tool wrote more than its output limit.
     #[error(
-        "plugin `{plugin}` exceeded its output limit of {limit_mib} MiB; raise [limits] output-mib in its plugin.toml if the output is expected{context}"
+        "plugin `{plugin}` exceeded its output limit of {limit_mib} MiB; raise [limits] output_mib in its plugin.toml if the output is expected{context}"
     )]
     Output {
         /// Plugin name.
@@ -104,7 +104,7 @@ pub enum PluginError {
     },
     /// The plugin kept more in `/scratch` than its quota allows.
     #[error(
-        "plugin `{plugin}` exceeded its scratch quota of {limit} {what} (it had {used}) and was stopped; raise [limits] scratch-mib or scratch-files in its plugin.toml if that much is expected{context}"
+        "plugin `{plugin}` exceeded its scratch quota of {limit} {what} (it had {used}) and was stopped; raise [limits] scratch_mib or scratch_files in its plugin.toml if that much is expected{context}"
     )]
     Scratch {
         /// Plugin name.

@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod records;
 mod state;
 pub mod text;
+pub mod toml_file;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -58,7 +58,7 @@ pub trait LlmClient: Send + Sync {
 }
 
 /// Settings of the OpenAI-compatible client (the `[llm]` section of a task, or command-line flags).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiConfig {
     /// Server root up to `/v1`, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:8000/v1`.

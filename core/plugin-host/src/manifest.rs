@@ -16,7 +16,7 @@ pub const HOST_API_VERSION: &str = "0.1.1";
 /// name = "dedup-exact"
 /// kind = "data-tool"              # data-tool | evaluator | researcher
 /// version = "0.1.0"
-/// api-version = "0.1.0"           # the trex:plugin contract it was built against
+/// api_version = "0.1.1"           # the trex:plugin contract it was built against
 /// wasm = "dedup_exact.wasm"       # relative to the manifest's folder
 /// description = "..."
 ///
@@ -26,13 +26,16 @@ pub const HOST_API_VERSION: &str = "0.1.1";
 /// llm = false                     # may call llm.chat through the host
 ///
 /// [limits]
-/// timeout-ms = 60000              # wall-clock deadline per call
-/// memory-mib = 256                # linear memory cap
+/// timeout_ms = 60000              # wall-clock deadline per call
+/// memory_mib = 256                # linear memory cap
 /// fuel = 1000000000               # optional instruction budget per call
-/// output-mib = 1024               # bytes a data tool may write per run (records count 64 bytes more each)
-/// scratch-mib = 256               # bytes the plugin may keep in /scratch during a call
-/// scratch-files = 10000           # files and folders it may keep there
+/// output_mib = 1024               # bytes a data tool may write per run (records count 64 bytes more each)
+/// scratch_mib = 256               # bytes the plugin may keep in /scratch during a call
+/// scratch_files = 10000           # files and folders it may keep there
 /// ```
+///
+/// Keys are snake_case; the kebab-case spellings of earlier versions (`api-version`,
+/// `timeout-ms`, ...) are still read, with a warning ([`Manifest::deprecated`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Manifest {
     /// Plugin name, unique within a plugin folder.
@@ -53,11 +56,14 @@ pub struct Manifest {
     pub limits: Limits,
     /// The manifest file itself.
     pub manifest_path: PathBuf,
+    /// Old spellings the file used (`old → new`), for a warning.
+    #[serde(skip)]
+    pub deprecated: Vec<String>,
 }
 
 /// Capabilities a plugin may request; the host grants a subset.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Capabilities {
     /// Read-only access to the task's dataset folder, mounted at `/data`.
     #[serde(default)]
@@ -102,8 +108,8 @@ impl Capabilities {
 }
 
 /// Per-call limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Wall-clock deadline of one call, in milliseconds.
     pub timeout_ms: u64,
@@ -154,20 +160,29 @@ impl Limits {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawManifest {
-    name: String,
-    kind: String,
-    version: String,
-    api_version: String,
-    wasm: String,
+/// `plugin.toml` as written (what `trex-host schema PluginManifest` describes).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestFile {
+    /// The plugin's name: lower-case letters, digits and `-`; the component's `NAME` must equal it.
+    pub name: String,
+    /// `data-tool`, `evaluator` or `researcher`.
+    pub kind: String,
+    /// The plugin's own version (semver).
+    pub version: String,
+    /// The plugin contract (WIT package `trex:plugin`) it was built against, e.g. `0.1.1`.
+    pub api_version: String,
+    /// The component, a file name relative to the manifest's folder.
+    pub wasm: String,
+    /// One line for listings (default: the component's own description).
     #[serde(default)]
-    description: String,
+    pub description: String,
+    /// What it asks for; the host grants a subset.
     #[serde(default)]
-    capabilities: Capabilities,
+    pub capabilities: Capabilities,
+    /// Limits per call (the host may lower them).
     #[serde(default)]
-    limits: Limits,
+    pub limits: Limits,
 }
 
 /// Bytes a component file may have.
@@ -239,7 +254,10 @@ impl Manifest {
     /// Parse manifest text; `path` is used for error messages and to resolve `wasm`.
     pub fn parse(text: &str, path: &Path) -> Result<Manifest, PluginError> {
         let bad = |message: String| PluginError::Manifest { path: path.to_path_buf(), message };
-        let raw: RawManifest = toml::from_str(text).map_err(|e| bad(e.to_string().trim_end().to_string()))?;
+        let (raw, deprecated): (ManifestFile, _) = crate::toml_file::parse(text).map_err(bad)?;
+        if let Some(w) = crate::toml_file::deprecation(path, &deprecated) {
+            tracing::warn!("{w}");
+        }
 
         if raw.name.is_empty() || !raw.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
             return Err(bad(format!(
@@ -249,7 +267,7 @@ impl Manifest {
         }
         let kind: PluginKind = raw.kind.parse().map_err(|e| bad(format!("field `kind`: {e}")))?;
         parse_semver(&raw.version).map_err(|e| bad(format!("field `version`: {e}")))?;
-        let api = parse_semver(&raw.api_version).map_err(|e| bad(format!("field `api-version`: {e}")))?;
+        let api = parse_semver(&raw.api_version).map_err(|e| bad(format!("field `api_version`: {e}")))?;
         let host = parse_semver(HOST_API_VERSION).expect("the host's own API version is valid semver");
         if !api_compatible(api, host) {
             return Err(PluginError::ApiVersion {
@@ -265,7 +283,7 @@ impl Manifest {
             )));
         }
         if raw.limits.timeout_ms == 0 || raw.limits.memory_mib == 0 || raw.limits.output_mib == 0 {
-            return Err(bad("section [limits]: timeout-ms, memory-mib and output-mib must be positive".into()));
+            return Err(bad("section [limits]: timeout_ms, memory_mib and output_mib must be positive".into()));
         }
         let dir = path.parent().unwrap_or(Path::new("."));
         Ok(Manifest {
@@ -278,6 +296,7 @@ impl Manifest {
             capabilities: raw.capabilities,
             limits: raw.limits,
             manifest_path: path.to_path_buf(),
+            deprecated,
         })
     }
 }
@@ -316,7 +335,7 @@ mod tests {
 name = "dedup-exact"
 kind = "data-tool"
 version = "0.1.0"
-api-version = "0.1.0"
+api_version = "0.1.0"
 wasm = "dedup_exact.wasm"
 "#;
 
@@ -335,9 +354,18 @@ wasm = "dedup_exact.wasm"
 
     #[test]
     fn unknown_field_is_named_with_the_file() {
-        let err = parse(&format!("{GOOD}\n[limits]\ntimeout-sec = 3\n")).unwrap_err().to_string();
+        let err = parse(&format!("{GOOD}\n[limits]\ntimeout_sec = 3\n")).unwrap_err().to_string();
         assert!(err.contains("/p/dedup-exact/plugin.toml"), "{err}");
-        assert!(err.contains("timeout-sec"), "{err}");
+        assert!(err.contains("timeout_sec") && err.contains("line 9"), "{err}");
+    }
+
+    #[test]
+    fn the_old_kebab_case_spellings_are_read_and_reported() {
+        let old = GOOD.replace("api_version", "api-version") + "[limits]\ntimeout-ms = 5\n";
+        let m = parse(&old).unwrap();
+        assert_eq!((m.api_version.as_str(), m.limits.timeout_ms), ("0.1.0", 5));
+        assert_eq!(m.deprecated, ["`api-version` → `api_version`", "`timeout-ms` → `timeout_ms`"]);
+        assert!(parse(GOOD).unwrap().deprecated.is_empty());
     }
 
     #[test]
@@ -348,7 +376,7 @@ wasm = "dedup_exact.wasm"
 
     #[test]
     fn incompatible_api_version_names_both_versions() {
-        let err = parse(&GOOD.replace("api-version = \"0.1.0\"", "api-version = \"0.2.0\"")).unwrap_err().to_string();
+        let err = parse(&GOOD.replace("api_version = \"0.1.0\"", "api_version = \"0.2.0\"")).unwrap_err().to_string();
         assert!(err.contains("0.2.0") && err.contains(HOST_API_VERSION), "{err}");
     }
 

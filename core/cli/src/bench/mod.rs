@@ -452,9 +452,9 @@ pub async fn pipeline(plugins_dir: &Path, opts: &PipelineBench) -> Result<()> {
     let echo_dir = tempfile::tempdir()?;
     std::fs::copy(plugins_dir.join("testing/hostile/hostile.wasm"), echo_dir.path().join("hostile.wasm"))?;
     let manifest = std::fs::read_to_string(&echo_manifest)?
-        .replace("timeout-ms = 2000", "timeout-ms = 600000")
-        .replace("memory-mib = 64", "memory-mib = 1024")
-        .replace("output-mib = 8", "output-mib = 4096");
+        .replace("timeout_ms = 2000", "timeout_ms = 600000")
+        .replace("memory_mib = 64", "memory_mib = 1024")
+        .replace("output_mib = 8", "output_mib = 4096");
     std::fs::write(echo_dir.path().join("plugin.toml"), manifest)?;
     host.load(&echo_dir.path().join("plugin.toml")).await?;
     let env = CallEnv::default();

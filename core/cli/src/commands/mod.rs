@@ -79,8 +79,8 @@ pub enum Command {
     /// Make a new plugin crate (data-tool, evaluator or researcher) that builds, with its
     /// manifest, a unit test and a README.
     New(new::NewCommand),
-    /// Print the JSON Schemas of every document trex exchanges with plugins, and of every
-    /// loaded plugin's config.
+    /// Print the JSON Schemas of every document trex exchanges with plugins, of the files users
+    /// write (PluginManifest, Task, Pipeline), and of every loaded plugin's config.
     Schema(schema::SchemaCommand),
     /// Run a data pipeline (a recipe over a dataset, then an evaluator) from a pipeline file.
     Pipeline(pipeline::PipelineCommand),

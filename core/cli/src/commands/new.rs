@@ -49,7 +49,7 @@ pub struct NewCommand {
     /// Depend on the SDK at this path (a trex checkout's `sdk` folder).
     #[arg(long, conflicts_with = "sdk_git")]
     sdk_path: Option<PathBuf>,
-    /// Depend on the SDK from this git repository (trex's), e.g. https://example.org/trex.git.
+    /// Depend on the SDK from this git repository (trex's), e.g. `https://example.org/trex.git`.
     #[arg(long)]
     sdk_git: Option<String>,
 }
@@ -151,17 +151,17 @@ fn manifest(kind: Kind, name: &str, krate: &str) -> String {
 name = "{name}"                 # must equal the component's NAME
 kind = "{kind}"
 version = "0.1.0"
-api-version = "0.1.1"           # the plugin contract (WIT package trex:plugin) it was built against
+api_version = "0.1.1"           # the plugin contract (WIT package trex:plugin) it was built against
 wasm = "{krate}.wasm"           # `trex-host plugins build` puts it here
 description = "{description}"
 
-# What the host allows it (each defaults to the value shown):
+# What the host allows it (each defaults to the value shown; see docs/plugins.md):
 # [limits]
-# timeout-ms = 30000            # per call
-# memory-mib = 512              # linear memory
-# output-mib = 256              # a data tool's output
-# scratch-mib = 256
-# scratch-files = 10000
+# timeout_ms = 60000            # per call
+# memory_mib = 256              # linear memory
+# output_mib = 1024             # a data tool's output per run
+# scratch_mib = 256             # what it may keep in /scratch during a call
+# scratch_files = 10000
 # [capabilities]
 # dataset = false               # read the task's dataset folder at /data
 # scratch = false               # a private read-write folder at /scratch

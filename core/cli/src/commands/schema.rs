@@ -9,8 +9,9 @@ use trex_plugin_host::PluginHost;
 
 use super::{Global, host_config, open_host};
 
-/// Print the JSON Schemas of every document trex exchanges with plugins, and of every loaded
-/// plugin's config.
+/// Print the JSON Schemas of every document trex exchanges with plugins, of every file a user
+/// writes (`PluginManifest` for plugin.toml, `Task` for task.toml, `Pipeline` for pipeline
+/// files), and of every loaded plugin's config.
 #[derive(clap::Args, Debug)]
 pub struct SchemaCommand {
     /// Only this schema (a type such as TrainRecipe, or a plugin name).
@@ -32,6 +33,14 @@ impl SchemaCommand {
 fn print_schemas(host: &PluginHost, only: Option<&str>, out: Option<&Path>) -> Result<()> {
     let mut all: Vec<(String, serde_json::Value)> =
         trex_sdk::types::all_schemas().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    // The files users write.
+    all.push((
+        "PluginManifest".into(),
+        serde_json::to_value(schemars::schema_for!(trex_plugin_host::manifest::ManifestFile))?,
+    ));
+    all.push(("Task".into(), serde_json::to_value(schemars::schema_for!(trex_lab::task::Task))?));
+    all.push(("Pipeline".into(), serde_json::to_value(schemars::schema_for!(trex_lab::pipeline::Pipeline))?));
+    all.sort_by(|a, b| a.0.cmp(&b.0));
     for p in host.plugins() {
         all.push((format!("plugin.{}.config", p.manifest.name), p.info.config_schema.clone()));
     }

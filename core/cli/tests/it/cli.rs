@@ -66,7 +66,7 @@ fn validate_reports_every_problem_and_fails() {
     std::fs::create_dir_all(plugins.join("typo")).unwrap();
     std::fs::write(
         plugins.join("typo/plugin.toml"),
-        "name = \"typo\"\nkind = \"data-tool\"\nversion = \"0.1.0\"\napi-version = \"0.1.0\"\nwasm = \"t.wasm\"\n[limits]\ntimeout = 5\n",
+        "name = \"typo\"\nkind = \"data-tool\"\nversion = \"0.1.0\"\napi_version = \"0.1.0\"\nwasm = \"t.wasm\"\n[limits]\ntimeout = 5\n",
     )
     .unwrap();
     let (ok, out, _) = run(trex_host(&plugins).args(["plugins", "validate"]).arg(&plugins));
@@ -85,6 +85,25 @@ fn schema_dumps_shared_types_and_plugin_configs() {
     assert!(v["TrainRecipe"]["properties"]["lora_rank"].is_object());
     assert!(v["Proposal"].is_object());
     assert!(v["plugin.dedup-exact.config"]["properties"]["fields"].is_object());
+    // The files users write, in snake_case.
+    assert!(v["PluginManifest"]["properties"]["api_version"].is_object(), "{}", v["PluginManifest"]);
+    assert!(v["PluginManifest"]["$defs"]["Limits"]["properties"]["timeout_ms"].is_object());
+    assert!(v["Task"]["properties"]["search_space"].is_object() && v["Task"]["properties"]["dataset_dir"].is_object());
+    assert!(v["Pipeline"]["properties"]["dataset_dir"].is_object() && v["Pipeline"]["properties"]["steps"].is_object());
+    // Every example task and pipeline is valid under them.
+    for (schema, file) in [
+        ("Task", "examples/tasks/unit-conversion/task.toml"),
+        ("Pipeline", "examples/pipelines/unit-conversion/pipeline.toml"),
+        ("PluginManifest", "plugins/dedup-exact/plugin.toml"),
+    ] {
+        let text = std::fs::read_to_string(trex_tests::root().join(file)).unwrap();
+        let doc: serde_json::Value = serde_json::to_value(toml::from_str::<toml::Table>(&text).unwrap()).unwrap();
+        let keys: Vec<&String> = doc.as_object().unwrap().keys().collect();
+        let props = v[schema]["properties"].as_object().unwrap();
+        for k in keys {
+            assert!(props.contains_key(k), "{file}: `{k}` is not in the {schema} schema");
+        }
+    }
     let out_dir = dir.path().join("schemas");
     let (ok, _, _) = run(trex_host(&plugins).args(["schema", "--out"]).arg(&out_dir));
     assert!(ok);

@@ -34,6 +34,15 @@ fn a_plugin_of_each_kind_from_trex_host_new_builds_validates_and_runs() {
         let (ok, out, err) = host(trex_host(&f.plugins, &cache).args(["plugins", "build"]).arg(&dir));
         assert!(ok && out.contains(&format!("ok      {name}")), "{name}:\n{out}\n{err}");
     }
+    // The unit tests the template comes with pass natively.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let (ok, out, err) = host(
+        Command::new(&cargo)
+            .args(["test", "--lib", "--manifest-path"])
+            .arg(f.plugins.join("short-text/Cargo.toml"))
+            .env("CARGO_TARGET_DIR", trex_tests::root().join("target/new-plugins")),
+    );
+    assert!(ok && out.contains("test result: ok. 2 passed"), "{out}{err}");
     // The SDK as a git dependency, as outside a checkout (this repository's committed head).
     let dir = f.dir.path().join("outside/from-git");
     let url = format!("file://{}", trex_tests::root().display());
@@ -68,7 +77,7 @@ fn a_plugin_of_each_kind_from_trex_host_new_builds_validates_and_runs() {
     std::fs::write(
         &pipeline,
         r#"name = "first"
-dataset-dir = "."
+dataset_dir = "."
 input = "train.jsonl"
 
 [[steps]]
