@@ -52,6 +52,9 @@ pub struct Pipeline {
     /// Optional evaluation after the recipe.
     #[serde(default)]
     pub evaluate: Option<Evaluation>,
+    /// The file this definition was read from and its text, to point errors at its lines.
+    #[serde(skip)]
+    origin: Option<(PathBuf, String)>,
 }
 
 /// How to evaluate.
@@ -149,26 +152,58 @@ pub enum PipelineError {
         message: String,
     },
     /// A step's config was refused before anything ran.
-    #[error("step {index} (`{plugin}`): {source}")]
+    #[error("{at}step {index} (`{plugin}`): {error}")]
     InvalidStep {
+        /// `FILE:LINE: ` of the step (or of the refused field) in the pipeline file, when known.
+        at: String,
         /// 1-based step number.
         index: usize,
         /// Plugin.
         plugin: String,
         /// The plugin's complaint.
-        source: Box<PluginError>,
+        error: Box<PluginError>,
     },
     /// A plugin failed while running.
     #[error(transparent)]
     Plugin(#[from] Box<PluginError>),
     /// Writing results failed.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}: {error}", path.display())]
     Write {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+/// The 1-based line of a pipeline file's section `section` (the n-th `[[steps]]`, or `[evaluate]`
+/// after the last step) where `field` (a config path such as `max` or `units[0].from`) is set,
+/// else where the section's `config` is, else the section's header.
+fn locate(text: &str, section: usize, field: Option<&str>) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let headers: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| {
+            let l = l.trim_start();
+            l.starts_with("[[steps]]") || l.starts_with("[evaluate]")
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let start = *headers.get(section)?;
+    let end = headers.get(section + 1).copied().unwrap_or(lines.len());
+    let key = |l: &str, k: &str| {
+        l.match_indices(k).any(|(i, _)| {
+            let before = l[..i].chars().next_back();
+            let after = l[i + k.len()..].trim_start();
+            !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '-') && after.starts_with('=')
+        })
+    };
+    // The innermost named key of the path first (`from` of `units[0].from`), then the outermost.
+    let parts: Vec<&str> =
+        field.map(|f| f.split(['.', '[']).filter(|s| !s.is_empty() && !s.ends_with(']')).collect()).unwrap_or_default();
+    let keys = parts.last().into_iter().chain(parts.first()).copied().chain(["config"]);
+    keys.into_iter().find_map(|k| (start..end).find(|&i| key(lines[i], k)).map(|i| i + 1)).or(Some(start + 1))
 }
 
 impl Pipeline {
@@ -180,6 +215,7 @@ impl Pipeline {
         if let Some(w) = trex_plugin_host::toml_file::deprecation(path, &old) {
             tracing::warn!("{w}");
         }
+        p.origin = Some((path.to_path_buf(), text.clone()));
         let base = path.parent().unwrap_or(Path::new("."));
         p.dataset_dir = base.join(&p.dataset_dir);
         if let Some(t) = &mut p.tokenizer {
@@ -194,19 +230,34 @@ impl Pipeline {
 
     /// Check every step (and the evaluator) with its plugin before any work starts.
     pub async fn validate(&mut self, host: &PluginHost) -> Result<(), PipelineError> {
+        let origin = self.origin.clone();
+        let at = |section: usize, error: &PluginError| -> String {
+            let Some((path, text)) = &origin else { return String::new() };
+            let field = match error {
+                PluginError::Reported { field: Some(f), .. } => Some(f.as_str()),
+                _ => None,
+            };
+            match locate(text, section, field) {
+                Some(line) => format!("{}:{line}: ", path.display()),
+                None => format!("{}: ", path.display()),
+            }
+        };
         for (i, step) in self.steps.iter_mut().enumerate() {
-            let invalid = |source: PluginError| PipelineError::InvalidStep {
+            let invalid = |error: PluginError| PipelineError::InvalidStep {
+                at: at(i, &error),
                 index: i + 1,
                 plugin: step.plugin.clone(),
-                source: Box::new(source),
+                error: Box::new(error),
             };
             step.config = host.check_config(&step.plugin, PluginKind::DataTool, &step.config).await.map_err(invalid)?;
         }
+        let steps = self.steps.len();
         if let Some(eval) = &mut self.evaluate {
-            let invalid = |source: PluginError| PipelineError::InvalidStep {
-                index: self.steps.len() + 1,
+            let invalid = |error: PluginError| PipelineError::InvalidStep {
+                at: at(steps, &error),
+                index: steps + 1,
                 plugin: eval.plugin.clone(),
-                source: Box::new(source),
+                error: Box::new(error),
             };
             eval.config =
                 host.check_config(&eval.plugin, PluginKind::Evaluator, &eval.config).await.map_err(invalid)?;
@@ -234,11 +285,11 @@ impl Pipeline {
             steps.push(StepReport { plugin: step.plugin.clone(), run });
         }
         std::fs::create_dir_all(out_dir)
-            .map_err(|source| PipelineError::Write { path: out_dir.to_path_buf(), source })?;
+            .map_err(|error| PipelineError::Write { path: out_dir.to_path_buf(), error })?;
         let output = out_dir.join(format!("{}.prepared.jsonl", self.name));
         let mut text = records.join("\n");
         text.push('\n');
-        std::fs::write(&output, text).map_err(|source| PipelineError::Write { path: output.clone(), source })?;
+        std::fs::write(&output, text).map_err(|error| PipelineError::Write { path: output.clone(), error })?;
 
         let evaluation = match &self.evaluate {
             None => None,
@@ -247,7 +298,7 @@ impl Pipeline {
         let report = PipelineReport { name: self.name.clone(), input_records, steps, output, evaluation };
         let report_path = out_dir.join(format!("{}.report.json", self.name));
         let json = serde_json::to_string_pretty(&report).expect("reports always serialize");
-        std::fs::write(&report_path, json).map_err(|source| PipelineError::Write { path: report_path, source })?;
+        std::fs::write(&report_path, json).map_err(|error| PipelineError::Write { path: report_path, error })?;
         Ok(report)
     }
 }
@@ -351,6 +402,19 @@ mod tests {
         let recs =
             vec![r#"{"completion":"b"}"#.into(), r#"{"completion":"b"}"#.into(), r#"{"completion":"a"}"#.to_string()];
         assert_eq!(most_frequent_completion(&recs), "b");
+    }
+
+    #[test]
+    fn config_errors_point_at_the_field_in_the_section() {
+        let text = "name = \"x\"\n[[steps]]\nplugin = \"a\"\nconfig = { max = 1 }\n\n[[steps]]\nplugin = \"b\"\n\
+                    [steps.config]\nunits = []\nmax_len = 3\n[evaluate]\nplugin = \"e\"\n";
+        assert_eq!(locate(text, 0, Some("max")), Some(4));
+        assert_eq!(locate(text, 1, Some("max")), Some(6), "`max_len` is not `max`: the section's header");
+        assert_eq!(locate(text, 1, Some("units[0].from")), Some(9));
+        assert_eq!(locate(text, 1, Some("max_len")), Some(10));
+        assert_eq!(locate(text, 0, Some("typo")), Some(4), "an unknown field: the section's config line");
+        assert_eq!(locate(text, 2, None), Some(11));
+        assert_eq!(locate(text, 3, None), None);
     }
 
     #[test]

@@ -160,6 +160,23 @@ fn misspelled_step_field_fails_before_anything_runs() {
 }
 
 #[test]
+fn a_step_config_error_is_printed_once_at_its_line_of_the_pipeline_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = trex_tests::standard_plugins(dir.path());
+    let pipeline = example_pipeline(dir.path(), |t| t.replace("max = 400", r#"max = "four hundred""#));
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    let line = text.lines().position(|l| l.contains("four hundred")).unwrap() + 1;
+    let (ok, _, err) = run(trex_host(&plugins).arg("pipeline").arg(&pipeline).arg("--out").arg(dir.path().join("out")));
+    assert!(!ok);
+    let expected = format!(
+        "error: {}:{line}: step 2 (`filter-length`): plugin `filter-length` reported an error: field `max`: \
+         invalid config: invalid type: string \"four hundred\", expected usize\n",
+        pipeline.display()
+    );
+    assert!(err.ends_with(&expected), "expected\n{expected}got\n{err}");
+}
+
+#[test]
 fn help_teaches_with_examples() {
     let (ok, out, _) = run(Command::new(env!("CARGO_BIN_EXE_trex-host")).arg("--help"));
     assert!(ok);
