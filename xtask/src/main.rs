@@ -90,6 +90,15 @@ fn describe(cmd: &Command) -> String {
     s
 }
 
+/// The triple of the machine this runs on (`rustc -vV`'s `host:`).
+fn host_triple() -> Result<String> {
+    let out = Command::new("rustc").arg("-vV").output().context("cannot run rustc -vV")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .context("rustc -vV names no host triple")
+}
+
 fn cargo_bin() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
@@ -158,6 +167,14 @@ fn demo(extra: &[String]) -> Result<()> {
 
 fn test() -> Result<()> {
     build_plugins()?;
+    // The plugins' own unit tests run natively (their workspace builds for wasm32-wasip2).
+    run(cargo().current_dir(root().join("plugins")).args([
+        "test",
+        "--workspace",
+        "--lib",
+        "--target",
+        &host_triple()?,
+    ]))?;
     run(cargo().current_dir(root()).args(["test", "--workspace", "--all-targets"]))?;
     run(cargo().current_dir(root()).args(["test", "--workspace", "--doc"]))
 }

@@ -773,12 +773,13 @@ impl<'a> Search<'a> {
                 "the search has no budget: set [budget] in the task or pass --nodes / --minutes".into(),
             ));
         }
-        if self.state.tree.nodes.is_empty() {
+        let resumed = !self.state.tree.nodes.is_empty();
+        if !resumed {
             self.log(Event::Created { node: 0, parent: None, proposal: None, llm_tokens: 0 })?;
         }
         // Nodes that were pending or running when an earlier session stopped run again first.
         let mut queue: VecDeque<u64> = self.state.tree.nodes.iter().filter(|n| !n.finished()).map(|n| n.id).collect();
-        if !queue.is_empty() && self.state.t_offset > 0.0 {
+        if resumed && !queue.is_empty() {
             self.lab.say(format!("resuming: running again the interrupted node(s) {queue:?}"));
         }
         let mut in_flight: FuturesUnordered<NodeFuture<'a>> = FuturesUnordered::new();

@@ -6,6 +6,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use trex_sdk::guest::{ChatOptions, LogLevel, PluginError, Researcher, chat};
 use trex_sdk::types::{ChatMessage, Outcome, Proposal, ResearchContext, SearchSpace, TaskBrief};
 
@@ -137,10 +138,12 @@ impl LlmResearcher {
     }
 }
 
-/// The reply schema with the task's search space written into the training recipe (allowed
-/// ranks, epochs, sequence lengths, the learning-rate range or grid): a server that decodes by
-/// the schema then writes only recipes the task allows, and one that does not is told them.
+/// The reply schema with the task's search space written into it (allowed ranks, epochs,
+/// sequence lengths, target sets, the learning-rate range or grid, the offered data steps and
+/// their config fields): a server that decodes by the schema then writes only recipes the task
+/// allows, and one that does not is told them.
 fn reply_schema(space: &SearchSpace, start: Option<&Proposal>) -> serde_json::Value {
+    let steps = offered_steps(space, start);
     let mut schema = serde_json::to_value(schemars::schema_for!(Reply)).expect("the reply schema serializes");
     let Some(props) = schema.pointer_mut("/$defs/TrainRecipe/properties").and_then(|p| p.as_object_mut()) else {
         return schema;
@@ -184,12 +187,82 @@ fn reply_schema(space: &SearchSpace, start: Option<&Proposal>) -> serde_json::Va
     if let Some(p) = props.get_mut("learning_rate").and_then(|p| p.as_object_mut()) {
         p.remove("default");
     }
+    // Target sets: one of the space's (or the start's), each written whole.
+    let mut target_sets: Vec<serde_json::Value> =
+        space.targets.iter().filter_map(|t| serde_json::to_value(t).ok()).filter(|t| t != &json!([])).collect();
+    if let Some(t) = start.and_then(|s| serde_json::to_value(&s.targets).ok())
+        && !target_sets.contains(&t)
+    {
+        target_sets.push(t);
+    }
+    if !target_sets.is_empty() {
+        props.insert("targets".into(), json!({ "enum": target_sets }));
+    }
     // A field left out takes its default, which may lie outside the space: ask for each one.
     if let Some(recipe) = schema.pointer_mut("/$defs/TrainRecipe").and_then(|r| r.as_object_mut()) {
         let required = ["learning_rate", "lora_rank", "epochs", "targets"].map(serde_json::Value::from).to_vec();
         recipe.insert("required".into(), serde_json::Value::Array(required));
     }
+    // Data steps: one of the offered plugins, each with only the config fields its offered
+    // configs set, typed as they are there (the brief carries configs, not the plugins' schemas).
+    let variants: Vec<serde_json::Value> = steps.iter().map(|(plugin, config)| step_schema(plugin, config)).collect();
+    if !variants.is_empty()
+        && let Some(items) = schema.pointer_mut("/$defs/DataRecipe/properties/steps")
+    {
+        items["items"] = json!({ "anyOf": variants });
+    }
     schema
+}
+
+/// The data steps a proposal may use, with every config field they are offered with (the start
+/// recipe's and the search space's configs, merged per plugin).
+fn offered_steps(
+    space: &SearchSpace,
+    start: Option<&Proposal>,
+) -> Vec<(String, serde_json::Map<String, serde_json::Value>)> {
+    let mut steps: Vec<(String, serde_json::Map<String, serde_json::Value>)> = Vec::new();
+    for step in start.iter().flat_map(|p| p.data_recipe.steps.iter()).chain(&space.data_steps) {
+        let fields = step.config.as_object().cloned().unwrap_or_default();
+        match steps.iter_mut().find(|(p, _)| p == &step.plugin) {
+            Some((_, known)) => {
+                for (k, v) in fields {
+                    known.entry(k).or_insert(v);
+                }
+            }
+            None => steps.push((step.plugin.clone(), fields)),
+        }
+    }
+    steps.sort_by(|a, b| a.0.cmp(&b.0));
+    steps
+}
+
+/// `{"plugin": NAME, "config": {...}}` with the config's fields typed as in `example`.
+fn step_schema(plugin: &str, example: &serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
+    fn type_of(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Bool(_) => json!({ "type": "boolean" }),
+            serde_json::Value::Number(n) if n.is_f64() => json!({ "type": "number" }),
+            serde_json::Value::Number(_) => json!({ "type": "integer" }),
+            serde_json::Value::String(_) => json!({ "type": "string" }),
+            serde_json::Value::Array(a) => match a.first() {
+                Some(first) => json!({ "type": "array", "items": type_of(first) }),
+                None => json!({ "type": "array" }),
+            },
+            serde_json::Value::Object(_) => json!({ "type": "object" }),
+            serde_json::Value::Null => json!({}),
+        }
+    }
+    let fields: serde_json::Map<String, serde_json::Value> =
+        example.iter().map(|(k, v)| (k.clone(), type_of(v))).collect();
+    json!({
+        "type": "object",
+        "properties": {
+            "plugin": { "const": plugin },
+            "config": { "type": "object", "properties": fields, "additionalProperties": false },
+        },
+        "required": ["plugin"],
+        "additionalProperties": false,
+    })
 }
 
 impl Researcher for LlmResearcher {
@@ -254,3 +327,51 @@ impl Researcher for LlmResearcher {
 }
 
 trex_sdk::export_researcher!(LlmResearcher);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn space() -> (SearchSpace, Proposal) {
+        let space: SearchSpace = serde_json::from_value(json!({
+            "learning_rate": {"min": 1e-4, "max": 1e-2, "log": true},
+            "lora_rank": [8, 16],
+            "epochs": [0.5, 1.0],
+            "targets": [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]],
+            "data_steps": [
+                {"plugin": "dedup-exact", "config": {"fields": ["messages"], "normalize": true}},
+                {"plugin": "clean-text", "config": {}}
+            ]
+        }))
+        .unwrap();
+        let start: Proposal = serde_json::from_value(json!({
+            "data_recipe": {"steps": [
+                {"plugin": "chat-format", "config": {"template": "chatml"}},
+                {"plugin": "filter-length", "config": {"max": 400, "unit": "chars"}}
+            ]},
+            "train_recipe": {"lora_rank": 8, "targets": ["q_proj", "v_proj"], "learning_rate": 5e-4, "epochs": 0.25},
+            "rationale": "start"
+        }))
+        .unwrap();
+        (space, start)
+    }
+
+    #[test]
+    fn the_schema_offers_only_the_tasks_steps_fields_and_target_sets() {
+        let (space, start) = space();
+        let schema = reply_schema(&space, Some(&start));
+        let variants = schema.pointer("/$defs/DataRecipe/properties/steps/items/anyOf").unwrap().as_array().unwrap();
+        let plugins: Vec<&str> =
+            variants.iter().map(|v| v.pointer("/properties/plugin/const").unwrap().as_str().unwrap()).collect();
+        assert_eq!(plugins, ["chat-format", "clean-text", "dedup-exact", "filter-length"]);
+        let filter = &variants[3]["properties"]["config"];
+        assert_eq!(filter["additionalProperties"], false);
+        assert_eq!(filter["properties"]["max"]["type"], "integer");
+        assert_eq!(filter["properties"]["unit"]["type"], "string");
+        assert_eq!(variants[1]["properties"]["config"]["properties"], json!({}), "clean-text: its defaults only");
+        assert_eq!(variants[2]["properties"]["config"]["properties"]["fields"]["items"]["type"], "string");
+        let targets = schema.pointer("/$defs/TrainRecipe/properties/targets/enum").unwrap();
+        assert_eq!(targets, &json!([["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]]));
+        assert_eq!(schema.pointer("/$defs/TrainRecipe/properties/epochs/enum").unwrap(), &json!([0.5, 1.0, 0.25]));
+    }
+}

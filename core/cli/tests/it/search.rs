@@ -244,6 +244,7 @@ fn sigkill_mid_node_then_resume_loses_and_repeats_nothing() {
     let (ok, stdout, err) = output(trex_host(&f).arg("resume").arg(&run_dir));
     assert!(ok, "{err}");
     assert!(stdout.contains("best adapter") || stdout.contains("no experiment beat"), "{stdout}");
+    assert!(err.contains("resuming: running again the interrupted node(s) [2]"), "{err}");
     let after = events(&run_dir);
     for id in [0u64, 1] {
         assert_eq!(count(&after, |e| matches!(e, Event::Started { node } if *node == id)), 1, "node {id} ran twice");
@@ -319,6 +320,16 @@ fn hostile_researcher_replies_are_refused_and_the_search_goes_on() {
     let reqs = &all[4..];
     assert!(reqs[0].head.contains("authorization: bearer sk-test"), "{}", reqs[0].head);
     assert_eq!(reqs[0].body["response_format"]["type"], "json_schema");
+    // The schema holds the task's choices: a server that decodes by it writes no other plugin,
+    // config field or target set.
+    let schema = &reqs[0].body["response_format"]["json_schema"]["schema"];
+    let steps = schema.pointer("/$defs/DataRecipe/properties/steps/items/anyOf").unwrap().as_array().unwrap();
+    let plugins: Vec<&str> = steps.iter().filter_map(|v| v.pointer("/properties/plugin/const")?.as_str()).collect();
+    assert_eq!(plugins, ["chat-format", "dedup-exact"], "{schema}");
+    assert_eq!(
+        schema.pointer("/$defs/TrainRecipe/properties/targets/enum").unwrap(),
+        &serde_json::json!([["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]])
+    );
     // The retry carries the validation error back to the model.
     let retry = reqs[1].body["messages"].as_array().unwrap();
     assert!(retry.last().unwrap()["content"].as_str().unwrap().contains("invalid"), "{retry:?}");
@@ -353,6 +364,7 @@ fn budgets_stop_the_search() {
     );
     assert!(ok, "{err}");
     assert!(stdout.contains("LLM-token budget") && stdout.contains("after 2 experiments"), "{stdout}");
+    assert!(!err.contains("resuming"), "a fresh search that probed its LLM first is no resumption: {err}");
     // No budget at all is refused up front.
     let mut no_budget = std::fs::read_to_string(&f.task).unwrap();
     no_budget = no_budget.replace("[budget]\nnodes = 3\n", "");
