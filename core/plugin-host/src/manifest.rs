@@ -202,7 +202,10 @@ impl Manifest {
                 if is_standard_plugin(&folder) {
                     "no such file: build the standard plugins with `cargo xtask build-plugins`".to_string()
                 } else {
-                    "no such file: build the plugin with `cargo build --release --target wasm32-wasip2` and copy target/wasm32-wasip2/release/<crate>.wasm next to its plugin.toml".to_string()
+                    format!(
+                        "no such file: build the plugin with `trex-host plugins build {}` (or `cargo build --release --target wasm32-wasip2` there, then copy target/wasm32-wasip2/release/<crate>.wasm next to its plugin.toml)",
+                        folder.display()
+                    )
                 }
             } else {
                 format!("cannot resolve it: {e}")
@@ -350,6 +353,26 @@ wasm = "dedup_exact.wasm"
         assert_eq!(m.wasm, Path::new("/p/dedup-exact/dedup_exact.wasm"));
         assert_eq!(m.limits, Limits::default());
         assert_eq!(m.capabilities, Capabilities::default());
+    }
+
+    #[test]
+    fn a_missing_component_says_how_to_build_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("my-tool");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("plugin.toml"), GOOD).unwrap();
+        let m = Manifest::load(&folder.join("plugin.toml")).unwrap();
+        let folder = folder.canonicalize().unwrap();
+        assert_eq!(
+            m.read_component().unwrap_err().to_string(),
+            format!(
+                "plugin `dedup-exact`: cannot load {}: no such file: build the plugin with `trex-host plugins build {}` \
+                 (or `cargo build --release --target wasm32-wasip2` there, then copy \
+                 target/wasm32-wasip2/release/<crate>.wasm next to its plugin.toml)",
+                folder.join("dedup_exact.wasm").display(),
+                folder.display()
+            )
+        );
     }
 
     #[test]
