@@ -315,25 +315,7 @@ impl Lab {
     /// The test-split score of the node whose result is `result` (the base model when it has no
     /// adapter), from the cache when it was scored before.
     pub async fn score_test(&self, result: &NodeResult) -> Result<f64, LabError> {
-        let key = result.key.clone();
-        if let (Some(cache), Some(k)) = (&self.cache, &key)
-            && let Some((entry, _)) = cache.lookup(k)
-            && let Some(score) = entry.test_score
-        {
-            return Ok(score);
-        }
-        if self.cache.as_ref().is_some_and(|c| c.only) {
-            return Err(LabError::Run(not_in_table()));
-        }
-        let adapter = match &result.adapter {
-            Some(a) => Some(Arc::new(self.load_adapter(a)?)),
-            None => None,
-        };
-        let score = self.score(adapter, Split::Test, None).await.map_err(LabError::Run)?.report.score;
-        if let (Some(cache), Some(k)) = (&self.cache, &key) {
-            let _ = cache.update(k, |e| e.test_score = Some(score));
-        }
-        Ok(score)
+        self.cached_score(result, Split::Test, |e| &mut e.test_score).await
     }
 
     /// Whether nodes are scored on a part of the validation split only.
@@ -348,9 +330,20 @@ impl Lab {
         if !self.validation_is_limited() {
             return Ok(result.score);
         }
+        self.cached_score(result, Split::FullValidation, |e| &mut e.full_validation).await
+    }
+
+    /// `result`'s score on `split`: the cache entry's `field` when it holds one, else scored now
+    /// (refused when the lab only replays its cache) and kept there.
+    async fn cached_score(
+        &self,
+        result: &NodeResult,
+        split: Split,
+        field: fn(&mut crate::cache::Entry) -> &mut Option<f64>,
+    ) -> Result<f64, LabError> {
         if let (Some(cache), Some(k)) = (&self.cache, &result.key)
-            && let Some((entry, _)) = cache.lookup(k)
-            && let Some(score) = entry.full_validation
+            && let Some((mut entry, _)) = cache.lookup(k)
+            && let Some(score) = *field(&mut entry)
         {
             return Ok(score);
         }
@@ -361,9 +354,9 @@ impl Lab {
             Some(a) => Some(Arc::new(self.load_adapter(a)?)),
             None => None,
         };
-        let score = self.score(adapter, Split::FullValidation, None).await.map_err(LabError::Run)?.report.score;
+        let score = self.score(adapter, split, None).await.map_err(LabError::Run)?.report.score;
         if let (Some(cache), Some(k)) = (&self.cache, &result.key) {
-            let _ = cache.update(k, |e| e.full_validation = Some(score));
+            let _ = cache.update(k, |e| *field(e) = Some(score));
         }
         Ok(score)
     }
