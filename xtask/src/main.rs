@@ -1,5 +1,5 @@
 //! Project chores: `cargo xtask build-plugins | demo | test | ci | bench-plugins | nvrtc-check |
-//! device-check`.
+//! device-check | interop | screenshot`.
 //!
 //! Rust instead of shell so the steps read the same everywhere and fail with clear messages.
 
@@ -32,6 +32,8 @@ commands:
   interop         the LLM client and the `llm` plugins against a real server: llama-cpp-python
                   (installed once into a cached virtual environment, about 15 minutes) serving
                   SmolLM2 on loopback
+  screenshot RUN  render RUN's report (`trex-host report`) in headless Chromium into
+                  docs/ui.png, the README's picture (needs `chromium`)
   gen-unit-data   regenerate the synthetic unit-conversion example data (seeded, deterministic)
   gen-task-data   regenerate the data of the synthetic benchmark tasks (finance-ratios,
                   clinical-vitals, deposit-statute, review-sentiment; seeded, deterministic)
@@ -59,6 +61,7 @@ fn dispatch() -> Result<()> {
         Some("gen-task-data") => tasks::generate_all(&root()),
         Some("nvrtc-check") => nvrtc_check(),
         Some("device-check") => device_check(),
+        Some("screenshot") => screenshot(args.get(1).map(String::as_str)),
         Some("interop") => interop::interop(),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
@@ -163,6 +166,30 @@ fn demo(extra: &[String]) -> Result<()> {
     cmd.args(["--plugins", "plugins", "search", "examples/tasks/unit-conversion"]);
     cmd.args(extra);
     run(&mut cmd)
+}
+
+/// The README's picture of a run: its report, rendered by headless Chromium.
+fn screenshot(dir: Option<&str>) -> Result<()> {
+    let dir = dir.context("usage: cargo xtask screenshot RUN_DIR")?;
+    let dir = std::fs::canonicalize(dir).with_context(|| format!("no run folder {dir}"))?;
+    let page = root().join("target/ui-screenshot.html");
+    run(cargo()
+        .current_dir(root())
+        .args(["run", "--quiet", "-p", "trex-cli", "--bin", "trex-host", "--", "report"])
+        .arg(&dir)
+        .arg("--out")
+        .arg(&page))?;
+    let out = root().join("docs/ui.png");
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .context("no Chromium found: install it (apt-get install chromium)")?;
+    run(Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,1100"])
+        .arg(format!("--screenshot={}", out.display()))
+        .arg(format!("file://{}", page.display())))?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
 }
 
 fn test() -> Result<()> {

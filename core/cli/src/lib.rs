@@ -1,5 +1,6 @@
 //! `trex-host`, the trex command line: one file per subcommand ([`commands`]), the terminal's
-//! progress bars ([`progress`]), text renderings ([`render`], [`report`]), the benchmarks
+//! progress bars ([`progress`]), text renderings ([`render`], [`report`]), the HTML page of runs
+//! ([`html`]), the benchmarks
 //! ([`bench`](mod@bench)) and the registry fetches behind model and data-set names ([`assets`]).
 //!
 //! Architecture Invariant: this is the only crate that prints, parses arguments or sets up
@@ -10,6 +11,7 @@
 pub mod assets;
 pub mod bench;
 pub mod commands;
+pub mod html;
 pub mod progress;
 pub mod render;
 pub mod report;

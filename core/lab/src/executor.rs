@@ -718,6 +718,7 @@ impl Lab {
             seconds: report.seconds,
             continued,
             epoch_offset,
+            loss_curve: crate::tree::loss_curve(&report.losses, crate::tree::LOSS_CURVE_POINTS),
         });
         result.cost = Cost {
             train_tokens: report.tokens as u64,

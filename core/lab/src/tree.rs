@@ -42,6 +42,26 @@ pub struct TrainSummary {
     /// Epochs of the data stream the parents had trained on before this one started.
     #[serde(default)]
     pub epoch_offset: f32,
+    /// The training loss along the run: at most [`LOSS_CURVE_POINTS`] points, each the mean
+    /// of an equal share of the steps (empty in runs written before it was kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loss_curve: Vec<f32>,
+}
+
+/// How many points of a node's training-loss curve are kept.
+pub const LOSS_CURVE_POINTS: usize = 64;
+
+/// `losses` as at most `points` means of consecutive, equal shares of the steps.
+pub fn loss_curve(losses: &[f32], points: usize) -> Vec<f32> {
+    if losses.len() <= points {
+        return losses.to_vec();
+    }
+    (0..points)
+        .map(|i| {
+            let (a, b) = (i * losses.len() / points, (i + 1) * losses.len() / points);
+            losses[a..b].iter().sum::<f32>() / (b - a) as f32
+        })
+        .collect()
 }
 
 /// What a node cost this run (nothing but its proposal when its result came from the
@@ -495,6 +515,13 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loss_curve_keeps_short_runs_whole_and_averages_long_ones() {
+        assert_eq!(loss_curve(&[3.0, 2.0], 4), vec![3.0, 2.0]);
+        assert_eq!(loss_curve(&[4.0, 2.0, 3.0, 1.0, 2.0, 0.0], 3), vec![3.0, 2.0, 1.0]);
+        assert_eq!(loss_curve(&[1.0; 1000], LOSS_CURVE_POINTS).len(), LOSS_CURVE_POINTS);
+    }
 
     fn node(id: u64, parent: Option<u64>, status: NodeStatus, reward: f64) -> Node {
         let result = NodeResult {

@@ -103,6 +103,10 @@ pub async fn bench_search(
     std::fs::write(out.join("results.json"), json).with_context(|| format!("cannot write {}", out.display()))?;
     std::fs::write(out.join("table.md"), bench_table(&runs))
         .with_context(|| format!("cannot write {}", out.display()))?;
+    // The runs side by side, as one page (best-so-far curves, then each tree).
+    let dirs: Vec<PathBuf> = runs.iter().map(|r| r.run_dir.clone()).collect();
+    let page = crate::html::render(&crate::commands::report::load_runs(&dirs)?);
+    std::fs::write(out.join("report.html"), page).with_context(|| format!("cannot write {}", out.display()))?;
     Ok(runs)
 }
 

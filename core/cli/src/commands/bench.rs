@@ -68,7 +68,7 @@ pub enum BenchCommand {
         /// Experiments per search.
         #[arg(long, default_value_t = 4)]
         nodes: u64,
-        /// Folder of the runs, results.json and table.md.
+        /// Folder of the runs, results.json, table.md and report.html (the runs side by side).
         #[arg(long, default_value = "runs/bench-search")]
         out: PathBuf,
         #[command(flatten)]
@@ -253,6 +253,7 @@ impl BenchCommand {
                 })
                 .await?;
                 print!("{}", bench::search::bench_table(&runs));
+                eprintln!("results: {0}/results.json, {0}/table.md, {0}/report.html", out.display());
             }
             BenchCommand::Table { task, strategies, train_seeds, nodes, out, cache } => {
                 let Some(dir) = cache.dir() else {

@@ -16,9 +16,11 @@ pub mod llm;
 pub mod new;
 pub mod pipeline;
 pub mod plugins;
+pub mod report;
 pub mod schema;
 pub mod search;
 pub mod train;
+pub mod ui;
 
 /// trex: an autonomous fine-tuning laboratory.
 ///
@@ -120,6 +122,10 @@ pub enum Command {
     Resume(search::ResumeCommand),
     /// Print a run's experiment tree with scores (also while it runs).
     Show(search::ShowCommand),
+    /// Write runs as one self-contained HTML file (tree, node details, budget, curves).
+    Report(report::ReportCommand),
+    /// Watch runs live in the browser (a read-only local web server).
+    Ui(ui::UiCommand),
     /// Benchmarks that print tables (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -143,6 +149,8 @@ impl Command {
             Command::Search(c) => c.execute(global).await,
             Command::Resume(c) => c.execute(global).await,
             Command::Show(c) => c.execute(),
+            Command::Report(c) => c.execute(),
+            Command::Ui(c) => c.execute(),
             Command::Bench(c) => c.execute(global).await,
             Command::Llm(c) => c.execute().await,
         }

@@ -5,3 +5,4 @@ mod cli;
 mod interop;
 mod new;
 mod search;
+mod ui;

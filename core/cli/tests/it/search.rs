@@ -263,7 +263,7 @@ fn sigkill_mid_node_then_resume_loses_and_repeats_nothing() {
     assert!(ok && v["nodes"].as_array().unwrap().len() == 4);
 }
 
-fn proposal(lr: f64, steps: &str) -> String {
+pub(crate) fn proposal(lr: f64, steps: &str) -> String {
     format!(
         r#"{{"proposals": [{{"data_recipe": {{"steps": [{{"plugin": "chat-format"}}{steps}]}}, "train_recipe": {{"lora_rank": 4, "targets": ["q_proj", "v_proj"], "learning_rate": {lr}, "epochs": 1.0, "batch_size": 4, "max_seq_len": 64}}, "rationale": "scripted"}}]}}"#
     )
@@ -271,13 +271,13 @@ fn proposal(lr: f64, steps: &str) -> String {
 
 /// A scripted LLM server whose first four replies answer the check `search` makes of a server
 /// before it spends any budget (one request per structured-output format), then `script`.
-fn llm_server_for_search(script: Vec<trex_tests::llm_server::Reply>) -> trex_tests::llm_server::Server {
+pub(crate) fn llm_server_for_search(script: Vec<trex_tests::llm_server::Reply>) -> trex_tests::llm_server::Server {
     let mut replies: Vec<_> = (0..4).map(|_| completion("{\"ok\": true}", 1, 1)).collect();
     replies.extend(script);
     start(replies)
 }
 
-fn llm_section(base_url: &str) -> String {
+pub(crate) fn llm_section(base_url: &str) -> String {
     format!(
         "[researcher]\nplugin = \"llm\"\n\n[llm]\nbase_url = \"{base_url}\"\nmodel = \"scripted\"\napi_key_env = \"TREX_TEST_LLM_KEY\"\ntimeout_s = 5.0\nmax_retries = 0\nbackoff_ms = 1\n"
     )
@@ -516,6 +516,8 @@ fn bench_search_compares_each_ablation_with_the_full_system_and_reuses_finished_
     assert_eq!(settings("greedy-no-memory-s0"), vec![trex_lab::Ablation::Memory]);
     let table = std::fs::read_to_string(out.join("table.md")).unwrap();
     assert!(table.contains("greedy without memory"), "{table}");
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(report.contains("Runs side by side") && report.contains("greedy-no-memory-s0"), "both runs, compared");
     // A second call finds both runs finished and runs nothing.
     let journal = std::fs::read_to_string(out.join("greedy-s0/journal.jsonl")).unwrap();
     let (ok, again, err) = bench();
