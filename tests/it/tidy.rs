@@ -257,3 +257,32 @@ fn every_module_says_what_it_is_for() {
         assert!(first.starts_with("//!"), "{}: the module has no `//!` line saying what it is for", rel(&file));
     }
 }
+
+#[test]
+fn library_apis_return_typed_errors() {
+    for file in library_dirs().iter().flat_map(|d| rust_files(d)) {
+        let lines = code_lines(&read(&file));
+        for (i, line) in lines.iter().enumerate() {
+            let start = line.trim_start();
+            if !(start.starts_with("pub fn ") || start.starts_with("pub async fn ")) {
+                continue;
+            }
+            // The whole signature, up to its body or its end.
+            let mut sig = String::new();
+            for l in &lines[i..] {
+                sig.push_str(l);
+                if l.contains('{') || l.trim_end().ends_with(';') {
+                    break;
+                }
+            }
+            let returns = sig.split("->").nth(1).unwrap_or("").split('{').next().unwrap_or("");
+            let compact: String = returns.chars().filter(|c| !c.is_whitespace()).collect();
+            assert!(
+                !(compact.contains("Result<") && compact.contains(",String>")),
+                "{}:{}: a public function of a library crate returns `Result<_, String>`: give it a typed error",
+                rel(&file),
+                i + 1
+            );
+        }
+    }
+}

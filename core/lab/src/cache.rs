@@ -126,7 +126,7 @@ impl ExperimentCache {
     /// Store `entry` under `key`, copying the adapter folder when there is one. Written in a
     /// private folder and renamed into place, so a reader never sees half an entry; an entry
     /// another process stored first is kept.
-    pub fn store(&self, key: &str, mut entry: Entry, adapter: Option<&Path>) -> Result<(), String> {
+    pub fn store(&self, key: &str, mut entry: Entry, adapter: Option<&Path>) -> Result<(), CacheError> {
         let dir = self.entry_dir(key);
         if dir.join("entry.json").is_file() {
             return self.update(key, |e| {
@@ -135,20 +135,18 @@ impl ExperimentCache {
             });
         }
         let parent = dir.parent().expect("entries are two levels down");
-        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-        let work = tempfile::Builder::new()
-            .prefix(".new-")
-            .tempdir_in(parent)
-            .map_err(|e| format!("{}: {e}", parent.display()))?;
+        let fail = |path: &Path, e: std::io::Error| CacheError { path: path.to_path_buf(), message: e.to_string() };
+        std::fs::create_dir_all(parent).map_err(|e| fail(parent, e))?;
+        let work = tempfile::Builder::new().prefix(".new-").tempdir_in(parent).map_err(|e| fail(parent, e))?;
         if let Some(r) = &mut entry.result {
             r.adapter = None;
             if let Some(src) = adapter {
-                copy_dir(src, &work.path().join("adapter")).map_err(|e| format!("{}: {e}", src.display()))?;
+                copy_dir(src, &work.path().join("adapter")).map_err(|e| fail(src, e))?;
                 r.adapter = Some("adapter".into());
             }
         }
         let text = serde_json::to_string(&entry).expect("entries serialize");
-        std::fs::write(work.path().join("entry.json"), text).map_err(|e| e.to_string())?;
+        std::fs::write(work.path().join("entry.json"), text).map_err(|e| fail(work.path(), e))?;
         match std::fs::rename(work.path(), &dir) {
             Ok(()) => {
                 // The folder now lives at `dir`; keep `work` from removing it.
@@ -156,7 +154,7 @@ impl ExperimentCache {
                 Ok(())
             }
             Err(_) if dir.join("entry.json").is_file() => Ok(()),
-            Err(e) => Err(format!("cannot store {}: {e}", dir.display())),
+            Err(e) => Err(fail(&dir, e)),
         }
     }
 
@@ -181,15 +179,26 @@ impl ExperimentCache {
     }
 
     /// Change a stored entry (rewritten atomically).
-    pub fn update(&self, key: &str, change: impl FnOnce(&mut Entry)) -> Result<(), String> {
+    pub fn update(&self, key: &str, change: impl FnOnce(&mut Entry)) -> Result<(), CacheError> {
         let dir = self.entry_dir(key);
         let Some((mut entry, _)) = self.lookup(key) else { return Ok(()) };
         change(&mut entry);
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| e.to_string())?;
+        let fail = |e: std::io::Error| CacheError { path: dir.join("entry.json"), message: e.to_string() };
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(fail)?;
         std::io::Write::write_all(&mut tmp, serde_json::to_string(&entry).expect("entries serialize").as_bytes())
-            .map_err(|e| e.to_string())?;
-        tmp.persist(dir.join("entry.json")).map(drop).map_err(|e| e.error.to_string())
+            .map_err(fail)?;
+        tmp.persist(dir.join("entry.json")).map(drop).map_err(|e| fail(e.error))
     }
+}
+
+/// A cache entry that could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("experiment cache: cannot write {}: {message}", path.display())]
+pub struct CacheError {
+    /// The file or folder.
+    pub path: std::path::PathBuf,
+    /// The I/O error.
+    pub message: String,
 }
 
 /// Copy the folder `from` (recursively) to `to`.

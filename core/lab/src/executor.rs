@@ -388,10 +388,10 @@ impl Lab {
                 None => None,
             };
             let score = self.score(adapter.clone(), Split::Test, None).await.map_err(LabError::Run)?.report.score;
-            cache.update(key, |e| e.test_score = Some(score)).map_err(LabError::Run)?;
+            cache.update(key, |e| e.test_score = Some(score)).map_err(|e| LabError::Run(e.to_string()))?;
             if self.validation_is_limited() && entry.full_validation.is_none() {
                 let full = self.score(adapter, Split::FullValidation, None).await.map_err(LabError::Run)?.report.score;
-                cache.update(key, |e| e.full_validation = Some(full)).map_err(LabError::Run)?;
+                cache.update(key, |e| e.full_validation = Some(full)).map_err(|e| LabError::Run(e.to_string()))?;
             }
         }
         progress(todo.len(), todo.len());

@@ -211,7 +211,7 @@ impl Pipeline {
     pub fn load(path: &Path) -> Result<Pipeline, PipelineError> {
         let def = |message: String| PipelineError::Definition { path: path.to_path_buf(), message };
         let text = std::fs::read_to_string(path).map_err(|e| def(format!("cannot read it: {e}")))?;
-        let (mut p, old): (Pipeline, _) = trex_plugin_host::toml_file::parse(&text).map_err(def)?;
+        let (mut p, old): (Pipeline, _) = trex_plugin_host::toml_file::parse(&text).map_err(|e| def(e.0))?;
         if let Some(w) = trex_plugin_host::toml_file::deprecation(path, &old) {
             tracing::warn!("{w}");
         }

@@ -257,7 +257,7 @@ impl Manifest {
     /// Parse manifest text; `path` is used for error messages and to resolve `wasm`.
     pub fn parse(text: &str, path: &Path) -> Result<Manifest, PluginError> {
         let bad = |message: String| PluginError::Manifest { path: path.to_path_buf(), message };
-        let (raw, deprecated): (ManifestFile, _) = crate::toml_file::parse(text).map_err(bad)?;
+        let (raw, deprecated): (ManifestFile, _) = crate::toml_file::parse(text).map_err(|e| bad(e.0))?;
         if let Some(w) = crate::toml_file::deprecation(path, &deprecated) {
             tracing::warn!("{w}");
         }

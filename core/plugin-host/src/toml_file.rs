@@ -7,16 +7,23 @@ use serde::de::DeserializeOwned;
 
 /// `text` deserialized, with the old spellings it used (`old → new`, in key order). A file
 /// written in snake_case is read directly, so errors keep their line and column.
-pub fn parse<T: DeserializeOwned>(text: &str) -> Result<(T, Vec<String>), String> {
-    let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+pub fn parse<T: DeserializeOwned>(text: &str) -> Result<(T, Vec<String>), TomlError> {
+    let fail = |e: toml::de::Error| TomlError(e.to_string().trim_end().to_string());
+    let table: toml::Table = toml::from_str(text).map_err(fail)?;
     let mut renamed = Vec::new();
     let fixed = snake_case(toml::Value::Table(table), &mut renamed);
     if renamed.is_empty() {
-        return toml::from_str(text).map(|v| (v, renamed)).map_err(|e| e.to_string().trim_end().to_string());
+        return toml::from_str(text).map(|v| (v, renamed)).map_err(fail);
     }
-    let value = T::deserialize(fixed).map_err(|e| e.to_string().trim_end().to_string())?;
+    let value = T::deserialize(fixed).map_err(fail)?;
     Ok((value, renamed))
 }
+
+/// Why a user's TOML file could not be read: the parser's message, with the line and column
+/// where it has them.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct TomlError(pub String);
 
 /// A warning for the old spellings `renamed` in `file`.
 pub fn deprecation(file: &std::path::Path, renamed: &[String]) -> Option<String> {
@@ -84,9 +91,9 @@ mod tests {
         assert_eq!(renamed, ["`api-version` → `api_version`", "`timeout-ms` → `timeout_ms`"]);
         let (_, renamed): (File, _) = parse("api_version = '1'\nsteps = []\n[limits]\ntimeout_ms = 5\n").unwrap();
         assert!(renamed.is_empty());
-        let err = parse::<File>("api_version = '1'\nsteps = []\n[limits]\ntimeout_mss = 5\n").unwrap_err();
+        let err = parse::<File>("api_version = '1'\nsteps = []\n[limits]\ntimeout_mss = 5\n").unwrap_err().0;
         assert!(err.contains("timeout_mss") && err.contains("line 4"), "{err}");
-        let err = parse::<File>("api-version = '1'\nsteps = []\n[limits]\ntimeout_mss = 5\n").unwrap_err();
+        let err = parse::<File>("api-version = '1'\nsteps = []\n[limits]\ntimeout_mss = 5\n").unwrap_err().0;
         assert!(err.contains("timeout_mss"), "with an old spelling the field is still named: {err}");
     }
 }
