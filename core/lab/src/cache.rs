@@ -183,11 +183,9 @@ impl ExperimentCache {
         let dir = self.entry_dir(key);
         let Some((mut entry, _)) = self.lookup(key) else { return Ok(()) };
         change(&mut entry);
-        let fail = |e: std::io::Error| CacheError { path: dir.join("entry.json"), message: e.to_string() };
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(fail)?;
-        std::io::Write::write_all(&mut tmp, serde_json::to_string(&entry).expect("entries serialize").as_bytes())
-            .map_err(fail)?;
-        tmp.persist(dir.join("entry.json")).map(drop).map_err(|e| fail(e.error))
+        let path = dir.join("entry.json");
+        write_atomically(&path, serde_json::to_string(&entry).expect("entries serialize").as_bytes())
+            .map_err(|e| CacheError { path, message: e.to_string() })
     }
 }
 
@@ -199,6 +197,15 @@ pub struct CacheError {
     pub path: std::path::PathBuf,
     /// The I/O error.
     pub message: String,
+}
+
+/// Write `bytes` to `path` under a temporary name in the same folder, then rename it into
+/// place, so a reader sees the whole file or the one before it, never half of one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.persist(path).map(drop).map_err(|e| e.error)
 }
 
 /// Copy the folder `from` (recursively) to `to`.

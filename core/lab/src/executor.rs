@@ -463,12 +463,8 @@ impl Lab {
             });
         }
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        // Written under a temporary name and renamed, so a reader never sees half a file.
         let write = |path: &Path, text: String| -> Result<(), String> {
-            let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            std::io::Write::write_all(&mut tmp, text.as_bytes())
-                .and_then(|()| tmp.persist(path).map(drop).map_err(|e| e.error))
-                .map_err(|e| format!("{}: {e}", path.display()))
+            crate::cache::write_atomically(path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
         };
         write(&data_path, records.iter().map(|r| format!("{r}\n")).collect())?;
         write(&stats_path, serde_json::to_string(&stats).expect("stats serialize"))?;

@@ -48,17 +48,14 @@ impl ReportCommand {
             _ => PathBuf::from("report.html"),
         });
         let page = html::render(&runs);
-        let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-        let mut tmp =
-            tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
-        std::io::Write::write_all(&mut tmp, page.as_bytes())?;
+        trex_lab::cache::write_atomically(&out, page.as_bytes())
+            .with_context(|| format!("cannot write {}", out.display()))?;
         // A report is for sharing: readable by others, like any file the user writes.
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644))?;
         }
-        tmp.persist(&out).with_context(|| format!("cannot write {}", out.display()))?;
         println!("wrote {} ({} run(s), {} KiB)", out.display(), runs.len(), page.len().div_ceil(1024));
         Ok(ExitCode::SUCCESS)
     }
