@@ -20,8 +20,10 @@ commands:
                   copy each component next to its plugin.toml
   demo            build the host and the plugins, then run the main job: a search on the default
                   task with SmolLM2-135M (extra arguments go to `trex-host search`)
-  test            build the plugins and run the whole test suite (what CI runs)
-  ci              check formatting, clippy, docs, then `test`
+  test            build the plugins and run the whole test suite (what CI runs); the browser
+                  test skips, loudly, where Chromium and ChromeDriver are not installed
+  ci              install Chromium and ChromeDriver if missing (apt-get, as root), check
+                  formatting, clippy, docs, then `test` with the browser test required
   bench-plugins   build in release mode and run the plugin-host benchmark
   nvrtc-check     fetch NVRTC from the `nvidia-cuda-nvrtc-cu12` wheel and compile every CUDA
                   kernel for sm_80 and sm_90 (no GPU needed; part of `ci`)
@@ -54,7 +56,7 @@ fn dispatch() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("build-plugins") => build_plugins(),
         Some("demo") => demo(&args[1..]),
-        Some("test") => test(),
+        Some("test") => test(false),
         Some("ci") => ci(),
         Some("bench-plugins") => bench_plugins(),
         Some("gen-unit-data") => gen_unit_data(),
@@ -117,6 +119,33 @@ fn ensure_wasm_target() -> Result<()> {
         Ok(_) => run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"])),
         Err(e) => bail!("rustup is needed to add the wasm32-wasip2 target: {e}"),
     }
+}
+
+/// Debian's Chromium and ChromeDriver, for the browser test of `trex-host ui`: installed with
+/// apt-get when missing and running as root, otherwise a message saying what to install.
+fn ensure_browser() -> Result<()> {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+    };
+    if on_path("chromedriver") && (on_path("chromium") || std::env::var_os("TREX_CHROMIUM").is_some()) {
+        return Ok(());
+    }
+    let root_user =
+        Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !(root_user && on_path("apt-get")) {
+        bail!(
+            "the browser test needs Chromium and ChromeDriver: install them (apt-get install chromium chromium-driver) and run this again"
+        );
+    }
+    eprintln!("xtask: installing chromium and chromium-driver for the browser test");
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args([
+        "install",
+        "-y",
+        "-qq",
+        "chromium",
+        "chromium-driver",
+    ]))
 }
 
 /// Build the plugins workspace and place each component next to its manifest.
@@ -192,7 +221,8 @@ fn screenshot(dir: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn test() -> Result<()> {
+/// `require_browser`: the browser test fails instead of skipping where ChromeDriver is missing.
+fn test(require_browser: bool) -> Result<()> {
     build_plugins()?;
     // The plugins' own unit tests run natively (their workspace builds for wasm32-wasip2).
     run(cargo().current_dir(root().join("plugins")).args([
@@ -202,13 +232,19 @@ fn test() -> Result<()> {
         "--target",
         &host_triple()?,
     ]))?;
-    run(cargo().current_dir(root()).args(["test", "--workspace", "--all-targets"]))?;
+    let mut tests = cargo();
+    tests.current_dir(root()).args(["test", "--workspace", "--all-targets"]);
+    if require_browser {
+        tests.env("TREX_REQUIRE_BROWSER", "1");
+    }
+    run(&mut tests)?;
     run(cargo().current_dir(root()).args(["test", "--workspace", "--doc"]))
 }
 
 fn ci() -> Result<()> {
     let started = std::time::Instant::now();
     ensure_wasm_target()?;
+    ensure_browser()?;
     run(cargo().current_dir(root()).args(["fmt", "--all", "--check"]))?;
     run(cargo().current_dir(root().join("plugins")).args(["fmt", "--all", "--check"]))?;
     run(cargo().current_dir(root()).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
@@ -233,7 +269,7 @@ fn ci() -> Result<()> {
         "warnings",
     ]))?;
     run(cargo().current_dir(root()).env("RUSTDOCFLAGS", "-D warnings").args(["doc", "--workspace", "--no-deps"]))?;
-    test()?;
+    test(true)?;
     nvrtc_check()?;
     // Against a real LLM server when its cached install is there, or when there is time to
     // build it (about 15 minutes) within CI's budget.

@@ -1,6 +1,7 @@
 //! trex-host's integration tests, in one binary: the commands end to end, and searches on a tiny
 //! model through the command line and the library.
 
+mod browser;
 mod cli;
 mod interop;
 mod new;

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use crate::search::{Fixture, QUICK, fixture, llm_section, llm_server_for_search, output, proposal, trex_host};
 use trex_tests::llm_server::completion;
 
-const XSS: &str = "<script>alert(1)</script><img src=x onerror=alert(2)>";
+pub(crate) const XSS: &str = "<script>alert(1)</script><img src=x onerror=alert(2)>";
 
 /// A finished one-experiment search whose proposal's rationale is [`XSS`].
-fn hostile_run() -> (Fixture, PathBuf, trex_tests::llm_server::Server) {
+pub(crate) fn hostile_run() -> (Fixture, PathBuf, trex_tests::llm_server::Server) {
     trex_tests::build_plugins();
     let server = llm_server_for_search(vec![completion(&proposal(1e-2, "").replace("scripted", XSS), 100, 20)]);
     let f = fixture(40, QUICK, &llm_section(&server.base_url), trex_model::LlamaConfig::tiny());
@@ -68,7 +68,7 @@ fn report_writes_one_offline_page_with_the_tree_and_every_node_escaped() {
 }
 
 /// `trex-host ui` on `run_dir`, and the address it printed.
-fn start_ui(f: &Fixture, run_dir: &Path) -> (Child, String) {
+pub(crate) fn start_ui(f: &Fixture, run_dir: &Path) -> (Child, String) {
     let mut child = trex_host(f)
         .args(["ui", "--bind", "127.0.0.1:0"])
         .arg(run_dir)
@@ -94,7 +94,7 @@ fn get(addr: &str, path: &str) -> (String, String, String) {
 }
 
 /// The journal's `created` line for node 1, renumbered as node `id`: a node that appears.
-fn created_line(run_dir: &Path, id: u64) -> String {
+pub(crate) fn created_line(run_dir: &Path, id: u64) -> String {
     let journal = std::fs::read_to_string(run_dir.join("journal.jsonl")).unwrap();
     let line = journal.lines().find(|l| l.contains("\"event\":\"created\"") && l.contains("\"node\":1")).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
