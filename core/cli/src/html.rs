@@ -389,6 +389,9 @@ fn node_detail(k: usize, run: &RunPage, tree: &Tree, n: &Node, best: Option<u64>
             n.proposal_llm_tokens,
             if c.cached { " · served from the experiment cache" } else { "" }
         );
+        if c.stages.is_recorded() {
+            let _ = write!(out, "<p><b>Where the time went</b> {}</p>", esc(&c.stages.describe()));
+        }
         if let Some(t) = &r.train {
             let _ = write!(
                 out,

@@ -35,6 +35,11 @@ pub fn render_tree(view: &RunView) -> String {
         };
         let star = if Some(id) == best { " ★" } else { "" };
         out.push_str(&format!("{indent}#{id} {score}  {what}{star}\n"));
+        if let Some(r) = n.result()
+            && r.cost.stages.is_recorded()
+        {
+            out.push_str(&format!("{indent}   {}\n", r.cost.stages.describe()));
+        }
         if let Some(e) = n.error() {
             let first: String = e.lines().next().unwrap_or("").chars().take(160).collect();
             out.push_str(&format!("{indent}   error: {first}\n"));

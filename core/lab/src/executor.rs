@@ -16,8 +16,8 @@ use crate::pipeline::read_jsonl;
 
 use crate::analysis::{Scored, bad_cases};
 use crate::observer::{NodeProgress, NodeReporter, SharedObserver, Silent, Stage};
-use crate::task::Task;
-use crate::tree::{Cost, NodeResult, StepStats, TrainSummary};
+use crate::task::{PromptFormat, Task};
+use crate::tree::{Cost, NodeResult, StageSeconds, StepStats, TrainSummary};
 use trex_model::generate::{Generation, GenerationConfig, generate};
 use trex_model::train;
 use trex_model::{BaseModel, Llama, LoraAdapter, Tokenizer};
@@ -57,6 +57,17 @@ pub struct Scoring {
     pub report: EvalReport,
     /// The model's outputs, in record order.
     pub outputs: Vec<Generation>,
+    /// Wall seconds generating the outputs.
+    pub generate_seconds: f64,
+    /// Wall seconds of the evaluator.
+    pub evaluate_seconds: f64,
+}
+
+/// The prompt settings as the experiment key sees them. The batch size does not change an answer
+/// (continuous batching, checked by the model's tests), so every batch size keys as 8, the size
+/// keys were written with before the batch stopped mattering.
+fn prompt_key(prompt: &PromptFormat) -> PromptFormat {
+    PromptFormat { batch_size: 8, ..prompt.clone() }
 }
 
 /// Everything a node needs: the plugins, the task, the model and the held-out prompts.
@@ -196,7 +207,7 @@ impl Lab {
             validation_ids.join("\n").as_bytes(),
             evaluator.as_bytes(),
             task.evaluator.config.to_string().as_bytes(),
-            serde_json::to_string(&task.prompt).expect("prompts serialize").as_bytes(),
+            serde_json::to_string(&prompt_key(&task.prompt)).expect("prompts serialize").as_bytes(),
         ]);
         let model = Arc::new(Llama::new(base.config, base.weights));
         Ok(Lab {
@@ -307,6 +318,11 @@ impl Lab {
         let mut r = self.result_of(0, &scoring, None).map_err(fail)?;
         r.cost.seconds = started.elapsed().as_secs_f64();
         r.cost.generated_tokens = scoring.outputs.iter().map(|g| g.tokens as u64).sum();
+        r.cost.stages = StageSeconds {
+            generate: scoring.generate_seconds,
+            evaluate: scoring.evaluate_seconds,
+            ..StageSeconds::default()
+        };
         r.key = Some(key.clone());
         self.to_cache(&key, &r, &scoring, None);
         Ok(r)
@@ -471,6 +487,16 @@ impl Lab {
         Ok((records, stats))
     }
 
+    /// How every node's answers are generated: the task's `[prompt]` settings, greedy.
+    pub fn generation_config(&self) -> GenerationConfig {
+        GenerationConfig {
+            max_new_tokens: self.task.prompt.max_new_tokens,
+            stop: self.task.prompt.stop.clone(),
+            batch_size: self.task.prompt.batch_size.max(1),
+            ..GenerationConfig::default()
+        }
+    }
+
     /// Generate answers for a held-out split and score them with the evaluator plugin.
     pub(crate) async fn score(
         &self,
@@ -478,18 +504,28 @@ impl Lab {
         split: Split,
         reporter: Option<&NodeReporter>,
     ) -> Result<Scoring, String> {
+        self.score_with(adapter, split, reporter, self.generation_config()).await
+    }
+
+    /// The base model's answers on `split` under `config`, scored, bypassing the cache: for the
+    /// evaluation benchmark, which varies the batching (the answers must not change).
+    pub async fn score_base_with(&self, split: Split, config: GenerationConfig) -> Result<Scoring, LabError> {
+        self.score_with(None, split, None, config).await.map_err(LabError::Run)
+    }
+
+    async fn score_with(
+        &self,
+        adapter: Option<Arc<LoraAdapter<f32>>>,
+        split: Split,
+        reporter: Option<&NodeReporter>,
+        config: GenerationConfig,
+    ) -> Result<Scoring, String> {
         let records = match split {
             Split::Validation => &self.validation,
             Split::Test => &self.test,
             Split::FullValidation => &self.validation_full,
         };
         let prompts: Vec<String> = records.iter().map(|r| r.prompt.clone()).collect();
-        let config = GenerationConfig {
-            max_new_tokens: self.task.prompt.max_new_tokens,
-            stop: self.task.prompt.stop.clone(),
-            batch_size: self.task.prompt.batch_size.max(1),
-            ..GenerationConfig::default()
-        };
         let (model, tokenizer) = (self.model.clone(), self.tokenizer.clone());
         let total = prompts.len() as u64;
         let which = match split {
@@ -501,6 +537,7 @@ impl Lab {
             r.report(Stage::Generate, 0, total, which);
         }
         let handle = reporter.map(NodeReporter::handle);
+        let generating = Instant::now();
         let outputs = tokio::task::spawn_blocking(move || {
             generate(&model, &tokenizer, adapter.as_deref(), &prompts, &config, |done| {
                 if let Some((observer, node)) = &handle {
@@ -511,6 +548,8 @@ impl Lab {
         })
         .await
         .map_err(|e| format!("generation panicked: {e}"))?;
+        let generate_seconds = generating.elapsed().as_secs_f64();
+        let evaluating = Instant::now();
         let items: Vec<EvalItem> = records
             .iter()
             .zip(&outputs)
@@ -526,7 +565,7 @@ impl Lab {
             .evaluate(&eval.plugin, &eval.config, &items, 64, &env)
             .await
             .map_err(|e| format!("evaluator `{}`: {e}", eval.plugin))?;
-        Ok(Scoring { report, outputs })
+        Ok(Scoring { report, outputs, generate_seconds, evaluate_seconds: evaluating.elapsed().as_secs_f64() })
     }
 
     /// Turn a scoring into a node result (bad-case analysis included) and store the
@@ -661,6 +700,7 @@ impl Lab {
         }
         let recipe = proposal.train_recipe.clone();
         let tokenized = train::data::tokenize(&examples, &self.tokenizer, recipe.max_seq_len as usize);
+        let data_seconds = started.elapsed().as_secs_f64();
         let config = self.model.config.clone();
         let parent = parent.filter(|_| recipe.continue_from_parent);
         let continued = parent.is_some();
@@ -695,6 +735,7 @@ impl Lab {
         let adapter_dir = self.node_dir(id).join("adapter");
         train::peft::save_adapter(&adapter_dir, &adapter, &self.model_source)
             .map_err(|e| fail(FailureKind::Other, format!("saving the adapter: {e}"), report.tokens as u64))?;
+        let train_seconds = started.elapsed().as_secs_f64() - data_seconds;
         let scoring = self
             .score(Some(Arc::new(adapter)), Split::Validation, Some(&reporter))
             .await
@@ -720,6 +761,12 @@ impl Lab {
             train_tokens: report.tokens as u64,
             seconds: started.elapsed().as_secs_f64(),
             generated_tokens,
+            stages: StageSeconds {
+                data: data_seconds,
+                train: train_seconds,
+                generate: scoring.generate_seconds,
+                evaluate: scoring.evaluate_seconds,
+            },
             ..Cost::default()
         };
         result.adapter = Some(format!("nodes/{id}/adapter"));

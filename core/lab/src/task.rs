@@ -124,7 +124,9 @@ pub struct PromptFormat {
     pub stop: Vec<String>,
     /// Score at most this many validation records (the first ones), to bound node cost.
     pub validation_limit: Option<usize>,
-    /// Prompts decoded together.
+    /// Sequences decoded together: a continuous batch, where a finished answer's slot goes to
+    /// the next prompt at once. Larger is faster up to the machine's limit; the answers are the
+    /// same at any size.
     pub batch_size: usize,
 }
 
@@ -136,7 +138,7 @@ impl Default for PromptFormat {
             max_new_tokens: 32,
             stop: Vec::new(),
             validation_limit: None,
-            batch_size: 8,
+            batch_size: 32,
         }
     }
 }

@@ -80,6 +80,37 @@ pub struct Cost {
     /// Whether the result came from the experiment cache (or an identical node of this run).
     #[serde(default)]
     pub cached: bool,
+    /// Where the seconds went (absent in journals written before it was recorded: all zero).
+    #[serde(default)]
+    pub stages: StageSeconds,
+}
+
+/// Wall seconds of a node by stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageSeconds {
+    /// Running the data recipe and tokenizing its records.
+    pub data: f64,
+    /// Training the adapter (saving it included).
+    pub train: f64,
+    /// Generating the answers to the validation prompts.
+    pub generate: f64,
+    /// Scoring the answers with the evaluator plugin.
+    pub evaluate: f64,
+}
+
+impl StageSeconds {
+    /// Whether anything was recorded.
+    pub fn is_recorded(&self) -> bool {
+        self.data + self.train + self.generate + self.evaluate > 0.0
+    }
+
+    /// `data 1 s · training 40 s · answers 20 s · scoring 0.1 s`.
+    pub fn describe(&self) -> String {
+        format!(
+            "data {:.1} s · training {:.1} s · answers {:.1} s · scoring {:.1} s",
+            self.data, self.train, self.generate, self.evaluate
+        )
+    }
 }
 
 /// A finished node's result.

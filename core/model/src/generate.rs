@@ -1,5 +1,12 @@
-//! Text generation for evaluation: batched prompts, KV cache, greedy or temperature/top-p
-//! sampling, stop sequences, a cap on new tokens.
+//! Text generation for evaluation: continuous batching over a KV cache, a shared prompt prefix
+//! prefilled once, greedy or temperature/top-p sampling, stop sequences, a cap on new tokens.
+//!
+//! Up to `batch_size` sequences decode together. A sequence that finishes leaves the batch at
+//! once and the next waiting prompt joins it (its prefill runs in the same forward pass as the
+//! others' decoding), so the batch stays full until the prompts run out. When every prompt
+//! starts with the same tokens (a system prompt, a function list), those are run through the
+//! model once and each sequence starts from a copy of that cache. Each sequence samples with its
+//! own random stream, so its answer does not depend on which others share its batch.
 
 use trex_kernels::Real;
 
@@ -19,13 +26,24 @@ pub struct GenerationConfig {
     pub stop: Vec<String>,
     /// Seed for sampling.
     pub seed: u64,
-    /// Prompts decoded together.
+    /// Sequences decoded together (the continuous batch's size).
     pub batch_size: usize,
+    /// Prefill the prompts' common leading tokens once and start every sequence from a copy of
+    /// that cache (the answers are the same either way).
+    pub share_prefix: bool,
 }
 
 impl Default for GenerationConfig {
     fn default() -> Self {
-        Self { max_new_tokens: 64, temperature: 0.0, top_p: 1.0, stop: Vec::new(), seed: 0, batch_size: 8 }
+        Self {
+            max_new_tokens: 64,
+            temperature: 0.0,
+            top_p: 1.0,
+            stop: Vec::new(),
+            seed: 0,
+            batch_size: 32,
+            share_prefix: true,
+        }
     }
 }
 
@@ -82,7 +100,42 @@ fn pick<T: Real>(logits: &[T], config: &GenerationConfig, rng: &mut SplitMix) ->
     probs[kept - 1].0 as u32
 }
 
+/// Shared prefixes shorter than this are not worth a separate prefill.
+const MIN_SHARED_PREFIX: usize = 8;
+/// Prompt tokens prefilled in one forward pass at most, besides the running sequences' decode
+/// tokens (bounds activation memory when many long prompts join at once).
+const MAX_PREFILL_TOKENS: usize = 4096;
+
+/// The number of leading tokens every prompt shares, leaving each at least one token of its own
+/// (its last position's logits start the answer).
+pub fn shared_prefix_len(prompts: &[Vec<u32>]) -> usize {
+    let Some((first, rest)) = prompts.split_first() else { return 0 };
+    if rest.is_empty() {
+        return 0;
+    }
+    let mut len = first.len().saturating_sub(1);
+    for p in rest {
+        len = len.min(p.len().saturating_sub(1));
+        len = first[..len].iter().zip(p).take_while(|(a, b)| a == b).count();
+    }
+    len
+}
+
+/// A sequence in the batch.
+struct Running {
+    /// Its prompt's index.
+    index: usize,
+    /// Tokens to run through the model next: the rest of its prompt, then one token per step.
+    feed: Vec<u32>,
+    generated: Vec<u32>,
+    text: String,
+    rng: SplitMix,
+}
+
 /// Generate a continuation for each prompt (already formatted, e.g. with the chat template).
+///
+/// `on_done(n)` is called each time a prompt finishes, with the number finished so far. The
+/// results are in the prompts' order.
 pub fn generate<T: Real>(
     model: &Llama<T>,
     tokenizer: &Tokenizer,
@@ -91,73 +144,93 @@ pub fn generate<T: Real>(
     config: &GenerationConfig,
     mut on_done: impl FnMut(usize),
 ) -> Vec<Generation> {
-    let mut results = Vec::with_capacity(prompts.len());
-    let mut rng = SplitMix(config.seed);
-    for chunk in prompts.chunks(config.batch_size.max(1)) {
-        let encoded: Vec<Vec<u32>> = chunk.iter().map(|p| tokenizer.encode(p)).collect();
-        let mut caches: Vec<KvCache<T>> = encoded.iter().map(|_| KvCache::new(&model.config)).collect();
-        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); chunk.len()];
-        let mut done: Vec<Option<&'static str>> = vec![None; chunk.len()];
-        let mut texts: Vec<String> = vec![String::new(); chunk.len()];
-        // Prefill every prompt (empty prompts get the beginning-of-sequence token).
-        let inputs: Vec<Vec<u32>> = encoded
-            .iter()
-            .map(|e| {
-                if e.is_empty() {
-                    vec![tokenizer.bos.or(tokenizer.eos.first().copied()).unwrap_or(0)]
-                } else {
-                    e.clone()
-                }
-            })
-            .collect();
-        let refs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
-        let mut logits = model.forward_cached(&refs, &mut caches, adapter);
-        let vocab = model.config.vocab;
-        // rows[i]: the sequence whose logits are in row i.
-        let mut rows: Vec<usize> = (0..chunk.len()).collect();
-        for _ in 0..config.max_new_tokens {
-            let mut next = Vec::new();
-            for (&j, row) in rows.iter().zip(logits.chunks(vocab)) {
-                let tok = pick(row, config, &mut rng);
-                if tokenizer.eos.contains(&tok) {
-                    done[j] = Some("eos");
-                    continue;
-                }
-                generated[j].push(tok);
-                texts[j] = tokenizer.decode(&generated[j], true);
-                if let Some(pos) = config.stop.iter().filter_map(|s| texts[j].find(s.as_str())).min() {
-                    texts[j].truncate(pos);
-                    done[j] = Some("stop");
-                    continue;
-                }
-                if caches[j].len() + 1 >= model.config.max_pos {
-                    done[j] = Some("length");
-                    continue;
-                }
-                next.push((j, tok));
-            }
-            if next.is_empty() {
+    let empty = || Generation { text: String::new(), tokens: 0, finish: "length" };
+    if config.max_new_tokens == 0 {
+        let out = vec![empty(); prompts.len()];
+        (1..=out.len()).for_each(&mut on_done);
+        return out;
+    }
+    // Empty prompts get the beginning-of-sequence token.
+    let start = tokenizer.bos.or(tokenizer.eos.first().copied()).unwrap_or(0);
+    let encoded: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            let e = tokenizer.encode(p);
+            if e.is_empty() { vec![start] } else { e }
+        })
+        .collect();
+    let shared = if config.share_prefix { shared_prefix_len(&encoded) } else { 0 };
+    let template = (shared >= MIN_SHARED_PREFIX).then(|| {
+        let mut cache = KvCache::new(&model.config);
+        model.forward_cached(&[&encoded[0][..shared]], std::slice::from_mut(&mut cache), adapter);
+        cache
+    });
+    let skip = if template.is_some() { shared } else { 0 };
+    let slots = config.batch_size.max(1);
+    let vocab = model.config.vocab;
+    let mut results: Vec<Option<Generation>> = vec![None; prompts.len()];
+    let mut finished = 0;
+    let mut waiting = 0..prompts.len();
+    let mut running: Vec<Running> = Vec::new();
+    let mut caches: Vec<KvCache<T>> = Vec::new();
+    loop {
+        // Fill the free slots, keeping one step's prefill bounded (one prompt always joins).
+        let mut prefill = 0;
+        while running.len() < slots {
+            let Some(i) = waiting.clone().next() else { break };
+            let feed = encoded[i][skip..].to_vec();
+            if prefill > 0 && prefill + feed.len() > MAX_PREFILL_TOKENS {
                 break;
             }
-            let toks: Vec<[u32; 1]> = next.iter().map(|&(_, t)| [t]).collect();
-            let refs: Vec<&[u32]> = toks.iter().map(|t| &t[..]).collect();
-            // Move the caches of the sequences still running into one slice, in order.
-            let mut active_caches: Vec<KvCache<T>> =
-                next.iter().map(|&(j, _)| std::mem::replace(&mut caches[j], KvCache::new(&model.config))).collect();
-            logits = model.forward_cached(&refs, &mut active_caches, adapter);
-            for ((j, _), cache) in next.iter().zip(active_caches) {
-                caches[*j] = cache;
+            waiting.next();
+            prefill += feed.len();
+            caches.push(template.clone().unwrap_or_else(|| KvCache::new(&model.config)));
+            let rng = SplitMix(config.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            running.push(Running { index: i, feed, generated: Vec::new(), text: String::new(), rng });
+        }
+        if running.is_empty() {
+            break;
+        }
+        let feeds: Vec<&[u32]> = running.iter().map(|r| r.feed.as_slice()).collect();
+        let logits = model.forward_cached(&feeds, &mut caches, adapter);
+        // Each sequence picks its next token; the finished ones leave.
+        let mut keep = Vec::with_capacity(running.len());
+        for (mut r, row) in running.drain(..).zip(logits.chunks(vocab)) {
+            let tok = pick(row, config, &mut r.rng);
+            let finish = if tokenizer.eos.contains(&tok) {
+                Some("eos")
+            } else {
+                r.generated.push(tok);
+                r.text = tokenizer.decode(&r.generated, true);
+                if let Some(pos) = config.stop.iter().filter_map(|s| r.text.find(s.as_str())).min() {
+                    r.text.truncate(pos);
+                    Some("stop")
+                } else if r.generated.len() >= config.max_new_tokens {
+                    Some("length")
+                } else {
+                    None
+                }
+            };
+            keep.push((r, tok, finish));
+        }
+        let mut kept_caches = Vec::with_capacity(keep.len());
+        for ((mut r, tok, finish), cache) in keep.into_iter().zip(caches.drain(..)) {
+            // The context is full: the next token would not fit.
+            let finish = finish.or((cache.len() + 1 >= model.config.max_pos).then_some("length"));
+            match finish {
+                Some(finish) => {
+                    results[r.index] = Some(Generation { text: r.text, tokens: r.generated.len(), finish });
+                    finished += 1;
+                    on_done(finished);
+                }
+                None => {
+                    r.feed = vec![tok];
+                    running.push(r);
+                    kept_caches.push(cache);
+                }
             }
-            rows = next.iter().map(|&(j, _)| j).collect();
         }
-        for j in 0..chunk.len() {
-            results.push(Generation {
-                text: texts[j].clone(),
-                tokens: generated[j].len(),
-                finish: done[j].unwrap_or("length"),
-            });
-            on_done(results.len());
-        }
+        caches = kept_caches;
     }
-    results
+    results.into_iter().map(|g| g.unwrap_or_else(empty)).collect()
 }

@@ -4,10 +4,12 @@
 //! [seq, kv_heads·head_dim]; query head `h` reads key/value head `h / (heads / kv_heads)`. The
 //! forward pass keeps the attention probabilities ([heads, seq, seq]) for the backward pass.
 //! Heads run in parallel; each head's products go through the `gemm` crate on one thread.
+//! Generation's cached attention reads the key/value cache in place, one (position, head) pair
+//! at a time, since a decoding step has one query row per sequence.
 
 use rayon::prelude::*;
 
-use super::matmul::{Trans, matmul_serial, matmul_strided};
+use super::matmul::{Trans, matmul_strided};
 use crate::Real;
 
 /// The dimensions of one attention call.
@@ -32,13 +34,6 @@ impl AttentionShape {
             self.kv_heads
         );
         self.heads / self.kv_heads
-    }
-}
-
-/// Copy head `h` of a [seq, n_heads·d] buffer into a contiguous [seq, d] buffer.
-fn gather<T: Real>(src: &[T], seq: usize, n_heads: usize, d: usize, h: usize, dst: &mut [T]) {
-    for t in 0..seq {
-        dst[t * d..(t + 1) * d].copy_from_slice(&src[(t * n_heads + h) * d..(t * n_heads + h + 1) * d]);
     }
 }
 
@@ -269,35 +264,62 @@ pub fn attention_cached<T: Real>(
     out: &mut [T],
 ) {
     let d = head_dim;
-    let shape = AttentionShape { seq: 0, heads, kv_heads, head_dim };
-    let group = shape.group();
+    let group = AttentionShape { seq: 0, heads, kv_heads, head_dim }.group();
     let new = q.len() / (heads * d);
     let total = past + new;
     assert_eq!(k.len(), total * kv_heads * d, "attention_cached: k must hold past + new positions");
     assert_eq!(v.len(), k.len());
     assert_eq!(out.len(), q.len());
     let scale = T::from_f64(1.0 / (d as f64).sqrt()).expect("finite");
-    let per_head: Vec<Vec<T>> = (0..heads)
-        .into_par_iter()
-        .map(|h| {
-            let g = h / group;
-            let mut qh = vec![T::zero(); new * d];
-            let mut kh = vec![T::zero(); total * d];
-            let mut vh = vec![T::zero(); total * d];
-            gather(q, new, heads, d, h, &mut qh);
-            gather(k, total, kv_heads, d, g, &mut kh);
-            gather(v, total, kv_heads, d, g, &mut vh);
-            let mut p = vec![T::zero(); new * total];
-            matmul_serial(Trans::N, Trans::T, new, total, d, scale, &qh, &kh, T::zero(), &mut p);
-            for i in 0..new {
-                causal_softmax_row(&mut p[i * total..(i + 1) * total], past + i + 1);
+    let ldk = kv_heads * d;
+    // One (query position, head) pair: its scores against the visible keys, read in place from
+    // the cache (no per-head copy of it), softmax, then the weighted sum of the values.
+    let one = |idx: usize, o: &mut [T], scores: &mut Vec<T>| {
+        let (i, h) = (idx / heads, idx % heads);
+        let g = h / group;
+        let qv = &q[idx * d..(idx + 1) * d];
+        let visible = past + i + 1;
+        scores.clear();
+        scores.extend((0..visible).map(|t| dot8(qv, &k[t * ldk + g * d..t * ldk + (g + 1) * d]) * scale));
+        let max = scores.iter().copied().fold(T::neg_infinity(), T::max);
+        let mut sum = T::zero();
+        for x in scores.iter_mut() {
+            *x = (*x - max).exp();
+            sum = sum + *x;
+        }
+        let inv = sum.recip();
+        o.iter_mut().for_each(|x| *x = T::zero());
+        for (t, &p) in scores.iter().enumerate() {
+            let p = p * inv;
+            for (a, &b) in o.iter_mut().zip(&v[t * ldk + g * d..t * ldk + (g + 1) * d]) {
+                *a = *a + p * b;
             }
-            let mut oh = vec![T::zero(); new * d];
-            matmul_serial(Trans::N, Trans::N, new, d, total, T::one(), &p, &vh, T::zero(), &mut oh);
-            oh
-        })
-        .collect();
-    scatter_heads(&per_head, new, heads, d, out);
+        }
+    };
+    // Threads pay off only on long prefills; decoding one token is a few microseconds of work.
+    if new * heads * total * d >= 1 << 20 {
+        out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |scores, (idx, o)| one(idx, o, scores));
+    } else {
+        let mut scores = Vec::with_capacity(total);
+        out.chunks_mut(d).enumerate().for_each(|(idx, o)| one(idx, o, &mut scores));
+    }
+}
+
+/// `a · b` with eight partial sums, so the compiler can keep them in vector lanes.
+fn dot8<T: Real>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] = acc[l] + x[l] * y[l];
+        }
+    }
+    let mut tail = T::zero();
+    for (&x, &y) in ra.iter().zip(rb) {
+        tail = tail + x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 #[cfg(test)]

@@ -355,6 +355,45 @@ pub fn generate(prompts: usize, new: usize) -> Result<()> {
     Ok(())
 }
 
+/// `trex-host bench eval`: answer and score `req`'s validation split with the base model under
+/// each batch size, without and with the shared-prefix cache, and print one table.
+pub async fn eval(req: &trex_lab::run::SearchRequest, batch_sizes: &[usize]) -> Result<()> {
+    use trex_lab::executor::Split;
+    let dir = tempfile::tempdir()?;
+    let (lab, _, _, _) = trex_lab::run::open_lab(req, dir.path().to_path_buf()).await?;
+    let base = lab.generation_config();
+    let mut configs = vec![(batch_sizes[0], false)];
+    configs.extend(batch_sizes.iter().map(|&b| (b, true)));
+    println!(
+        "| batch | shared prefix | answers | seconds (generate + score) | answers/s | generated tokens | vs first row | same answers |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut first: Option<(Vec<String>, f64)> = None;
+    for (batch_size, share_prefix) in configs {
+        let config = trex_model::generate::GenerationConfig { batch_size, share_prefix, ..base.clone() };
+        let t = Instant::now();
+        let scoring = lab.score_base_with(Split::Validation, config).await?;
+        let secs = t.elapsed().as_secs_f64();
+        let answers: Vec<String> = scoring.outputs.iter().map(|g| g.text.clone()).collect();
+        let tokens: usize = scoring.outputs.iter().map(|g| g.tokens).sum();
+        let (same, speedup) = match &first {
+            None => ("—".to_string(), 1.0),
+            Some((a, s0)) => {
+                let differ = a.iter().zip(&answers).filter(|(x, y)| x != y).count();
+                (if differ == 0 { "yes".into() } else { format!("**no: {differ} differ**") }, s0 / secs)
+            }
+        };
+        println!(
+            "| {batch_size} | {} | {} | {secs:.1} | {:.2} | {tokens} | {speedup:.2}× | {same} |",
+            if share_prefix { "yes" } else { "no" },
+            answers.len(),
+            answers.len() as f64 / secs,
+        );
+        first.get_or_insert((answers, secs));
+    }
+    Ok(())
+}
+
 /// Options for `trex-host bench pipeline`.
 #[derive(Debug, Clone)]
 pub struct PipelineBench {

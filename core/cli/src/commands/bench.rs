@@ -168,6 +168,21 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 32)]
         new: usize,
     },
+    /// Evaluation cost: the wall time to answer and score a task's validation split with the
+    /// base model, under several batch sizes, with and without the shared-prefix cache. Every
+    /// configuration must give the same answers as the first (checked, and shown).
+    ///
+    /// Example: trex-host --plugins ./plugins bench eval examples/tasks/unit-conversion --batch-sizes 8,32
+    Eval {
+        /// The task folder (or its task.toml).
+        task: PathBuf,
+        /// Comma-separated batch sizes (sequences decoded together).
+        #[arg(long, value_delimiter = ',', default_value = "8,16,32,64")]
+        batch_sizes: Vec<usize>,
+        /// Score at most this many validation records (default: the task's validation_limit).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// LoRA training tokens/s on the SmolLM2-135M shape (random weights), all seven targets.
     /// Compare with `python core/reference/bench_lora_train.py` on the same machine.
     Train {
@@ -309,6 +324,16 @@ impl BenchCommand {
                 );
                 println!("|---|---|---|---|---|---|---|---|");
                 bench::train(&bench::TrainBench { seq, batch, rank, steps, completion_fraction, device })?;
+            }
+            BenchCommand::Eval { task, batch_sizes, limit } => {
+                if batch_sizes.is_empty() || batch_sizes.contains(&0) {
+                    bail!("--batch-sizes takes positive sizes, e.g. 8,32");
+                }
+                let mut req = bench_request(global, &task, None, &CacheArgs::at(None))?;
+                if limit.is_some() {
+                    req.task.prompt.validation_limit = limit;
+                }
+                bench::eval(&req, &batch_sizes).await?;
             }
             BenchCommand::Generate { prompts, new } => {
                 println!("| impl | batch | prompts | new tokens each | generated tokens/s |");

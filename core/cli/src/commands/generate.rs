@@ -39,6 +39,10 @@ pub struct GenerateCommand {
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Sequences decoded together (continuous batching: a finished one's slot goes to the next
+    /// prompt). The answers do not depend on it.
+    #[arg(long, default_value_t = GenerationConfig::default().batch_size)]
+    batch_size: usize,
 }
 
 impl GenerateCommand {
@@ -67,7 +71,8 @@ impl GenerateCommand {
             top_p: args.top_p,
             stop: args.stop.clone(),
             seed: args.seed,
-            batch_size: 8,
+            batch_size: args.batch_size.max(1),
+            ..GenerationConfig::default()
         };
         let started = std::time::Instant::now();
         let out = generate(&model, &base.tokenizer, adapter.as_ref(), &prompts, &config, |_| {});

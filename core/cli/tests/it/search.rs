@@ -258,6 +258,17 @@ fn sigkill_mid_node_then_resume_loses_and_repeats_nothing() {
     // `show` reads the finished run.
     let (ok, stdout, err) = output(trex_host(&f).arg("show").arg(&run_dir));
     assert!(ok && stdout.contains("#3 "), "{stdout}{err}");
+    // Each trained node says where its seconds went.
+    let breakdown = stdout
+        .lines()
+        .filter(|l| {
+            l.contains("data ")
+                && l.contains(" s · training ")
+                && l.contains(" s · answers ")
+                && l.contains(" s · scoring ")
+        })
+        .count();
+    assert!(breakdown >= 3, "a stage breakdown per experiment: {stdout}");
     let (ok, stdout, _) = output(trex_host(&f).args(["show", "--json"]).arg(&run_dir));
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(ok && v["nodes"].as_array().unwrap().len() == 4);

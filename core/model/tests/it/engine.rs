@@ -263,6 +263,60 @@ fn generation_stops_at_eos_stop_text_or_length_and_sampling_is_seeded() {
 }
 
 #[test]
+fn continuous_batching_and_the_shared_prefix_give_the_answers_of_one_by_one_decoding() {
+    use trex_model::generate::{GenerationConfig, generate, shared_prefix_len};
+    let dir = tempfile::tempdir().unwrap();
+    let base = BaseModel::load(&tiny_dir(dir.path())).unwrap();
+    let model = Llama::new(base.config.clone(), base.weights);
+    let mut tok = base.tokenizer.clone();
+    tok.eos.clear();
+    // A system-prompt-like prefix of 12 words, then prompts of different lengths.
+    let system = (20..32).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+    let prompts: Vec<String> = ["w5", "w7 w8", "w9 w10 w11", "w12", "w13 w14", "w15 w16 w17 w18", "w19"]
+        .iter()
+        .map(|p| format!("{system} {p}"))
+        .collect();
+    let encoded: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p)).collect();
+    assert!(shared_prefix_len(&encoded) >= 12, "the prefix is shared: {}", shared_prefix_len(&encoded));
+    // Different lengths of answer: a stop text ends some early, so sequences leave and join.
+    let one = GenerationConfig { max_new_tokens: 7, batch_size: 1, share_prefix: false, ..GenerationConfig::default() };
+    let reference = generate(&model, &tok, None, &prompts, &one, |_| {});
+    let stop = reference[2].text.split_whitespace().nth(2).unwrap().to_string();
+    let one = GenerationConfig { stop: vec![stop], ..one };
+    let reference = generate(&model, &tok, None, &prompts, &one, |_| {});
+    assert!(
+        reference.iter().any(|g| g.finish == "stop") && reference.iter().any(|g| g.finish == "length"),
+        "{reference:?}"
+    );
+    for batch in [1, 3, 16] {
+        for share_prefix in [false, true] {
+            let mut done = Vec::new();
+            let out = generate(
+                &model,
+                &tok,
+                None,
+                &prompts,
+                &GenerationConfig { batch_size: batch, share_prefix, ..one.clone() },
+                |n| done.push(n),
+            );
+            assert_eq!(out, reference, "batch {batch}, shared prefix {share_prefix}");
+            assert_eq!(done, (1..=prompts.len()).collect::<Vec<_>>(), "one call per finished prompt");
+        }
+    }
+    // Sampling is per sequence: the batch size does not change a sampled answer.
+    let sampled = |batch| {
+        let cfg = GenerationConfig { temperature: 1.2, seed: 9, batch_size: batch, ..one.clone() };
+        generate(&model, &tok, None, &prompts, &cfg, |_| {})
+    };
+    assert_eq!(sampled(1), sampled(4));
+    // The prefix leaves every prompt a token of its own, and one prompt shares nothing.
+    assert_eq!(shared_prefix_len(&[vec![1, 2, 3], vec![1, 2, 3]]), 2);
+    assert_eq!(shared_prefix_len(&[vec![1, 2, 3], vec![1, 2]]), 1);
+    assert_eq!(shared_prefix_len(&[vec![1, 2, 3]]), 0);
+    assert_eq!(shared_prefix_len(&[vec![4, 2, 3], vec![1, 2, 3]]), 0);
+}
+
+#[test]
 fn sharded_safetensors_load_like_one_file() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = tiny_dir(dir.path());
