@@ -4,7 +4,6 @@
 //! It needs Debian's `chromium` and `chromium-driver` (`cargo xtask ci` installs them). Without
 //! them it skips loudly, unless `TREX_REQUIRE_BROWSER` is set, as CI sets it, where it fails.
 
-use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::json;
 
-use crate::ui::{XSS, created_line, hostile_run, start_ui};
+use crate::ui::{XSS, append_to_journal, created_line, hostile_run, start_ui};
 
 /// The first of `names` found on `PATH` (or the path in `env`, when set).
 fn program(env: &str, names: &[&str]) -> Option<PathBuf> {
@@ -111,12 +110,7 @@ fn chromium_shows_the_tree_opens_a_node_and_follows_the_journal_without_a_reload
         // the window survives, and the open detail stays open.
         c.execute("window.trexMarker = 42", vec![]).await.unwrap();
         assert!(c.find_all(Locator::Css("svg.tree a[href='#r0n2']")).await.unwrap().is_empty());
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(run_dir.join("journal.jsonl"))
-            .unwrap()
-            .write_all(created_line(&run_dir, 2).as_bytes())
-            .unwrap();
+        append_to_journal(&run_dir, created_line(&run_dir, 2).as_bytes());
         let node = c
             .wait()
             .at_most(Duration::from_secs(10))

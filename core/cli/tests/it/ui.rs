@@ -102,6 +102,11 @@ pub(crate) fn created_line(run_dir: &Path, id: u64) -> String {
     format!("{v}\n")
 }
 
+/// Append `bytes` to `run_dir`'s journal, as a search writing it would.
+pub(crate) fn append_to_journal(run_dir: &Path, bytes: &[u8]) {
+    std::fs::OpenOptions::new().append(true).open(run_dir.join("journal.jsonl")).unwrap().write_all(bytes).unwrap();
+}
+
 #[test]
 fn ui_serves_the_page_and_follows_the_journal_as_it_grows() {
     let (f, run_dir, _server) = hostile_run();
@@ -134,12 +139,7 @@ fn ui_serves_the_page_and_follows_the_journal_as_it_grows() {
         events.read_line(&mut line).unwrap();
     }
     assert!(!get(&addr, "/body").2.contains("id=\"r0n2\""));
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(run_dir.join("journal.jsonl"))
-        .unwrap()
-        .write_all(created_line(&run_dir, 2).as_bytes())
-        .unwrap();
+    append_to_journal(&run_dir, created_line(&run_dir, 2).as_bytes());
     let started = Instant::now();
     loop {
         line.clear();
@@ -152,12 +152,7 @@ fn ui_serves_the_page_and_follows_the_journal_as_it_grows() {
     let body = get(&addr, "/body").2;
     assert!(body.contains("id=\"r0n2\"") && body.contains(">pending<"), "the new node appears, pending");
     // A torn last line (a search killed mid-write) is left out; the page shows what is whole.
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(run_dir.join("journal.jsonl"))
-        .unwrap()
-        .write_all(b"{\"t\":9,\"event\":\"crea")
-        .unwrap();
+    append_to_journal(&run_dir, b"{\"t\":9,\"event\":\"crea");
     let (status, _, body) = get(&addr, "/body");
     assert!(status.contains("200") && body.contains("id=\"r0n2\""), "{status}");
     child.kill().unwrap();
