@@ -121,13 +121,16 @@ fn ensure_wasm_target() -> Result<()> {
     }
 }
 
+/// The Chromium builds the screenshot and the browser test look for, by program name.
+const BROWSERS: [&str; 3] = ["chromium", "chromium-browser", "google-chrome"];
+
 /// Debian's Chromium and ChromeDriver, for the browser test of `trex-host ui`: installed with
 /// apt-get when missing and running as root, otherwise a message saying what to install.
 fn ensure_browser() -> Result<()> {
     let on_path = |name: &str| {
         std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
     };
-    if on_path("chromedriver") && (on_path("chromium") || std::env::var_os("TREX_CHROMIUM").is_some()) {
+    if on_path("chromedriver") && (BROWSERS.iter().any(|b| on_path(b)) || std::env::var_os("TREX_CHROMIUM").is_some()) {
         return Ok(());
     }
     let root_user =
@@ -209,7 +212,7 @@ fn screenshot(dir: Option<&str>) -> Result<()> {
         .arg("--out")
         .arg(&page))?;
     let out = root().join("docs/ui.png");
-    let browser = ["chromium", "chromium-browser", "google-chrome"]
+    let browser = BROWSERS
         .into_iter()
         .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
         .context("no Chromium found: install it (apt-get install chromium)")?;

@@ -170,23 +170,23 @@ pub fn generate<T: Real>(
     let vocab = model.config.vocab;
     let mut results: Vec<Option<Generation>> = vec![None; prompts.len()];
     let mut finished = 0;
-    let mut waiting = 0..prompts.len();
+    // The next prompt to join the batch.
+    let mut next = 0;
     let mut running: Vec<Running> = Vec::new();
     let mut caches: Vec<KvCache<T>> = Vec::new();
     loop {
         // Fill the free slots, keeping one step's prefill bounded (one prompt always joins).
         let mut prefill = 0;
-        while running.len() < slots {
-            let Some(i) = waiting.clone().next() else { break };
-            let feed = encoded[i][skip..].to_vec();
+        while running.len() < slots && next < prompts.len() {
+            let feed = encoded[next][skip..].to_vec();
             if prefill > 0 && prefill + feed.len() > MAX_PREFILL_TOKENS {
                 break;
             }
-            waiting.next();
             prefill += feed.len();
             caches.push(template.clone().unwrap_or_else(|| KvCache::new(&model.config)));
-            let rng = SplitMix(config.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            running.push(Running { index: i, feed, generated: Vec::new(), text: String::new(), rng });
+            let rng = SplitMix(config.seed ^ (next as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            running.push(Running { index: next, feed, generated: Vec::new(), text: String::new(), rng });
+            next += 1;
         }
         if running.is_empty() {
             break;
@@ -194,8 +194,9 @@ pub fn generate<T: Real>(
         let feeds: Vec<&[u32]> = running.iter().map(|r| r.feed.as_slice()).collect();
         let logits = model.forward_cached(&feeds, &mut caches, adapter);
         // Each sequence picks its next token; the finished ones leave.
-        let mut keep = Vec::with_capacity(running.len());
-        for (mut r, row) in running.drain(..).zip(logits.chunks(vocab)) {
+        let mut kept = Vec::with_capacity(running.len());
+        let mut kept_caches = Vec::with_capacity(running.len());
+        for ((mut r, row), cache) in running.drain(..).zip(logits.chunks(vocab)).zip(caches.drain(..)) {
             let tok = pick(row, config, &mut r.rng);
             let finish = if tokenizer.eos.contains(&tok) {
                 Some("eos")
@@ -205,18 +206,13 @@ pub fn generate<T: Real>(
                 if let Some(pos) = config.stop.iter().filter_map(|s| r.text.find(s.as_str())).min() {
                     r.text.truncate(pos);
                     Some("stop")
-                } else if r.generated.len() >= config.max_new_tokens {
+                } else if r.generated.len() >= config.max_new_tokens || cache.len() + 1 >= model.config.max_pos {
+                    // The cap on new tokens, or a full context (the next token would not fit).
                     Some("length")
                 } else {
                     None
                 }
             };
-            keep.push((r, tok, finish));
-        }
-        let mut kept_caches = Vec::with_capacity(keep.len());
-        for ((mut r, tok, finish), cache) in keep.into_iter().zip(caches.drain(..)) {
-            // The context is full: the next token would not fit.
-            let finish = finish.or((cache.len() + 1 >= model.config.max_pos).then_some("length"));
             match finish {
                 Some(finish) => {
                     results[r.index] = Some(Generation { text: r.text, tokens: r.generated.len(), finish });
@@ -225,11 +221,12 @@ pub fn generate<T: Real>(
                 }
                 None => {
                     r.feed = vec![tok];
-                    running.push(r);
+                    kept.push(r);
                     kept_caches.push(cache);
                 }
             }
         }
+        running = kept;
         caches = kept_caches;
     }
     results.into_iter().map(|g| g.unwrap_or_else(empty)).collect()

@@ -281,16 +281,9 @@ pub fn attention_cached<T: Real>(
         let visible = past + i + 1;
         scores.clear();
         scores.extend((0..visible).map(|t| dot8(qv, &k[t * ldk + g * d..t * ldk + (g + 1) * d]) * scale));
-        let max = scores.iter().copied().fold(T::neg_infinity(), T::max);
-        let mut sum = T::zero();
-        for x in scores.iter_mut() {
-            *x = (*x - max).exp();
-            sum = sum + *x;
-        }
-        let inv = sum.recip();
+        causal_softmax_row(scores, visible);
         o.iter_mut().for_each(|x| *x = T::zero());
         for (t, &p) in scores.iter().enumerate() {
-            let p = p * inv;
             for (a, &b) in o.iter_mut().zip(&v[t * ldk + g * d..t * ldk + (g + 1) * d]) {
                 *a = *a + p * b;
             }
