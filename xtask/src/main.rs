@@ -1,5 +1,5 @@
 //! Project chores: `cargo xtask build-plugins | demo | test | ci | bench-plugins | nvrtc-check |
-//! device-check | interop | screenshot`.
+//! device-check | interop | screenshot | slurm`.
 //!
 //! Rust instead of shell so the steps read the same everywhere and fail with clear messages.
 
@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod interop;
+mod slurm;
 mod tasks;
 
 use anyhow::{Context, Result, bail};
@@ -21,9 +22,14 @@ commands:
   demo            build the host and the plugins, then run the main job: a search on the default
                   task with SmolLM2-135M (extra arguments go to `trex-host search`)
   test            build the plugins and run the whole test suite (what CI runs); the browser
-                  test skips, loudly, where Chromium and ChromeDriver are not installed
-  ci              install Chromium and ChromeDriver if missing (apt-get, as root), check
-                  formatting, clippy, docs, then `test` with the browser test required
+                  test skips, loudly, where Chromium and ChromeDriver are not installed, and
+                  the Slurm tests where Slurm is not (with Slurm there, as root, a single-node
+                  test cluster is started for them and stopped afterwards)
+  ci              install Chromium, ChromeDriver, Slurm and munge if missing (apt-get, as
+                  root), check formatting, clippy, docs, then `test` with the browser and the
+                  Slurm tests required
+  slurm up|down   start (or stop) the single-node Slurm cluster the tests use, from
+                  xtask/slurm/slurm.conf.in; `up` prints the SLURM_CONF to export
   bench-plugins   build in release mode and run the plugin-host benchmark
   nvrtc-check     fetch NVRTC from the `nvidia-cuda-nvrtc-cu12` wheel and compile every CUDA
                   kernel for sm_80 and sm_90 (no GPU needed; part of `ci`)
@@ -65,6 +71,7 @@ fn dispatch() -> Result<()> {
         Some("device-check") => device_check(),
         Some("screenshot") => screenshot(args.get(1).map(String::as_str)),
         Some("interop") => interop::interop(),
+        Some("slurm") => slurm::command(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             Ok(())
@@ -224,8 +231,9 @@ fn screenshot(dir: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// `require_browser`: the browser test fails instead of skipping where ChromeDriver is missing.
-fn test(require_browser: bool) -> Result<()> {
+/// `required`: the browser and Slurm tests fail instead of skipping where ChromeDriver or Slurm
+/// is missing.
+fn test(required: bool) -> Result<()> {
     build_plugins()?;
     // The plugins' own unit tests run natively (their workspace builds for wasm32-wasip2).
     run(cargo().current_dir(root().join("plugins")).args([
@@ -237,9 +245,17 @@ fn test(require_browser: bool) -> Result<()> {
     ]))?;
     let mut tests = cargo();
     tests.current_dir(root()).args(["test", "--workspace", "--all-targets"]);
-    if require_browser {
-        tests.env("TREX_REQUIRE_BROWSER", "1");
+    if required {
+        tests.env("TREX_REQUIRE_BROWSER", "1").env("TREX_REQUIRE_SLURM", "1");
     }
+    // The Slurm tests' cluster, up while the tests run (stopped when this returns, also on failure).
+    let _cluster = if required || slurm::can_start() {
+        let cluster = slurm::up()?;
+        tests.env("SLURM_CONF", slurm::conf());
+        Some(cluster)
+    } else {
+        None
+    };
     run(&mut tests)?;
     run(cargo().current_dir(root()).args(["test", "--workspace", "--doc"]))
 }
@@ -248,6 +264,7 @@ fn ci() -> Result<()> {
     let started = std::time::Instant::now();
     ensure_wasm_target()?;
     ensure_browser()?;
+    slurm::ensure_installed()?;
     run(cargo().current_dir(root()).args(["fmt", "--all", "--check"]))?;
     run(cargo().current_dir(root().join("plugins")).args(["fmt", "--all", "--check"]))?;
     run(cargo().current_dir(root()).args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;

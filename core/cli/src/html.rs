@@ -373,6 +373,9 @@ fn node_detail(k: usize, run: &RunPage, tree: &Tree, n: &Node, best: Option<u64>
         }
         None => out.push_str("<p>The base model, scored as it is.</p>"),
     }
+    if let Some(job) = &n.job {
+        let _ = write!(out, "<p><b>Slurm job</b> {} (output: nodes/{}/slurm-{}.out)</p>", esc(job), n.id, esc(job));
+    }
     if let Some(e) = n.error() {
         let _ = write!(out, "<p class=\"error\"><b>Error</b> {}</p>", untrusted(e));
     } else if !n.lesson.is_empty() {
@@ -391,6 +394,9 @@ fn node_detail(k: usize, run: &RunPage, tree: &Tree, n: &Node, best: Option<u64>
         );
         if c.stages.is_recorded() {
             let _ = write!(out, "<p><b>Where the time went</b> {}</p>", esc(&c.stages.describe()));
+        }
+        if let Some(j) = &c.job {
+            let _ = write!(out, "<p><b>Around the Slurm job</b> {}</p>", esc(&j.describe()));
         }
         if let Some(t) = &r.train {
             let _ = write!(

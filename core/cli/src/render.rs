@@ -13,9 +13,10 @@ pub fn render_tree(view: &RunView) -> String {
     // The node the search chose once it has, else the best so far.
     let best = view.final_result.as_ref().map(|f| f.best).or_else(|| tree.best().map(|n| n.id));
     let mut out = format!(
-        "task {} · strategy {} · seed {} · {} experiments, {} failed, {} proposals refused · {:.0} s\n",
+        "task {} · strategy {}{} · seed {} · {} experiments, {} failed, {} proposals refused · {:.0} s\n",
         view.task.name,
         view.settings.strategy.as_str(),
+        if view.settings.executor.is_local() { "" } else { " · nodes as Slurm jobs" },
         view.settings.seed,
         view.nodes.len().saturating_sub(1),
         view.nodes.iter().filter(|n| n.status() == NodeStatus::Failed).count(),
@@ -34,11 +35,15 @@ pub fn render_tree(view: &RunView) -> String {
             None => n.status().as_str().to_string(),
         };
         let star = if Some(id) == best { " ★" } else { "" };
-        out.push_str(&format!("{indent}#{id} {score}  {what}{star}\n"));
+        let job = n.job.as_ref().map(|j| format!(" · slurm job {j}")).unwrap_or_default();
+        out.push_str(&format!("{indent}#{id} {score}  {what}{star}{job}\n"));
         if let Some(r) = n.result()
             && r.cost.stages.is_recorded()
         {
             out.push_str(&format!("{indent}   {}\n", r.cost.stages.describe()));
+        }
+        if let Some(j) = n.cost().job {
+            out.push_str(&format!("{indent}   slurm: {}\n", j.describe()));
         }
         if let Some(e) = n.error() {
             let first: String = e.lines().next().unwrap_or("").chars().take(160).collect();

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use trex_sdk::types::{DataRecipe, FailureKind, Proposal};
 
@@ -93,13 +94,16 @@ pub struct Lab {
     pub device: train::ComputeDevice,
     /// The experiment cache, when the search uses one.
     pub cache: Option<ExperimentCache>,
+    /// The file the task was loaded from (for messages; empty when it was not loaded from one).
+    pub task_file: PathBuf,
     /// What every experiment of this lab shares and its result depends on: the base model's
     /// content, the splits, the evaluator and the prompt settings (see [`crate::cache`]).
     base_key: String,
 }
 
 /// What a node needs of its parent to continue its adapter.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ParentRef {
     /// The parent's adapter folder.
     pub adapter: PathBuf,
@@ -225,6 +229,7 @@ impl Lab {
             observer: Arc::new(Silent),
             device: train::ComputeDevice::Cpu,
             cache: None,
+            task_file: PathBuf::new(),
             base_key,
         })
     }
@@ -375,6 +380,12 @@ impl Lab {
             let _ = cache.update(k, |e| *field(e) = Some(score));
         }
         Ok(score)
+    }
+
+    /// Whether the experiment cache holds `proposal` continued from a parent with key `parent`
+    /// (it is then served without running).
+    pub fn holds(&self, proposal: &Proposal, parent: Option<&str>) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.lookup(&self.experiment_key(proposal, parent)).is_some())
     }
 
     /// Whether `proposal`, continued from a parent with key `parent`, can be served: always,
@@ -778,6 +789,34 @@ impl Lab {
     /// Load a node's adapter for scoring.
     pub fn load_adapter(&self, rel: &str) -> Result<LoraAdapter<f32>, LabError> {
         Ok(train::peft::load_adapter(&self.run_dir.join(rel), &self.model.config).map_err(train::TrainError::from)?)
+    }
+}
+
+/// Where a search's nodes run: in its own process, or as Slurm jobs (each a `trex-host worker`
+/// call, see [`crate::worker`]). The search loop hands a node to it and gets the node's outcome
+/// back either way.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ExecutorKind {
+    /// In the search's process (`--workers` nodes at once).
+    #[default]
+    Local,
+    /// One Slurm job per node (`--workers` jobs in flight at most).
+    Slurm(crate::slurm::SlurmOptions),
+}
+
+impl ExecutorKind {
+    /// Whether nodes run in the search's process.
+    pub fn is_local(&self) -> bool {
+        matches!(self, ExecutorKind::Local)
+    }
+
+    /// Its name on the command line.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExecutorKind::Local => "local",
+            ExecutorKind::Slurm(_) => "slurm",
+        }
     }
 }
 

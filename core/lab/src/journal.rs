@@ -68,6 +68,13 @@ pub enum Event {
         /// Node id.
         node: u64,
     },
+    /// A node was submitted to Slurm as a job.
+    Submitted {
+        /// Node id.
+        node: u64,
+        /// Slurm's job id.
+        job: String,
+    },
     /// A node finished.
     Done {
         /// Node id.

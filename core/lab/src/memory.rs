@@ -231,6 +231,7 @@ mod tests {
                     )
                 },
                 proposal_llm_tokens: 0,
+                job: None,
             });
         }
         Tree { nodes }

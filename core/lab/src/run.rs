@@ -133,6 +133,7 @@ pub async fn open_lab(
         )));
     }
     let mut lab = Lab::open(host, task, base, run_dir)?;
+    lab.task_file = task_file.clone();
     lab.device = settings.device;
     lab.observer = req.observer.clone();
     lab.cache = req.experiment_cache.clone().map(ExperimentCache::at);
@@ -236,6 +237,7 @@ pub async fn resume(
         }
     }
     let mut lab = Lab::open(host, task, base, run_dir.to_path_buf())?;
+    lab.task_file = task_file;
     lab.device = settings.device;
     lab.observer = observer;
     lab.cache = overrides.experiment_cache.map(ExperimentCache::at);

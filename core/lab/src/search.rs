@@ -14,9 +14,10 @@ use trex_sdk::rng::SplitMix64;
 use trex_sdk::types::{FailureKind, Outcome, PluginKind, Proposal, experiment_key};
 
 use crate::LabError;
-use crate::executor::{self, Lab, NodeFailure, ParentRef, describe};
+use crate::executor::{self, ExecutorKind, Lab, NodeFailure, ParentRef, describe};
 use crate::journal::{self, Event, FinalResult, Journal, JournalError};
 use crate::memory::{self, MemoryParams};
+use crate::slurm::{Cluster, Job, JobState};
 use crate::task::{Budget, Task};
 use crate::tree::{Cost, MctsParams, Node, NodeResult, NodeState, NodeStatus, Strategy, Tree};
 use trex_plugin_host::llm::TokenMeter;
@@ -61,6 +62,9 @@ pub struct Settings {
     /// nodes are scored on the whole split before the final choice (0: choose on the part).
     #[serde(default = "three_usize")]
     pub rescore_top: usize,
+    /// Where nodes run (absent in journals of local runs and of runs from before it existed).
+    #[serde(default, skip_serializing_if = "ExecutorKind::is_local")]
+    pub executor: ExecutorKind,
 }
 
 fn three_usize() -> usize {
@@ -125,6 +129,7 @@ impl Default for Settings {
             device: trex_model::train::ComputeDevice::Cpu,
             training_seed: None,
             rescore_top: 3,
+            executor: ExecutorKind::Local,
         }
     }
 }
@@ -212,6 +217,13 @@ pub struct RunState {
 }
 
 impl RunState {
+    /// The Slurm job a node was last submitted as, if it was.
+    pub fn job(&self, node: u64) -> Option<&str> {
+        self.tree.nodes.get(node as usize).and_then(|n| n.job.as_deref())
+    }
+}
+
+impl RunState {
     /// Rebuild a run from its journal entries.
     pub fn replay(entries: &[journal::Entry]) -> Result<RunState, ReplayError> {
         let mut s = RunState::default();
@@ -247,6 +259,10 @@ impl RunState {
             Event::Started { node: id } => {
                 let i = node(self, *id, "started")?;
                 self.tree.nodes[i].state = NodeState::Running;
+            }
+            Event::Submitted { node: id, job } => {
+                let i = node(self, *id, "submitted")?;
+                self.tree.nodes[i].job = Some(job.clone());
             }
             Event::Done { node: id, result, lesson } => {
                 let i = node(self, *id, "finished")?;
@@ -400,6 +416,8 @@ pub struct Search<'a> {
     /// Search seconds before this session (the journal's last time when it began).
     session_base: f64,
     researcher: ResearcherSession<'a>,
+    /// The cluster nodes are submitted to, when they run as Slurm jobs.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl std::fmt::Debug for Search<'_> {
@@ -409,6 +427,21 @@ impl std::fmt::Debug for Search<'_> {
 }
 
 type NodeFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Result<NodeResult, NodeFailure>)> + 'a>>;
+
+/// Cancels the Slurm jobs still in flight when the search loop ends early (an error, a panic);
+/// a search that ends normally has waited for all of them.
+struct CancelOnDrop(Option<Arc<Cluster>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0
+            && c.outstanding() > 0
+        {
+            let jobs = c.cancel_all();
+            tracing::warn!("the search stopped early: cancelled Slurm job(s) {}", jobs.join(", "));
+        }
+    }
+}
 
 /// Run node `id` on a task of its own; a panic in it becomes the node's failure.
 fn spawn_node<'a>(
@@ -451,7 +484,19 @@ impl<'a> Search<'a> {
             researcher.observe(&Outcome { node: n.summary() }).await?;
         }
         let session_base = state.t_offset;
+        let cluster = match &settings.executor {
+            ExecutorKind::Local => None,
+            ExecutorKind::Slurm(options) => {
+                options.check().map_err(LabError::Run)?;
+                crate::slurm::available()
+                    .map_err(|e| LabError::Run(format!("--executor slurm: no Slurm controller answers here: {e}")))?;
+                let program = std::env::current_exe()
+                    .map_err(|e| LabError::Run(format!("cannot tell which program is running: {e}")))?;
+                Some(Arc::new(Cluster::new(options.clone(), program)))
+            }
+        };
         Ok(Search {
+            cluster,
             lab,
             shared: lab.clone(),
             llm,
@@ -696,6 +741,10 @@ impl<'a> Search<'a> {
     }
 
     fn start_node(&mut self, id: u64) -> Result<NodeFuture<'a>, LabError> {
+        // A node an earlier session submitted: take its job back, unless Slurm lost it.
+        if let Some(attached) = self.reattach(id) {
+            return Ok(attached);
+        }
         self.log(Event::Started { node: id })?;
         let node = &self.state.tree.nodes[id as usize];
         let lab = self.shared.clone();
@@ -721,11 +770,93 @@ impl<'a> Search<'a> {
                 if !p.rationale.is_empty() {
                     lab.say(format!("  why: {}", p.rationale));
                 }
-                Ok(spawn_node(id, async move { lab.run_node(id, &p, parent, base).await }))
+                let parent_key = parent.as_ref().and_then(|r| r.key.as_deref());
+                // What the experiment cache holds is served here; the rest goes to the executor.
+                match self.cluster.clone().filter(|_| !lab.holds(&p, parent_key)) {
+                    Some(cluster) => self.submit(&cluster, id, p, parent, base),
+                    None => Ok(spawn_node(id, async move { lab.run_node(id, &p, parent, base).await })),
+                }
             }
             _ => {
                 lab.say("node 0: scoring the base model on the validation split");
                 Ok(spawn_node(id, async move { lab.score_base().await }))
+            }
+        }
+    }
+
+    /// Write node `id`'s spec, submit it as a Slurm job and journal the job's id.
+    fn submit(
+        &mut self,
+        cluster: &Arc<Cluster>,
+        id: u64,
+        proposal: Proposal,
+        parent: Option<ParentRef>,
+        base_score: f64,
+    ) -> Result<NodeFuture<'a>, LabError> {
+        let lab = &self.shared;
+        let run_dir =
+            std::path::absolute(&lab.run_dir).map_err(|e| LabError::Run(format!("{}: {e}", lab.run_dir.display())))?;
+        let config = lab.host.config();
+        let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let spec = crate::worker::NodeSpec {
+            format: crate::worker::SPEC_FORMAT,
+            key: lab.experiment_key(&proposal, parent.as_ref().and_then(|p| p.key.as_deref())),
+            run_dir,
+            node: id,
+            proposal,
+            parent: parent.map(|p| ParentRef { adapter: absolute(&p.adapter), ..p }),
+            base_score,
+            task: lab.task.clone(),
+            task_file: absolute(&lab.task_file),
+            model: lab.model_source().to_string(),
+            plugins: absolute(lab.host.dir()),
+            component_cache: config.cache_dir.as_deref().map(absolute),
+            grant: config.grant,
+            experiment_cache: lab.cache.as_ref().map(|c| absolute(&c.dir)),
+            device: lab.device,
+        };
+        let path = crate::worker::write_spec(&spec)?;
+        let dir = path.parent().expect("a spec is in its node's folder").to_path_buf();
+        let name = format!("trex-{}-{id}", lab.task.name);
+        let job = cluster
+            .submit(id, &name, &dir, &path)
+            .map_err(|e| LabError::Run(format!("node {id}: Slurm refused the job: {e}")))?;
+        lab.say(format!("  submitted as Slurm job {} (output: {})", job.id, job.log().display()));
+        self.log(Event::Submitted { node: id, job: job.id.clone() })?;
+        let cluster = cluster.clone();
+        Ok(spawn_node(id, cluster.wait(job)))
+    }
+
+    /// After a resume: wait again on the job an earlier session submitted node `id` as, when
+    /// Slurm still knows it or it wrote its outcome. `None`: the node runs (again) as usual.
+    fn reattach(&mut self, id: u64) -> Option<NodeFuture<'a>> {
+        let cluster = self.cluster.clone()?;
+        let node = &self.state.tree.nodes[id as usize];
+        if node.status() != NodeStatus::Running {
+            return None;
+        }
+        let dir = self.lab.node_dir(id);
+        // Submitted when its spec was written.
+        let submitted_unix = std::fs::metadata(crate::worker::spec_path(&dir))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        let job = Job { id: node.job.clone()?, node: id, dir, submitted_unix };
+        let written = crate::worker::outcome_path(&job.dir).is_file();
+        match Cluster::state(&job.id) {
+            JobState::Unknown(why) if !written => {
+                self.lab.say(format!("node {id}: Slurm job {} is lost ({why}); submitting the node again", job.id));
+                None
+            }
+            state => {
+                let how = match state {
+                    JobState::Active(s) | JobState::Ended(s) => s,
+                    JobState::Unknown(_) => "its outcome is written".into(),
+                };
+                self.lab.say(format!("node {id}: re-attached to Slurm job {} ({how})", job.id));
+                cluster.adopt(&job);
+                Some(spawn_node(id, cluster.wait(job)))
             }
         }
     }
@@ -783,6 +914,7 @@ impl<'a> Search<'a> {
             self.lab.say(format!("resuming: running again the interrupted node(s) {queue:?}"));
         }
         let mut in_flight: FuturesUnordered<NodeFuture<'a>> = FuturesUnordered::new();
+        let _cancel = CancelOnDrop(self.cluster.clone());
         let mut reason = self.state.finished.clone();
         // The root must be scored before anything else can be expanded.
         if queue.front() == Some(&0) {
@@ -826,7 +958,39 @@ impl<'a> Search<'a> {
                     }
                 }
             }
-            match in_flight.next().await {
+            let next = match self.cluster.clone() {
+                None => in_flight.next().await,
+                Some(cluster) => {
+                    // The jobs in flight are the search's: on Ctrl-C, and once the wall-time
+                    // budget is spent, they are cancelled (and become failed nodes).
+                    let left = self.settings.budget.wall_minutes.map(|m| m * 60.0 - self.now());
+                    let over = async {
+                        match left {
+                            Some(s) if cluster.outstanding() > 0 => {
+                                tokio::time::sleep(std::time::Duration::from_secs_f64(s.max(0.0))).await
+                            }
+                            _ => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        n = in_flight.next() => n,
+                        _ = over => {
+                            let jobs = cluster.cancel_all();
+                            self.lab.say(format!("wall-time budget spent: cancelled Slurm job(s) {}", jobs.join(", ")));
+                            continue;
+                        }
+                        _ = tokio::signal::ctrl_c() => {
+                            let jobs = cluster.cancel_all();
+                            return Err(LabError::Run(format!(
+                                "interrupted: cancelled the Slurm job(s) in flight ({}); `trex-host resume {}` runs those nodes again",
+                                jobs.join(", "),
+                                self.lab.run_dir.display()
+                            )));
+                        }
+                    }
+                }
+            };
+            match next {
                 Some((id, r)) => self.finish_node(id, r).await?,
                 None if reason.is_none() => {}
                 None => break,

@@ -88,6 +88,10 @@ pub struct Task {
     /// The LLM behind `llm.chat`, for Researchers and data tools that use one.
     #[serde(default)]
     pub llm: Option<trex_plugin_host::llm::OpenAiConfig>,
+    /// How nodes are submitted when the search runs them as Slurm jobs (`--executor slurm`;
+    /// `--slurm-*` flags override these).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<crate::slurm::SlurmOptions>,
 }
 
 fn default_model() -> String {

@@ -83,6 +83,28 @@ pub struct Cost {
     /// Where the seconds went (absent in journals written before it was recorded: all zero).
     #[serde(default)]
     pub stages: StageSeconds,
+    /// The seconds around a node that ran as a Slurm job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobSeconds>,
+}
+
+/// Where the seconds around a Slurm job went, beyond the node's own stages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSeconds {
+    /// From `sbatch` to the worker's start (queueing and launch).
+    pub queued: f64,
+    /// The worker opening its lab: loading the model, the plugins and the splits.
+    pub setup: f64,
+    /// From the worker's outcome written to the search reading it.
+    pub collected: f64,
+}
+
+impl JobSeconds {
+    /// `queued 0.6 s · worker setup 1.9 s · collected 0.3 s`.
+    pub fn describe(&self) -> String {
+        format!("queued {:.1} s · worker setup {:.1} s · collected {:.1} s", self.queued, self.setup, self.collected)
+    }
 }
 
 /// Wall seconds of a node by stage.
@@ -187,12 +209,15 @@ pub struct Node {
     pub lesson: String,
     /// LLM tokens spent proposing it.
     pub proposal_llm_tokens: u64,
+    /// The Slurm job that runs (or ran) it, when the search submits nodes to Slurm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 impl Node {
     /// A node just created.
     pub fn pending(id: u64, parent: Option<u64>, proposal: Option<Proposal>, proposal_llm_tokens: u64) -> Node {
-        Node { id, parent, proposal, state: NodeState::Pending, lesson: String::new(), proposal_llm_tokens }
+        Node { id, parent, proposal, state: NodeState::Pending, lesson: String::new(), proposal_llm_tokens, job: None }
     }
 
     /// Its status, without what the state holds.

@@ -552,6 +552,11 @@ impl PluginHost {
         self.engine.engine()
     }
 
+    /// The folder the plugins were loaded from (empty for a host made with [`PluginHost::new`]).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The host's configuration.
     pub fn config(&self) -> &HostConfig {
         &self.config

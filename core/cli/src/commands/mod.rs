@@ -115,11 +115,19 @@ pub enum Command {
     /// Example:
     ///
     ///   trex-host --plugins ./plugins search examples/tasks/unit-conversion --nodes 4 --minutes 8
+    ///
+    /// On a Slurm cluster, every experiment as a job, two at a time:
+    ///
+    ///   trex-host --plugins ./plugins search examples/tasks/unit-conversion --executor slurm --workers 2 --slurm-time 30
     #[command(verbatim_doc_comment)]
     Search(Box<search::SearchCommand>),
     /// Continue a stopped or killed search: finished nodes are kept, an interrupted node runs
-    /// again, and the search goes on within what is left of its budget.
+    /// again (a Slurm job still queued or running is waited on instead, and one that ended
+    /// while the search was down is collected), and the search goes on within what is left of
+    /// its budget.
     Resume(search::ResumeCommand),
+    /// Run one experiment from a node spec (what a Slurm job of `--executor slurm` runs).
+    Worker(search::WorkerCommand),
     /// Print a run's experiment tree with scores (also while it runs).
     Show(search::ShowCommand),
     /// Write runs as one self-contained HTML file (tree, node details, budget, curves).
@@ -148,6 +156,7 @@ impl Command {
             Command::Fetch(c) => c.execute(),
             Command::Search(c) => c.execute(global).await,
             Command::Resume(c) => c.execute(global).await,
+            Command::Worker(c) => c.execute().await,
             Command::Show(c) => c.execute(),
             Command::Report(c) => c.execute(),
             Command::Ui(c) => c.execute(),

@@ -4,9 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
+use trex_lab::executor::ExecutorKind;
 use trex_lab::memory::MemoryParams;
 use trex_lab::run::{ResumeOverrides, SearchRequest};
+use trex_lab::slurm::SlurmOptions;
 use trex_lab::task::Budget;
 use trex_lab::tree::{Backup, MctsParams, Strategy};
 use trex_lab::{Ablation, Settings};
@@ -94,9 +96,84 @@ pub struct SearchCommand {
     device: ComputeDevice,
     #[command(flatten)]
     cache: CacheArgs,
+    #[command(flatten)]
+    slurm: SlurmArgs,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Where nodes run, and how Slurm jobs are asked for (over the task's `[slurm]` section).
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Running nodes as Slurm jobs")]
+pub struct SlurmArgs {
+    /// Where nodes run: `local` (this process) or `slurm` (one `sbatch` job per node, at most
+    /// `--workers` in flight; the run folder, the plugins, the model and this program must be
+    /// on storage the compute nodes share).
+    #[arg(long, value_parser = ["local", "slurm"], default_value = "local")]
+    executor: String,
+    /// sbatch --partition.
+    #[arg(long, value_name = "NAME")]
+    slurm_partition: Option<String>,
+    /// sbatch --account.
+    #[arg(long, value_name = "NAME")]
+    slurm_account: Option<String>,
+    /// sbatch --time: each job's time limit (`MINUTES`, `HH:MM:SS`, `D-HH:MM`).
+    #[arg(long, value_name = "TIME")]
+    slurm_time: Option<String>,
+    /// sbatch --cpus-per-task.
+    #[arg(long, value_name = "N")]
+    slurm_cpus: Option<u32>,
+    /// sbatch --mem, e.g. `16G`.
+    #[arg(long, value_name = "SIZE")]
+    slurm_mem: Option<String>,
+    /// GPUs per job (sbatch --gres=gpu:N); nodes then train with `--device cuda`.
+    #[arg(long, value_name = "N")]
+    slurm_gpus: Option<u32>,
+    /// A further sbatch flag, as given (repeatable), e.g. `--slurm-arg=--qos=short`.
+    #[arg(long = "slurm-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    slurm_args: Vec<String>,
+    /// Seconds between two looks at a job's state [default: the task's, else 2].
+    #[arg(long, value_name = "SECONDS")]
+    slurm_poll: Option<f64>,
+}
+
+impl SlurmArgs {
+    /// The executor these options choose, over the task's `[slurm]` section.
+    pub fn executor(&self, task: Option<&SlurmOptions>) -> Result<ExecutorKind> {
+        let given = [
+            ("--slurm-partition", self.slurm_partition.is_some()),
+            ("--slurm-account", self.slurm_account.is_some()),
+            ("--slurm-time", self.slurm_time.is_some()),
+            ("--slurm-cpus", self.slurm_cpus.is_some()),
+            ("--slurm-mem", self.slurm_mem.is_some()),
+            ("--slurm-gpus", self.slurm_gpus.is_some()),
+            ("--slurm-arg", !self.slurm_args.is_empty()),
+            ("--slurm-poll", self.slurm_poll.is_some()),
+        ];
+        if self.executor != "slurm" {
+            if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+                bail!("{flag} applies to Slurm jobs: add --executor slurm");
+            }
+            return Ok(ExecutorKind::Local);
+        }
+        let cli = SlurmOptions {
+            partition: self.slurm_partition.clone(),
+            account: self.slurm_account.clone(),
+            time: self.slurm_time.clone(),
+            cpus: self.slurm_cpus,
+            mem: self.slurm_mem.clone(),
+            gpus: self.slurm_gpus,
+            sbatch_args: self.slurm_args.clone(),
+            ..SlurmOptions::default()
+        };
+        let mut options = task.cloned().unwrap_or_default().overridden_by(&cli);
+        if let Some(p) = self.slurm_poll {
+            options.poll_seconds = p;
+        }
+        options.check().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(ExecutorKind::Slurm(options))
+    }
 }
 
 /// Where finished experiments are kept, so that no search pays twice for one.
@@ -173,12 +250,17 @@ impl SearchCommand {
                 ..OpenAiConfig::default()
             });
         }
+        let mut settings = self.settings();
+        settings.executor = self.slurm.executor(task.slurm.as_ref())?;
+        if let ExecutorKind::Slurm(SlurmOptions { gpus: Some(_), .. }) = settings.executor {
+            settings.device = ComputeDevice::Cuda;
+        }
         let req = SearchRequest {
             task,
             task_file,
             plugins: global.plugins.clone(),
             host: host_config(global)?,
-            settings: self.settings(),
+            settings,
             run_dir: self.run_dir.clone(),
             observer: Arc::new(Bars::new()),
             experiment_cache: self.cache.dir(),
@@ -219,6 +301,37 @@ impl ResumeCommand {
             trex_lab::run::resume(&self.run_dir, &global.plugins, host_config(global)?, overrides, observer).await?;
         print!("{}", render_tree(&trex_lab::run::view(&self.run_dir)?));
         print!("{}", render_summary(&self.run_dir, &summary));
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Run one experiment from a node spec and write its outcome: what each Slurm job of a search
+/// with `--executor slurm` runs, and a way to rerun one node by hand to debug it.
+///
+/// The spec (`RUN/nodes/N/spec.json`, written by the search) names everything the node needs:
+/// the recipe, the parent adapter, the task, the model and the plugins. The outcome goes to
+/// `RUN/nodes/N/outcome.json`, written whole or not at all. The global `--plugins` and
+/// `--cache-dir` are not used: the spec's are.
+#[derive(clap::Args, Debug)]
+pub struct WorkerCommand {
+    /// The node spec file.
+    spec: PathBuf,
+}
+
+impl WorkerCommand {
+    /// Run it. Exits 0 once an outcome is written, also a failed node's.
+    pub async fn execute(self) -> Result<ExitCode> {
+        let spec = trex_lab::worker::read_spec(&self.spec)?;
+        eprintln!("trex worker: node {} of {}", spec.node, spec.run_dir.display());
+        let outcome = trex_lab::worker::run(&spec, Arc::new(Bars::new())).await?;
+        match (&outcome.result, &outcome.failure) {
+            (Some(r), _) => println!(
+                "node {} done: score {:.3} ({}/{}), {:.0} s",
+                spec.node, r.score, r.passed, r.total, r.cost.seconds
+            ),
+            (_, Some(f)) => println!("node {} failed: {}", spec.node, f.error),
+            _ => {}
+        }
         Ok(ExitCode::SUCCESS)
     }
 }

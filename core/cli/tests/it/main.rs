@@ -6,4 +6,5 @@ mod cli;
 mod interop;
 mod new;
 mod search;
+mod slurm;
 mod ui;
