@@ -487,7 +487,7 @@ impl<'a> Search<'a> {
         let cluster = match &settings.executor {
             ExecutorKind::Local => None,
             ExecutorKind::Slurm(options) => {
-                options.check().map_err(LabError::Run)?;
+                options.check().map_err(|e| LabError::Run(e.to_string()))?;
                 crate::slurm::available()
                     .map_err(|e| LabError::Run(format!("--executor slurm: no Slurm controller answers here: {e}")))?;
                 let program = std::env::current_exe()

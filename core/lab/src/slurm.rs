@@ -17,6 +17,43 @@ use crate::executor::NodeFailure;
 use crate::tree::{Cost, JobSeconds, NodeResult};
 use crate::worker;
 
+/// What went wrong talking to Slurm.
+#[derive(Debug, thiserror::Error)]
+pub enum SlurmError {
+    /// An option cannot be used (names the field).
+    #[error("{0}")]
+    Options(String),
+    /// A Slurm command is not installed here.
+    #[error("cannot run `{program}`: {source} (is Slurm installed here, and are its commands on PATH?)")]
+    Missing {
+        /// The command.
+        program: String,
+        /// Why it could not start.
+        source: std::io::Error,
+    },
+    /// A Slurm command failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// What it wrote to stderr.
+        stderr: String,
+    },
+    /// `sbatch --parsable` printed something else than a job id.
+    #[error("sbatch printed `{0}`, not a job id")]
+    NotAJobId(String),
+    /// A file of the node could not be written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
 /// How jobs are submitted: the `[slurm]` section of a task, or `--slurm-*` on the command line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -104,25 +141,29 @@ impl SlurmOptions {
     }
 
     /// Why these options cannot be used, if they cannot.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SlurmError> {
+        self.problem().map_or(Ok(()), |p| Err(SlurmError::Options(p)))
+    }
+
+    fn problem(&self) -> Option<String> {
         if !(self.poll_seconds > 0.0 && self.poll_seconds <= 600.0) {
-            return Err(format!("slurm.poll_seconds = {}: must be in (0, 600]", self.poll_seconds));
+            return Some(format!("slurm.poll_seconds = {}: must be in (0, 600]", self.poll_seconds));
         }
         if self.cpus == Some(0) {
-            return Err("slurm.cpus = 0: a job needs at least one CPU".into());
+            return Some("slurm.cpus = 0: a job needs at least one CPU".into());
         }
         if self.gpus == Some(0) {
-            return Err("slurm.gpus = 0: leave it out to ask for no GPU".into());
+            return Some("slurm.gpus = 0: leave it out to ask for no GPU".into());
         }
         for a in &self.sbatch_args {
             if !a.starts_with('-') {
-                return Err(format!("slurm.sbatch_args: `{a}` is not a flag (each must start with `-`)"));
+                return Some(format!("slurm.sbatch_args: `{a}` is not a flag (each must start with `-`)"));
             }
             if a.starts_with("--output") || a.starts_with("--parsable") || a.starts_with("--chdir") {
-                return Err(format!("slurm.sbatch_args: `{a}` is set by trex itself"));
+                return Some(format!("slurm.sbatch_args: `{a}` is set by trex itself"));
             }
         }
-        Ok(())
+        None
     }
 }
 
@@ -172,14 +213,17 @@ fn meaning(state: &str) -> &'static str {
     }
 }
 
-fn run(program: &str, args: &[String]) -> Result<String, String> {
+fn run(program: &str, args: &[String]) -> Result<String, SlurmError> {
     let out = Command::new(program)
         .args(args)
         .output()
-        .map_err(|e| format!("cannot run `{program}`: {e} (is Slurm installed here, and are its commands on PATH?)"))?;
+        .map_err(|source| SlurmError::Missing { program: program.to_string(), source })?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(format!("`{program} {}` failed ({}): {err}", args.join(" "), out.status));
+        return Err(SlurmError::Failed {
+            command: format!("{program} {}", args.join(" ")),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -220,7 +264,7 @@ impl Cluster {
     }
 
     /// Submit node `node` whose spec is `spec` (in the node's folder `dir`); the job id.
-    pub fn submit(&self, node: u64, job_name: &str, dir: &Path, spec: &Path) -> Result<Job, String> {
+    pub fn submit(&self, node: u64, job_name: &str, dir: &Path, spec: &Path) -> Result<Job, SlurmError> {
         let script = dir.join("job.sh");
         let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
         let body = format!(
@@ -228,7 +272,7 @@ impl Cluster {
             quote(&self.program),
             quote(spec)
         );
-        std::fs::write(&script, body).map_err(|e| format!("{}: {e}", script.display()))?;
+        std::fs::write(&script, body).map_err(|source| SlurmError::File { path: script.clone(), source })?;
         // A result left by an earlier, lost job of this node must not be read as this job's.
         let _ = std::fs::remove_file(worker::outcome_path(dir));
         let mut args = vec![
@@ -243,7 +287,7 @@ impl Cluster {
         // `--parsable` prints `ID` or `ID;CLUSTER`.
         let id = out.trim().split(';').next().unwrap_or("").to_string();
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit() || c == '_') {
-            return Err(format!("sbatch printed `{}`, not a job id", out.trim()));
+            return Err(SlurmError::NotAJobId(out.trim().to_string()));
         }
         self.outstanding.lock().expect("not poisoned").insert(id.clone());
         Ok(Job { id, node, dir: dir.to_path_buf(), submitted_unix: worker::unix_now() })
@@ -263,13 +307,13 @@ impl Cluster {
                     return s;
                 }
             }
-            Err(e) if !e.contains("Invalid job id") => return JobState::Unknown(e),
-            Err(_) => {}
+            Err(SlurmError::Failed { stderr, .. }) if stderr.contains("Invalid job id") => {}
+            Err(e) => return JobState::Unknown(e.to_string()),
         }
         let args = ["-n", "-X", "-P", "-j", job, "-o", "State"].map(String::from);
         match run("sacct", &args) {
             Ok(out) => parse_state(&out).unwrap_or_else(|| JobState::Unknown("sacct has no record of it".into())),
-            Err(e) => JobState::Unknown(e),
+            Err(e) => JobState::Unknown(e.to_string()),
         }
     }
 
@@ -332,11 +376,11 @@ pub fn collect(job: &Job, state: &str, seconds: f64) -> Result<NodeResult, NodeF
                 };
                 match o.into_result() {
                     Ok(mut r) => {
-                        r.cost.job = Some(times);
+                        r.cost.job = Some(Box::new(times));
                         Ok(r)
                     }
                     Err(mut f) => {
-                        f.cost.job = Some(times);
+                        f.cost.job = Some(Box::new(times));
                         Err(f)
                     }
                 }
@@ -372,7 +416,7 @@ fn output_tail(path: &Path, lines: usize) -> String {
 }
 
 /// Whether Slurm's client commands are here and a controller answers.
-pub fn available() -> Result<(), String> {
+pub fn available() -> Result<(), SlurmError> {
     run("sinfo", &["-h".into(), "-o".into(), "%P".into()]).map(drop)
 }
 
@@ -402,9 +446,9 @@ mod tests {
         assert_eq!(o.sbatch_flags(), ["--partition=cpu", "--time=5", "--gres=gpu:1", "--qos=low"]);
         assert!(o.check().is_ok());
         let bad = SlurmOptions { sbatch_args: vec!["--output=x".into()], ..SlurmOptions::default() };
-        assert!(bad.check().unwrap_err().contains("set by trex"));
+        assert!(bad.check().unwrap_err().to_string().contains("set by trex"));
         let bad = SlurmOptions { sbatch_args: vec!["qos".into()], ..SlurmOptions::default() };
-        assert!(bad.check().unwrap_err().contains("not a flag"));
+        assert!(bad.check().unwrap_err().to_string().contains("not a flag"));
     }
 
     #[test]

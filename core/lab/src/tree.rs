@@ -85,7 +85,7 @@ pub struct Cost {
     pub stages: StageSeconds,
     /// The seconds around a node that ran as a Slurm job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job: Option<JobSeconds>,
+    pub job: Option<Box<JobSeconds>>,
 }
 
 /// Where the seconds around a Slurm job went, beyond the node's own stages.

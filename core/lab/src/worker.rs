@@ -130,9 +130,9 @@ pub fn spec_path(node_dir: &Path) -> PathBuf {
 }
 
 /// Read an outcome file.
-pub fn read_outcome(path: &Path) -> Result<Outcome, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+pub fn read_outcome(path: &Path) -> Result<Outcome, LabError> {
+    let text = std::fs::read_to_string(path).map_err(|e| LabError::Run(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| LabError::Run(format!("{}: not a node outcome: {e}", path.display())))
 }
 
 /// Write `bytes` to `path` whole or not at all: a temporary file in the same folder, flushed to
@@ -254,7 +254,7 @@ mod tests {
         let f = back.into_result().unwrap_err();
         assert_eq!((f.kind, f.cost.seconds), (FailureKind::Diverged, 3.5));
         std::fs::write(&path, "{\"node\": 2").unwrap();
-        assert!(read_outcome(&path).unwrap_err().contains("outcome.json"));
+        assert!(read_outcome(&path).unwrap_err().to_string().contains("outcome.json"));
         let empty = Outcome { result: None, failure: None, ..back_again(&path, &failed) };
         assert!(empty.into_result().unwrap_err().error.contains("neither"));
     }

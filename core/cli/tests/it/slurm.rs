@@ -106,7 +106,7 @@ fn a_slurm_search_runs_each_node_as_a_job_and_grows_the_tree_a_local_run_grows()
         assert_eq!(rx.train.as_ref().map(|t| t.final_loss), ry.train.as_ref().map(|t| t.final_loss), "node {}", x.id);
         assert_eq!(y.job.is_some(), y.id != 0, "node {}: its job is on the node", y.id);
         if y.id != 0 {
-            let t = ry.cost.job.expect("a job's node says where the seconds around it went");
+            let t = ry.cost.job.as_deref().expect("a job's node says where the seconds around it went");
             assert!(t.queued >= 0.0 && t.setup > 0.0 && t.collected >= 0.0, "{t:?}");
         }
     }
