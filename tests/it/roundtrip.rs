@@ -214,8 +214,27 @@ async fn compiled_components_are_cached() {
     };
     let mut first = PluginHost::new(config.clone()).unwrap();
     assert!(!first.load(&manifest).await.unwrap().load.from_cache);
-    let mut second = PluginHost::new(config).unwrap();
+    let mut second = PluginHost::new(config.clone()).unwrap();
     assert!(second.load(&manifest).await.unwrap().load.from_cache);
+    // One bit changed in the compiled code (the header still valid): caught by the checksum,
+    // compiled again, and the rebuilt entry serves the next load.
+    let files: Vec<std::path::PathBuf> =
+        std::fs::read_dir(dir.path().join("cache")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&files[0], &bytes).unwrap();
+    let mut flipped = PluginHost::new(config.clone()).unwrap();
+    assert!(!flipped.load(&manifest).await.unwrap().load.from_cache, "a flipped bit must not be trusted");
+    let records = vec![r#"{"text":"a"}"#.to_string(), r#"{"text":"a"}"#.to_string()];
+    let run = flipped
+        .run_data_tool("dedup-exact", &serde_json::json!({"fields": ["text"]}), records, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(run.records.len(), 1, "the recompiled plugin works");
+    let mut rebuilt = PluginHost::new(config).unwrap();
+    assert!(rebuilt.load(&manifest).await.unwrap().load.from_cache, "the entry was rebuilt");
     // A corrupt cache entry is ignored and replaced, not trusted.
     for e in std::fs::read_dir(dir.path().join("cache")).unwrap() {
         std::fs::write(e.unwrap().path(), b"garbage").unwrap();

@@ -78,15 +78,24 @@ impl EngineHandle {
         // Read the file into memory rather than mapping it: a cache file truncated or rewritten
         // by another process while mapped would crash this one.
         if let Ok(cached) = std::fs::read(&path) {
-            // SAFETY: `deserialize` trusts the bytes to be wasmtime's own output for this engine
-            // configuration. The file name carries the wasm's SHA-256 and the engine's
-            // compatibility hash, it is only ever written by `store_in_cache` below (atomically,
-            // via rename), and wasmtime itself re-checks the version and configuration recorded
-            // in the bytes before using them.
-            #[allow(unsafe_code)]
-            match unsafe { Component::deserialize(&self.engine, &cached) } {
-                Ok(component) => return Ok((component, CompileSource::Cache)),
-                Err(e) => tracing::warn!("ignoring unusable cached component {}: {e:#}", path.display()),
+            match checked(&cached) {
+                None => tracing::warn!(
+                    "ignoring corrupt cached component {} (its checksum does not match): compiling it again",
+                    path.display()
+                ),
+                Some(code) => {
+                    // SAFETY: `deserialize` trusts the bytes to be wasmtime's own output for this
+                    // engine configuration. The file name carries the wasm's SHA-256 and the
+                    // engine's compatibility hash, it is only ever written by `store_in_cache`
+                    // below (atomically, via rename), its SHA-256 trailer has just been checked,
+                    // so a bit changed on disk is caught, and wasmtime itself re-checks the
+                    // version and configuration recorded in the bytes before using them.
+                    #[allow(unsafe_code)]
+                    match unsafe { Component::deserialize(&self.engine, code) } {
+                        Ok(component) => return Ok((component, CompileSource::Cache)),
+                        Err(e) => tracing::warn!("ignoring unusable cached component {}: {e:#}", path.display()),
+                    }
+                }
             }
         }
         let component = self.compile_fresh(bytes)?;
@@ -115,10 +124,21 @@ impl EngineHandle {
     }
 }
 
+/// Bytes of the SHA-256 trailer a cache file ends with.
+const TRAILER: usize = 32;
+
+/// The compiled code of a cache file whose trailer (the SHA-256 of what precedes it) matches.
+fn checked(file: &[u8]) -> Option<&[u8]> {
+    let (code, sum) = file.split_at_checked(file.len().checked_sub(TRAILER)?)?;
+    (Sha256::digest(code).as_slice() == sum).then_some(code)
+}
+
 fn store_in_cache(component: &Component, path: &Path) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let bytes = component.serialize().map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+    let mut bytes = component.serialize().map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+    let sum = Sha256::digest(&bytes);
+    bytes.extend_from_slice(&sum);
     // Written under a temporary name and renamed: a concurrent reader sees the whole file or none.
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut tmp, &bytes)?;
