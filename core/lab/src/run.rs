@@ -120,6 +120,7 @@ pub async fn open_lab(
     let task_file = &req.task_file;
     let mut settings = req.settings.clone();
     settings.budget = task.budget.overridden_by(&settings.budget);
+    crate::search::executor_ready(&settings.executor)?;
     let meter = Arc::new(TokenMeter::new(settings.budget.llm_tokens));
     let base = load_base(&task.base_model)?;
     let mut host_config = req.host.clone();

@@ -428,6 +428,17 @@ impl std::fmt::Debug for Search<'_> {
 
 type NodeFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Result<NodeResult, NodeFailure>)> + 'a>>;
 
+/// Why nodes cannot run where `executor` says, if they cannot: the Slurm options are checked
+/// and a controller must answer.
+pub fn executor_ready(executor: &ExecutorKind) -> Result<(), LabError> {
+    if let ExecutorKind::Slurm(options) = executor {
+        options.check().map_err(|e| LabError::Run(e.to_string()))?;
+        crate::slurm::available()
+            .map_err(|e| LabError::Run(format!("--executor slurm: no Slurm controller answers here: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Cancels the Slurm jobs still in flight when the search loop ends early (an error, a panic);
 /// a search that ends normally has waited for all of them.
 struct CancelOnDrop(Option<Arc<Cluster>>);
@@ -487,9 +498,7 @@ impl<'a> Search<'a> {
         let cluster = match &settings.executor {
             ExecutorKind::Local => None,
             ExecutorKind::Slurm(options) => {
-                options.check().map_err(|e| LabError::Run(e.to_string()))?;
-                crate::slurm::available()
-                    .map_err(|e| LabError::Run(format!("--executor slurm: no Slurm controller answers here: {e}")))?;
+                executor_ready(&settings.executor)?;
                 let program = std::env::current_exe()
                     .map_err(|e| LabError::Run(format!("cannot tell which program is running: {e}")))?;
                 Some(Arc::new(Cluster::new(options.clone(), program)))

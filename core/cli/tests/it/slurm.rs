@@ -216,3 +216,27 @@ fn cancelled_and_timed_out_jobs_become_failed_nodes_and_the_search_goes_on() {
     assert!(v.nodes[1..].iter().all(|n| n.status() == NodeStatus::Failed));
     assert!(v.final_result.is_some(), "the search finished: {stdout}");
 }
+
+#[test]
+fn slurm_options_without_the_slurm_executor_or_without_slurm_are_refused_up_front() {
+    trex_tests::build_plugins();
+    let f = fixture(40, QUICK, "", trex_model::LlamaConfig::tiny());
+    let (ok, _, err) = output(trex_host(&f).args(["search", "--nodes", "1", "--slurm-time", "5"]).arg(&f.task));
+    assert!(!ok && err.contains("--slurm-time applies to Slurm jobs: add --executor slurm"), "{err}");
+    let (ok, _, err) = output(
+        trex_host(&f).args(["search", "--nodes", "1", "--executor", "slurm", "--slurm-arg=--output=x"]).arg(&f.task),
+    );
+    assert!(!ok && err.contains("`--output=x` is set by trex itself"), "{err}");
+    // No Slurm here (its commands are not on PATH): refused before anything is written.
+    let run_dir = f.dir.path().join("run");
+    let (ok, _, err) = output(
+        trex_host(&f)
+            .env("PATH", f.dir.path())
+            .args(["search", "--nodes", "1", "--executor", "slurm", "--run-dir"])
+            .arg(&run_dir)
+            .arg(&f.task),
+    );
+    assert!(!ok && err.contains("--executor slurm: no Slurm controller answers here"), "{err}");
+    assert!(err.contains("cannot run `sinfo`") && err.contains("is Slurm installed"), "{err}");
+    assert!(!run_dir.exists(), "nothing was written: {err}");
+}
