@@ -1,5 +1,5 @@
 //! Project chores: `cargo xtask build-plugins | demo | test | ci | bench-plugins | nvrtc-check |
-//! device-check | interop | screenshot | slurm`.
+//! device-check | interop | screenshot | slurm | crash-drill`.
 //!
 //! Rust instead of shell so the steps read the same everywhere and fail with clear messages.
 
@@ -28,6 +28,11 @@ commands:
   ci              install Chromium, ChromeDriver, Slurm and munge if missing (apt-get, as
                   root), check formatting, clippy, docs, then `test` with the browser and the
                   Slurm tests required
+  crash-drill [--kills N]
+                  the crash drill: a search on a small model SIGKILLed N times (default 20)
+                  at moments spread over its nodes' lives and resumed each time; checks that
+                  no finished node is lost or repeated, that the tree equals an uninterrupted
+                  run's and that nothing half-written is left (5 kills run in `test`)
   slurm up|down   start (or stop) the single-node Slurm cluster the tests use, from
                   xtask/slurm/slurm.conf.in; `up` prints the SLURM_CONF to export
   bench-plugins   build in release mode and run the plugin-host benchmark
@@ -72,6 +77,7 @@ fn dispatch() -> Result<()> {
         Some("screenshot") => screenshot(args.get(1).map(String::as_str)),
         Some("interop") => interop::interop(),
         Some("slurm") => slurm::command(&args[1..]),
+        Some("crash-drill") => crash_drill(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             Ok(())
@@ -258,6 +264,28 @@ fn test(required: bool) -> Result<()> {
     };
     run(&mut tests)?;
     run(cargo().current_dir(root()).args(["test", "--workspace", "--doc"]))
+}
+
+/// `crash-drill [--kills N]`: the drill test with N kills, its table printed.
+fn crash_drill(args: &[String]) -> Result<()> {
+    let kills = match args {
+        [] => 20,
+        [flag, n] if flag == "--kills" => n.parse().with_context(|| format!("--kills {n}: not a number"))?,
+        _ => bail!("usage: cargo xtask crash-drill [--kills N]"),
+    };
+    if kills == 0 {
+        bail!("--kills 0: the drill needs at least one kill");
+    }
+    build_plugins()?;
+    run(cargo().current_dir(root()).env("TREX_DRILL_KILLS", kills.to_string()).args([
+        "test",
+        "--workspace",
+        "--test",
+        "it",
+        "--",
+        "drill::",
+        "--nocapture",
+    ]))
 }
 
 fn ci() -> Result<()> {

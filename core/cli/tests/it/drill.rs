@@ -1,0 +1,212 @@
+//! The crash drill: a real search on a small model, SIGKILLed again and again at seeded random
+//! moments of its nodes' lives and resumed each time, must end with the tree an uninterrupted
+//! run grows, with no finished node lost or finished twice and nothing half-written left in the
+//! run folder. `TREX_DRILL_KILLS` sets the number of kills (default 5, as in CI);
+//! `cargo xtask crash-drill --kills N` runs it with more and prints where the kills landed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use trex_lab::journal::{Event, Journal};
+use trex_lab::run::view;
+use trex_sdk::rng::SplitMix64;
+
+use crate::search::{events, fixture, output, trex_host};
+
+/// Where in a run a kill landed, read from the journal and the node folders at the moment of the kill.
+fn stage(run_dir: &Path) -> &'static str {
+    if !Journal::path_in(run_dir).is_file() {
+        return "before the journal";
+    }
+    let ev = events(run_dir);
+    let finished =
+        |id: u64| ev.iter().any(|e| matches!(e, Event::Done { node, .. } | Event::Failed { node, .. } if *node == id));
+    let running = ev.iter().rev().find_map(|e| match e {
+        Event::Started { node } if !finished(*node) => Some(*node),
+        _ => None,
+    });
+    match running {
+        Some(0) => "scoring the base model",
+        Some(id) => {
+            let dir = run_dir.join(format!("nodes/{id}"));
+            if dir.join("evaluation.jsonl").is_file() {
+                "after evaluation, before the journal"
+            } else if dir.join("adapter/adapter_model.safetensors").is_file() {
+                "generation or evaluation"
+            } else {
+                "data or training"
+            }
+        }
+        None if ev.iter().any(|e| matches!(e, Event::Final(_))) => "after the final scoring",
+        None => "between nodes",
+    }
+}
+
+fn count_done(run_dir: &Path) -> usize {
+    if !Journal::path_in(run_dir).is_file() {
+        return 0;
+    }
+    Journal::read(run_dir).map_or(0, |e| e.iter().filter(|e| matches!(e.event, Event::Done { .. })).count())
+}
+
+fn count_started(run_dir: &Path) -> usize {
+    if !Journal::path_in(run_dir).is_file() {
+        return 0;
+    }
+    Journal::read(run_dir).map_or(0, |e| e.iter().filter(|e| matches!(e.event, Event::Started { .. })).count())
+}
+
+/// Node folders holding a written adapter.
+fn adapters(run_dir: &Path) -> usize {
+    std::fs::read_dir(run_dir.join("nodes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("adapter/adapter_model.safetensors").is_file())
+        .count()
+}
+
+/// Every file whose name marks it as written under a temporary name (left by a kill mid-write).
+fn temporaries(dir: &Path, found: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            temporaries(&path, found);
+        } else if e.file_name().to_string_lossy().starts_with(".tmp") {
+            found.push(path);
+        }
+    }
+}
+
+#[test]
+fn a_search_killed_again_and_again_and_resumed_grows_the_tree_of_an_uninterrupted_run() {
+    trex_tests::build_plugins();
+    let kills: usize = std::env::var("TREX_DRILL_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(5);
+    let config = trex_model::LlamaConfig {
+        hidden: 128,
+        intermediate: 256,
+        layers: 4,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 32,
+        ..trex_model::LlamaConfig::tiny()
+    };
+    let recipe = "lora_rank = 4\ntargets = [\"q_proj\", \"v_proj\"]\nlearning_rate = 1e-2\nepochs = 20.0\nbatch_size = 1\nmax_seq_len = 64";
+    let f = fixture(40, recipe, "", config.clone());
+    // Enough experiments that the run outlasts the kills (a session gets about half a node done).
+    let nodes = (kills.div_ceil(2) + 1).max(3).to_string();
+    let search = |run_dir: &Path, cache: bool| {
+        let mut c = trex_host(&f);
+        c.args(["search", "--strategy", "greedy", "--nodes", &nodes, "--run-dir"]).arg(run_dir).arg(&f.task);
+        if !cache {
+            c.arg("--no-experiment-cache");
+        }
+        c
+    };
+    // The uninterrupted run (no experiment cache, so that the drilled run cannot reuse it).
+    let reference = f.dir.path().join("reference");
+    let (ok, _, err) = output(&mut search(&reference, false));
+    assert!(ok, "{err}");
+    // Kills land anywhere from a session's start to a node and a half into it.
+    let r = view(&reference).unwrap();
+    let node_ms = 1000.0 * r.nodes[1..].iter().map(|n| n.cost().seconds).sum::<f64>() / (r.nodes.len() - 1) as f64;
+    let span = (1.5 * (node_ms + 1000.0)) as u64;
+
+    let run_dir = f.dir.path().join("drilled");
+    let spawn =
+        |c: &mut std::process::Command| -> Child { c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap() };
+    let mut child = spawn(&mut search(&run_dir, true));
+    let mut rng = SplitMix64(0x5EED);
+    let mut landed: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut done = 0;
+    let mut resumes = 0;
+    while done < kills {
+        // Each kill waits for a moment of its own kind, in turn: a random time into the session,
+        // a node's adapter just written (generation and evaluation follow), a node just
+        // journaled as finished (the next proposal follows), a node just started (its data
+        // recipe runs).
+        let kind = done % 4;
+        let before = (count_done(&run_dir), adapters(&run_dir), count_started(&run_dir));
+        let delay = Duration::from_millis(100 + rng.next_u64() % span);
+        let started = Instant::now();
+        let mut exited = false;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                exited = true;
+                break;
+            }
+            let now = (count_done(&run_dir), adapters(&run_dir), count_started(&run_dir));
+            let hit = match kind {
+                0 => started.elapsed() >= delay,
+                1 => now.1 > before.1,
+                2 => now.0 > before.0,
+                _ => now.2 > before.2,
+            };
+            // A moment that does not come within a node and a half is replaced by a random one.
+            if hit || started.elapsed() >= delay + Duration::from_millis(span) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if exited {
+            break; // the run finished before every kill landed
+        }
+        landed.entry(stage(&run_dir)).and_modify(|n| *n += 1).or_insert(1);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        done += 1;
+        // After every kill the run folder reads as a run, with no node finished twice.
+        if Journal::path_in(&run_dir).is_file() {
+            let v = view(&run_dir).unwrap_or_else(|e| panic!("after kill {done}: {e}"));
+            let ev = events(&run_dir);
+            for n in &v.nodes {
+                let ends = ev
+                    .iter()
+                    .filter(|e| matches!(e, Event::Done { node, .. } | Event::Failed { node, .. } if *node == n.id))
+                    .count();
+                assert!(ends <= 1, "after kill {done}: node {} finished {ends} times", n.id);
+            }
+            child = spawn(trex_host(&f).arg("resume").arg(&run_dir));
+            resumes += 1;
+        } else {
+            // Killed before the journal's first line: nothing to resume, start again.
+            let _ = std::fs::remove_dir_all(&run_dir);
+            child = spawn(&mut search(&run_dir, true));
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the last session failed: {}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("crash drill: {done} kills, {resumes} resumes; where they landed:");
+    for (stage, n) in &landed {
+        eprintln!("  {n:>3}  {stage}");
+    }
+    assert!(done >= kills.min(3), "the run finished after {done} kills: too fast to drill");
+
+    // The same tree as the uninterrupted run.
+    let (a, b) = (view(&reference).unwrap(), view(&run_dir).unwrap());
+    assert_eq!(a.nodes.len(), b.nodes.len(), "{:?}", b.nodes);
+    for (x, y) in a.nodes.iter().zip(&b.nodes) {
+        assert_eq!((x.id, x.parent, x.status()), (y.id, y.parent, y.status()), "node {}", x.id);
+        assert_eq!(x.proposal, y.proposal, "node {}", x.id);
+        let (rx, ry) = (x.result().unwrap(), y.result().unwrap());
+        assert_eq!((rx.score, rx.passed, rx.total), (ry.score, ry.passed, ry.total), "node {}", x.id);
+    }
+    let (fa, fb) = (a.final_result.unwrap(), b.final_result.unwrap());
+    assert_eq!((fa.best, fa.base_test, fa.best_test), (fb.best, fb.base_test, fb.best_test));
+    // Each node finished exactly once, and nothing half-written is left.
+    let ev = events(&run_dir);
+    for n in &b.nodes {
+        let ends = ev.iter().filter(|e| matches!(e, Event::Done { node, .. } if *node == n.id)).count();
+        assert_eq!(ends, 1, "node {}", n.id);
+        if n.id != 0 {
+            let adapter = run_dir.join(n.result().unwrap().adapter.as_ref().unwrap());
+            trex_model::train::peft::load_adapter(&adapter, &config)
+                .unwrap_or_else(|e| panic!("node {}: its adapter does not load: {e}", n.id));
+        }
+    }
+    let mut left = Vec::new();
+    temporaries(&run_dir, &mut left);
+    assert!(left.is_empty(), "files left half-written under temporary names: {left:?}");
+}
