@@ -137,31 +137,36 @@ fn ensure_wasm_target() -> Result<()> {
 /// The Chromium builds the screenshot and the browser test look for, by program name.
 const BROWSERS: [&str; 3] = ["chromium", "chromium-browser", "google-chrome"];
 
-/// Debian's Chromium and ChromeDriver, for the browser test of `trex-host ui`: installed with
-/// apt-get when missing and running as root, otherwise a message saying what to install.
+/// Whether `name` is a program on PATH (or in /usr/sbin, where Debian puts daemons).
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).chain([PathBuf::from("/usr/sbin")]).any(|d| d.join(name).is_file()))
+}
+
+/// Whether this runs as root.
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Install Debian's `packages` with apt-get, for `what`, when running as root; otherwise a
+/// message saying what to install.
+fn apt_install(packages: &[&str], what: &str) -> Result<()> {
+    let list = packages.join(" ");
+    if !(is_root() && on_path("apt-get")) {
+        bail!("{what} needs {list}: install them (apt-get install {list}) and run this again");
+    }
+    eprintln!("xtask: installing {list} for {what}");
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-qq"]).args(packages))
+}
+
+/// Debian's Chromium and ChromeDriver, for the browser test of `trex-host ui`, installed when
+/// missing.
 fn ensure_browser() -> Result<()> {
-    let on_path = |name: &str| {
-        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-    };
     if on_path("chromedriver") && (BROWSERS.iter().any(|b| on_path(b)) || std::env::var_os("TREX_CHROMIUM").is_some()) {
         return Ok(());
     }
-    let root_user =
-        Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !(root_user && on_path("apt-get")) {
-        bail!(
-            "the browser test needs Chromium and ChromeDriver: install them (apt-get install chromium chromium-driver) and run this again"
-        );
-    }
-    eprintln!("xtask: installing chromium and chromium-driver for the browser test");
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args([
-        "install",
-        "-y",
-        "-qq",
-        "chromium",
-        "chromium-driver",
-    ]))
+    apt_install(&["chromium", "chromium-driver"], "the browser test")
 }
 
 /// Build the plugins workspace and place each component next to its manifest.

@@ -8,16 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{root, run};
-
-fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).chain([PathBuf::from("/usr/sbin")]).any(|d| d.join(name).is_file()))
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
+use crate::{apt_install, is_root, on_path, root, run};
 
 /// Whether the daemons and the client commands are installed.
 pub fn installed() -> bool {
@@ -34,20 +25,7 @@ pub fn ensure_installed() -> Result<()> {
     if installed() {
         return Ok(());
     }
-    if !(is_root() && on_path("apt-get")) {
-        bail!(
-            "the Slurm tests need Slurm and munge: install them (apt-get install slurm-wlm munge) and run this again"
-        );
-    }
-    eprintln!("xtask: installing slurm-wlm and munge for the Slurm tests");
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args([
-        "install",
-        "-y",
-        "-qq",
-        "slurm-wlm",
-        "munge",
-    ]))
+    apt_install(&["slurm-wlm", "munge"], "the Slurm tests")
 }
 
 /// The cluster's folder.

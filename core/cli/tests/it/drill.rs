@@ -13,7 +13,7 @@ use trex_lab::journal::{Event, Journal};
 use trex_lab::run::view;
 use trex_sdk::rng::SplitMix64;
 
-use crate::search::{events, fixture, output, trex_host};
+use crate::search::{events, fixture, output, slow_config, trex_host};
 
 /// Where in a run a kill landed, read from the journal and the node folders at the moment of the kill.
 fn stage(run_dir: &Path) -> &'static str {
@@ -84,15 +84,7 @@ fn temporaries(dir: &Path, found: &mut Vec<PathBuf>) {
 fn a_search_killed_again_and_again_and_resumed_grows_the_tree_of_an_uninterrupted_run() {
     trex_tests::build_plugins();
     let kills: usize = std::env::var("TREX_DRILL_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(5);
-    let config = trex_model::LlamaConfig {
-        hidden: 128,
-        intermediate: 256,
-        layers: 4,
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 32,
-        ..trex_model::LlamaConfig::tiny()
-    };
+    let config = slow_config();
     let recipe = "lora_rank = 4\ntargets = [\"q_proj\", \"v_proj\"]\nlearning_rate = 1e-2\nepochs = 20.0\nbatch_size = 1\nmax_seq_len = 64";
     let f = fixture(40, recipe, "", config.clone());
     // Enough experiments that the run outlasts the kills (a session gets about half a node done).

@@ -95,6 +95,22 @@ plugin = "dedup-exact"
 /// A data step that panics, offered to the Researcher (only where a test wants a node to fail).
 const HOSTILE_STEP: &str = "\n[[search_space.data_steps]]\nplugin = \"hostile\"\nconfig = { attack = \"panic\" }\n";
 
+/// A model a little bigger than the tiny one: with [`SLOW`], a node takes seconds to train.
+pub(crate) fn slow_config() -> trex_model::LlamaConfig {
+    trex_model::LlamaConfig {
+        hidden: 128,
+        intermediate: 256,
+        layers: 4,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 32,
+        ..trex_model::LlamaConfig::tiny()
+    }
+}
+
+/// 40 epochs at batch 1.
+pub(crate) const SLOW: &str = "lora_rank = 4\ntargets = [\"q_proj\", \"v_proj\"]\nlearning_rate = 1e-2\nepochs = 40.0\nbatch_size = 1\nmax_seq_len = 64";
+
 pub(crate) const QUICK: &str = "lora_rank = 4\ntargets = [\"q_proj\", \"v_proj\"]\nlearning_rate = 1e-2\nepochs = 2.0\nbatch_size = 4\nmax_seq_len = 64";
 
 fn host_config(dir: &Path) -> HostConfig {
@@ -200,17 +216,7 @@ pub(crate) fn output(c: &mut Command) -> (bool, String, String) {
 fn sigkill_mid_node_then_resume_loses_and_repeats_nothing() {
     trex_tests::build_plugins();
     // A model big enough, and a recipe long enough, that a node takes seconds to train.
-    let config = trex_model::LlamaConfig {
-        hidden: 128,
-        intermediate: 256,
-        layers: 4,
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 32,
-        ..trex_model::LlamaConfig::tiny()
-    };
-    let slow = "lora_rank = 4\ntargets = [\"q_proj\", \"v_proj\"]\nlearning_rate = 1e-2\nepochs = 40.0\nbatch_size = 1\nmax_seq_len = 64";
-    let f = fixture(40, slow, "", config);
+    let f = fixture(40, SLOW, "", slow_config());
     let run_dir = f.dir.path().join("run");
     let mut child = trex_host(&f)
         .args(["search", "--strategy", "sequential", "--nodes", "3", "--run-dir"])

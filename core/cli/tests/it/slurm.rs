@@ -10,7 +10,7 @@ use trex_lab::run::view;
 use trex_lab::slurm::{Cluster, JobState};
 use trex_lab::tree::NodeStatus;
 
-use crate::search::{Fixture, QUICK, events, fixture, output, trex_host};
+use crate::search::{Fixture, QUICK, SLOW, events, fixture, output, slow_config, trex_host};
 
 /// Whether a Slurm controller answers; panics where one is required.
 fn cluster_up(test: &str) -> bool {
@@ -40,19 +40,6 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(Instant::now() < deadline, "{what} did not happen within {limit:?}");
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The slow model of the SIGKILL test: a node takes seconds to train.
-fn slow_config() -> trex_model::LlamaConfig {
-    trex_model::LlamaConfig {
-        hidden: 128,
-        intermediate: 256,
-        layers: 4,
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 32,
-        ..trex_model::LlamaConfig::tiny()
     }
 }
 
@@ -123,8 +110,7 @@ fn a_search_killed_while_its_job_runs_resumes_by_reattaching_to_the_job() {
         return;
     }
     trex_tests::build_plugins();
-    let slow = "lora_rank = 4\ntargets = [\"q_proj\", \"v_proj\"]\nlearning_rate = 1e-2\nepochs = 40.0\nbatch_size = 1\nmax_seq_len = 64";
-    let f: Fixture = fixture(40, slow, "", slow_config());
+    let f: Fixture = fixture(40, SLOW, "", slow_config());
     let run_dir = f.dir.path().join("run");
     let mut child = trex_host(&f)
         .args(["search", "--strategy", "sequential", "--nodes", "2", "--no-experiment-cache"])
