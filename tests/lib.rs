@@ -99,6 +99,8 @@ pub mod llm_server {
         Status(u16, String),
         /// Wait, then answer 200 with this body.
         Slow(Duration, String),
+        /// Close the connection without answering (the request read, no byte written back).
+        Reset,
         /// Hold the reply until this many requests carrying a `Barrier` reply are waiting
         /// together, then answer 200 with this body: proof that the requests were in flight at
         /// the same time (one after another, they would never meet).
@@ -183,6 +185,10 @@ pub mod llm_server {
                         .pop_front()
                         .unwrap_or(Reply::Status(500, "{\"error\": \"script exhausted\"}".into()));
                     let (status, body) = match reply {
+                        Reply::Reset => {
+                            let _ = stream.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
                         Reply::Status(s, b) => (s, b),
                         Reply::Slow(d, b) => {
                             std::thread::sleep(d);

@@ -301,6 +301,35 @@ pub(crate) fn llm_section(base_url: &str) -> String {
 }
 
 #[test]
+fn an_llm_server_that_resets_or_answers_html_costs_a_round_and_the_search_goes_on() {
+    trex_tests::build_plugins();
+    let html = "<html><body><h1>502 Bad Gateway</h1></body></html>";
+    let mut script =
+        vec![trex_tests::llm_server::Reply::Reset, trex_tests::llm_server::Reply::Status(200, html.into())];
+    script.extend((0..4).map(|_| completion(&proposal(1e-2, ""), 100, 20)));
+    let server = llm_server_for_search(script);
+    let f = fixture(40, QUICK, &llm_section(&server.base_url), trex_model::LlamaConfig::tiny());
+    let run_dir = f.dir.path().join("run");
+    let (ok, stdout, err) = output(
+        trex_host(&f)
+            .env("TREX_TEST_LLM_KEY", "sk-test")
+            .args(["search", "--nodes", "1", "--run-dir"])
+            .arg(&run_dir)
+            .arg(&f.task),
+    );
+    assert!(ok, "{err}");
+    let ev = events(&run_dir);
+    let rejected: Vec<&String> =
+        ev.iter().filter_map(|e| if let Event::Rejected { error, .. } = e { Some(error) } else { None }).collect();
+    // Each failure costs its round (no retries configured), with the cause in the refusal.
+    assert_eq!(rejected.len(), 2, "{stdout}");
+    assert!(rejected[0].contains("the Researcher failed") && rejected[0].contains("could not connect or send"));
+    assert!(rejected[1].contains("the reply is not JSON") && rejected[1].contains("502 Bad Gateway"), "{rejected:?}");
+    assert_eq!(count(&ev, |e| matches!(e, Event::Done { node: 1, .. })), 1, "{rejected:?}\n{err}");
+    assert_eq!(count(&ev, |e| matches!(e, Event::Final { .. })), 1);
+}
+
+#[test]
 fn hostile_researcher_replies_are_refused_and_the_search_goes_on() {
     trex_tests::build_plugins();
     let server = llm_server_for_search(vec![

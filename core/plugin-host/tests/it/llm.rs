@@ -61,6 +61,14 @@ async fn a_slow_reply_times_out_and_is_retried() {
 }
 
 #[tokio::test]
+async fn a_reset_connection_is_retried() {
+    let server = start(vec![Reply::Reset, Reply::Reset, completion("ok", 1, 1)]);
+    let client = OpenAiClient::new(config(&server.base_url), Arc::new(TokenMeter::new(None))).unwrap();
+    assert_eq!(client.complete(&request(false)).await.unwrap().content, "ok");
+    assert_eq!(server.requests.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
 async fn persistent_garbage_gives_up_with_the_last_error() {
     let server = start(vec![
         Reply::Status(200, "<html>".into()),
