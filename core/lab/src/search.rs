@@ -439,6 +439,17 @@ pub fn executor_ready(executor: &ExecutorKind) -> Result<(), LabError> {
     Ok(())
 }
 
+/// Scoring finished node `id` (result `r`) on `split` failed with `e`: what to do about it. The
+/// node's result stays in the journal, so a resume after the adapter is restored finishes.
+fn unreadable_adapter(lab: &Lab, id: u64, r: &NodeResult, split: &str, e: LabError) -> LabError {
+    let adapter = r.adapter.as_deref().map_or_else(|| lab.run_dir.clone(), |a| lab.run_dir.join(a));
+    LabError::Run(format!(
+        "scoring node {id} on {split}: {e}. Its result is kept in the journal: restore its adapter ({}) and run `trex-host resume {}` to finish",
+        adapter.display(),
+        lab.run_dir.display()
+    ))
+}
+
 /// Cancels the Slurm jobs still in flight when the search loop ends early (an error, a panic);
 /// a search that ends normally has waited for all of them.
 struct CancelOnDrop(Option<Arc<Cluster>>);
@@ -1035,7 +1046,12 @@ impl<'a> Search<'a> {
         let mut rescored = Vec::with_capacity(top.len());
         for n in &top {
             let r = n.result().expect("finished nodes were kept");
-            rescored.push((n.id, self.lab.score_full_validation(r).await?));
+            let score = self
+                .lab
+                .score_full_validation(r)
+                .await
+                .map_err(|e| unreadable_adapter(self.lab, n.id, r, "the whole validation split", e))?;
+            rescored.push((n.id, score));
         }
         // The best on the whole split; ties go to the better score on the part, then the older node.
         let (chosen, _) = rescored
@@ -1060,7 +1076,9 @@ impl<'a> Search<'a> {
                 let root = self.state.tree.nodes[0].result().cloned().expect("the base model was scored");
                 let base_test = lab.score_test(&root).await?;
                 let best_test = match best.result() {
-                    Some(r) if r.adapter.is_some() => lab.score_test(r).await?,
+                    Some(r) if r.adapter.is_some() => {
+                        lab.score_test(r).await.map_err(|e| unreadable_adapter(lab, best.id, r, "the test split", e))?
+                    }
                     _ => base_test,
                 };
                 let test_gain = executor::normalized_gain(best_test, base_test, lab.task.reference_score);

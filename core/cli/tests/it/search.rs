@@ -330,6 +330,67 @@ fn an_llm_server_that_resets_or_answers_html_costs_a_round_and_the_search_goes_o
 }
 
 #[test]
+fn a_parent_adapter_corrupted_while_the_search_was_down_fails_its_child_with_the_file_named() {
+    trex_tests::build_plugins();
+    // Every round proposes the same recipe, continuing the parent's adapter: node 2 continues
+    // node 1's (40 epochs at batch 1 on the slow model: seconds to train).
+    let continuing = r#"{"proposals": [{"data_recipe": {"steps": [{"plugin": "chat-format"}]}, "train_recipe": {"lora_rank": 4, "targets": ["q_proj", "v_proj"], "learning_rate": 0.01, "epochs": 40.0, "batch_size": 1, "max_seq_len": 64, "continue_from_parent": true}, "rationale": "continue"}]}"#;
+    let server = llm_server_for_search((0..8).map(|_| completion(continuing, 100, 20)).collect());
+    let f = fixture(40, SLOW, &llm_section(&server.base_url), slow_config());
+    let run_dir = f.dir.path().join("run");
+    let mut child = trex_host(&f)
+        .env("TREX_TEST_LLM_KEY", "sk-test")
+        .args(["search", "--strategy", "sequential", "--nodes", "2", "--no-experiment-cache", "--run-dir"])
+        .arg(&run_dir)
+        .arg(&f.task)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !(Journal::path_in(&run_dir).is_file()
+        && events(&run_dir).iter().any(|e| matches!(e, Event::Started { node: 2 })))
+    {
+        assert!(std::time::Instant::now() < deadline, "node 2 never started");
+        assert!(child.try_wait().unwrap().is_none(), "the search ended before node 2 started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL while node 2 trains
+    child.wait().unwrap();
+    let v = view(&run_dir).unwrap();
+    assert!(v.nodes[2].proposal.as_ref().unwrap().train_recipe.continue_from_parent);
+    assert_eq!(v.nodes[2].parent, Some(1));
+    let weights = run_dir.join("nodes/1/adapter/adapter_model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 3]).unwrap(); // torn on disk
+    let resume = || output(trex_host(&f).env("TREX_TEST_LLM_KEY", "sk-test").arg("resume").arg(&run_dir));
+    let (ok, stdout, err) = resume();
+    // The child fails with the damaged file named; the search goes on to its end, where node 1,
+    // the best, cannot be scored on the test split: a clear stop, with what to do.
+    let ev = events(&run_dir);
+    let error = ev
+        .iter()
+        .find_map(|e| if let Event::Failed { node: 2, error, .. } = e { Some(error.clone()) } else { None })
+        .unwrap_or_else(|| panic!("node 2 fails: {stdout}{err}"));
+    assert!(error.contains("parent adapter") && error.contains("nodes/1/adapter/adapter_model.safetensors"), "{error}");
+    assert!(error.contains("damaged or truncated"), "{error}");
+    assert_eq!(error.matches("adapter_model.safetensors").count(), 1, "the file is named once: {error}");
+    assert!(!ok, "{stdout}");
+    assert!(err.contains("scoring node 1 on the test split") && err.contains("restore its adapter"), "{err}");
+    assert_eq!(count(&ev, |e| matches!(e, Event::Final { .. })), 0);
+    // Restored, the run finishes, with nothing that had finished run again.
+    std::fs::write(&weights, &bytes).unwrap();
+    let (ok, stdout, err) = resume();
+    assert!(ok, "{err}");
+    let ev = events(&run_dir);
+    assert_eq!(count(&ev, |e| matches!(e, Event::Final { .. })), 1, "{stdout}");
+    for id in [1u64, 2] {
+        let ends = count(&ev, |e| matches!(e, Event::Done { node, .. } | Event::Failed { node, .. } if *node == id));
+        assert_eq!(ends, 1, "node {id}");
+    }
+}
+
+#[test]
 fn hostile_researcher_replies_are_refused_and_the_search_goes_on() {
     trex_tests::build_plugins();
     let server = llm_server_for_search(vec![

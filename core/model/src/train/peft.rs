@@ -116,6 +116,9 @@ pub fn load_adapter(dir: &Path, config: &LlamaConfig) -> Result<LoraAdapter<f32>
     let path = dir.join("adapter_model.safetensors");
     let tensors: BTreeMap<String, Vec<f32>> = crate::read_safetensors_file(&path).map_err(|e| match e {
         ModelError::Io { path, message } => AdapterError::Io { path, message },
+        ModelError::Corrupt { path, message } => {
+            AdapterError::Invalid { path, message: format!("damaged or truncated: {message}") }
+        }
         other => AdapterError::Invalid { path: path.clone(), message: other.to_string() },
     })?;
     let mut adapter = LoraAdapter::<f32>::new(config, rank, alpha, dropout, &targets, 0);
