@@ -4,6 +4,7 @@ mod augment;
 mod contract;
 mod data_tools;
 mod evaluators;
+mod fuzz;
 mod hostile;
 mod roundtrip;
 mod sandbox;

@@ -1,5 +1,5 @@
 //! Project chores: `cargo xtask build-plugins | demo | test | ci | bench-plugins | nvrtc-check |
-//! device-check | interop | screenshot | slurm | crash-drill`.
+//! device-check | interop | screenshot | slurm | crash-drill | fuzz`.
 //!
 //! Rust instead of shell so the steps read the same everywhere and fail with clear messages.
 
@@ -28,6 +28,12 @@ commands:
   ci              install Chromium, ChromeDriver, Slurm and munge if missing (apt-get, as
                   root), check formatting, clippy, docs, then `test` with the browser and the
                   Slurm tests required
+  fuzz [--minutes N]
+                  fuzz every host parser of untrusted bytes (GGUF, safetensors, tokenizer.json,
+                  config.json, PEFT adapter config, plugin.toml, task.toml, journal, JSONL
+                  records) for N minutes in all (default 10) with the seeded mutational fuzzer
+                  in tests/it/fuzz.rs (stable toolchain); prints inputs tried per target and
+                  keeps any crashing input in target/fuzz (300 inputs per target run in `test`)
   crash-drill [--kills N]
                   the crash drill: a search on a small model SIGKILLed N times (default 20)
                   at moments spread over its nodes' lives and resumed each time; checks that
@@ -78,6 +84,7 @@ fn dispatch() -> Result<()> {
         Some("interop") => interop::interop(),
         Some("slurm") => slurm::command(&args[1..]),
         Some("crash-drill") => crash_drill(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             Ok(())
@@ -269,6 +276,31 @@ fn test(required: bool) -> Result<()> {
     };
     run(&mut tests)?;
     run(cargo().current_dir(root()).args(["test", "--workspace", "--doc"]))
+}
+
+/// The fuzz targets in tests/it/fuzz.rs (the time is shared among them).
+const FUZZ_TARGETS: u32 = 9;
+
+/// `fuzz [--minutes N]`: the fuzz test for N minutes in all, its table printed.
+fn fuzz(args: &[String]) -> Result<()> {
+    let minutes: f64 = match args {
+        [] => 10.0,
+        [flag, n] if flag == "--minutes" => n.parse().with_context(|| format!("--minutes {n}: not a number"))?,
+        _ => bail!("usage: cargo xtask fuzz [--minutes N]"),
+    };
+    if !(minutes > 0.0) {
+        bail!("--minutes {minutes}: give a positive number of minutes");
+    }
+    let per_target = minutes * 60.0 / f64::from(FUZZ_TARGETS);
+    run(cargo().current_dir(root()).env("TREX_FUZZ_SECONDS", format!("{per_target}")).args([
+        "test",
+        "--workspace",
+        "--test",
+        "it",
+        "--",
+        "fuzz::the_parsers",
+        "--nocapture",
+    ]))
 }
 
 /// `crash-drill [--kills N]`: the drill test with N kills, its table printed.

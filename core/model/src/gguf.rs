@@ -83,11 +83,11 @@ impl TensorType {
     /// Bytes for `n` elements (`n` a multiple of the block size for block types).
     fn bytes_for(self, n: usize) -> Option<usize> {
         match self {
-            Self::F32 => Some(n * 4),
-            Self::F16 | Self::Bf16 => Some(n * 2),
-            Self::Q8_0 => n.is_multiple_of(32).then_some(n / 32 * 34),
-            Self::Q4_0 => n.is_multiple_of(32).then_some(n / 32 * 18),
-            Self::Q4_1 => n.is_multiple_of(32).then_some(n / 32 * 20),
+            Self::F32 => n.checked_mul(4),
+            Self::F16 | Self::Bf16 => n.checked_mul(2),
+            Self::Q8_0 => n.is_multiple_of(32).then(|| (n / 32).checked_mul(34)).flatten(),
+            Self::Q4_0 => n.is_multiple_of(32).then(|| (n / 32).checked_mul(18)).flatten(),
+            Self::Q4_1 => n.is_multiple_of(32).then(|| (n / 32).checked_mul(20)).flatten(),
         }
     }
 }
@@ -267,21 +267,32 @@ impl GgufFile {
                     ggml_type_name(code)
                 ),
             })?;
+            // Found by fuzzing: dimensions whose product overflows.
+            if dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none() {
+                return Err(
+                    c.err(&format!("tensor `{name}` has dimensions {dims:?}, more elements than can be counted"))
+                );
+            }
             tensors.insert(name, TensorInfo { dims, ty, offset });
         }
         let alignment = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(32) as usize;
-        let data_start = c.pos.div_ceil(alignment.max(1)) * alignment.max(1);
+        let data_start =
+            c.pos.div_ceil(alignment.max(1)).checked_mul(alignment.max(1)).ok_or_else(|| ModelError::Corrupt {
+                path: path.into(),
+                message: format!("general.alignment = {alignment} is out of range"),
+            })?;
         for (name, t) in &tensors {
             let size = t.ty.bytes_for(t.len()).ok_or_else(|| ModelError::Corrupt {
                 path: path.into(),
                 message: format!("tensor `{name}` has {} elements, not a whole number of blocks", t.len()),
             })?;
-            if data_start + t.offset + size > bytes.len() {
+            let end = data_start.checked_add(t.offset).and_then(|e| e.checked_add(size));
+            if end.is_none_or(|e| e > bytes.len()) {
                 return Err(ModelError::Corrupt {
                     path: path.into(),
                     message: format!(
                         "tensor `{name}` ends at byte {} but the file has {} bytes (truncated download?)",
-                        data_start + t.offset + size,
+                        end.map_or_else(|| "beyond 2^64".to_string(), |e| e.to_string()),
                         bytes.len()
                     ),
                 });

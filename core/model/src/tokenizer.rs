@@ -30,7 +30,13 @@ impl Tokenizer {
     /// Load a `tokenizer.json` (and, when present beside it, `tokenizer_config.json` for the
     /// chat template and special tokens).
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| tok_err(path, e))?;
+        // The tokenizers library panics on some malformed sections (a `decoder` whose JSON does
+        // not match any decoder, found by fuzzing): such a file is refused like any other.
+        let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_file(path))
+            .map_err(|_| {
+                tok_err(path, "the tokenizers library could not read it (a malformed `decoder`, `normalizer` or `pre_tokenizer` section?)")
+            })?
+            .map_err(|e| tok_err(path, e))?;
         let mut t = Self { inner, bos: None, eos: Vec::new(), add_bos: false, chat_template: None };
         let config_path = path.with_file_name("tokenizer_config.json");
         if let Ok(text) = std::fs::read_to_string(&config_path) {

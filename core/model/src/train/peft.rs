@@ -96,10 +96,9 @@ pub fn load_adapter(dir: &Path, config: &LlamaConfig) -> Result<LoraAdapter<f32>
             return Err(invalid(&cfg_path, format!("`{flag}` adapters are not supported")));
         }
     }
-    let rank = cfg["r"]
-        .as_u64()
-        .filter(|&r| r > 0)
-        .ok_or_else(|| invalid(&cfg_path, "field `r` must be a positive integer".into()))? as usize;
+    let rank = cfg["r"].as_u64().filter(|&r| r > 0 && r <= config.hidden as u64).ok_or_else(|| {
+        invalid(&cfg_path, format!("field `r` must be an integer from 1 to the model's width, {}", config.hidden))
+    })? as usize;
     let alpha = cfg["lora_alpha"].as_f64().unwrap_or(rank as f64);
     let dropout = cfg["lora_dropout"].as_f64().unwrap_or(0.0);
     let mut targets = Vec::new();
@@ -109,9 +108,13 @@ pub fn load_adapter(dir: &Path, config: &LlamaConfig) -> Result<LoraAdapter<f32>
         _ => return Err(invalid(&cfg_path, "field `target_modules` is missing".into())),
     };
     for m in &modules {
-        targets.push(target_from_name(m).ok_or_else(|| {
+        let t = target_from_name(m).ok_or_else(|| {
             invalid(&cfg_path, format!("unknown target module `{m}` (trex adapts q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)"))
-        })?);
+        })?;
+        // A module named twice is one target (found by fuzzing: it was counted twice).
+        if !targets.contains(&t) {
+            targets.push(t);
+        }
     }
     let path = dir.join("adapter_model.safetensors");
     let tensors: BTreeMap<String, Vec<f32>> = crate::read_safetensors_file(&path).map_err(|e| match e {

@@ -1,0 +1,322 @@
+//! Fuzzing the host's parsers of untrusted bytes on the stable toolchain: a seeded mutational
+//! fuzzer (no coverage guidance; cargo-fuzz needs nightly). Each target starts from valid
+//! inputs made here, mutates them (bit flips, special bytes and numbers, truncation, repeated
+//! and spliced chunks) and hands the result to the parser, which may refuse it with an error
+//! but must not panic. The input being tried is written to `target/fuzz/<target>.current`
+//! first, so even an abort leaves it behind; a panic's input is kept as
+//! `target/fuzz/<target>-crash-<hash>`.
+//!
+//! The CI run tries `TREX_FUZZ_ITERS` inputs per target (default 300); `cargo xtask fuzz
+//! --minutes N` sets `TREX_FUZZ_SECONDS` instead and prints the inputs tried per target.
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use trex_sdk::rng::SplitMix64;
+
+/// One parser, fed the bytes of one file in `dir`.
+struct Target {
+    name: &'static str,
+    seeds: Vec<Vec<u8>>,
+    run: fn(&[u8], &Path),
+}
+
+fn mutate(rng: &mut SplitMix64, seeds: &[Vec<u8>], input: &[u8]) -> Vec<u8> {
+    let mut b = input.to_vec();
+    let rounds = 1 + rng.next_u64() % 4;
+    for _ in 0..rounds {
+        let len = b.len().max(1);
+        let at = (rng.next_u64() as usize) % len;
+        match rng.next_u64() % 9 {
+            0 if !b.is_empty() => b[at] ^= 1 << (rng.next_u64() % 8),
+            1 if !b.is_empty() => b[at] = [0u8, 0xff, 0x7f, 0x80, b'"', b'{', b'[', b'\n'][rng.next_u64() as usize % 8],
+            2 => b.truncate(at),
+            3 => {
+                let end = (at + 1 + rng.next_u64() as usize % 64).min(b.len());
+                let chunk = b[at.min(end)..end].to_vec();
+                for _ in 0..(1 + rng.next_u64() % 8) {
+                    b.splice(at..at, chunk.iter().copied());
+                }
+            }
+            4 => {
+                let n = [b"4294967295".as_slice(), b"-1", b"18446744073709551615", b"1e308", b"NaN", b"0"];
+                let pick = n[rng.next_u64() as usize % n.len()];
+                b.splice(at.min(b.len())..at.min(b.len()), pick.iter().copied());
+            }
+            5 if b.len() >= 8 => {
+                // A length or count field set to something huge.
+                let at = at.min(b.len() - 8);
+                b[at..at + 8]
+                    .copy_from_slice(&[u64::MAX, 1 << 40, u32::MAX as u64][rng.next_u64() as usize % 3].to_le_bytes());
+            }
+            6 => {
+                let other = &seeds[rng.next_u64() as usize % seeds.len()];
+                let from = rng.next_u64() as usize % other.len().max(1);
+                b.truncate(at);
+                b.extend_from_slice(&other[from.min(other.len())..]);
+            }
+            7 if !b.is_empty() => {
+                let end = (at + 1 + rng.next_u64() as usize % 32).min(b.len());
+                b.drain(at..end);
+            }
+            _ => b.insert(at.min(b.len()), rng.next_u64() as u8),
+        }
+    }
+    b
+}
+
+/// Try `target` on mutated inputs until `iterations` or `deadline`: the inputs tried, or the
+/// file keeping the input it panicked on.
+fn fuzz(target: &Target, iterations: Option<u64>, deadline: Option<Instant>, out: &Path) -> Result<u64, PathBuf> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = SplitMix64(0xF022 ^ hash(target.name.as_bytes()));
+    let current = out.join(format!("{}.current", target.name));
+    let mut tried = 0;
+    loop {
+        if iterations.is_some_and(|n| tried >= n) || deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let seed = &target.seeds[rng.next_u64() as usize % target.seeds.len()];
+        let input = if tried == 0 { seed.clone() } else { mutate(&mut rng, &target.seeds, seed) };
+        std::fs::write(&current, &input).unwrap();
+        let run = target.run;
+        let path = dir.path().to_path_buf();
+        if std::panic::catch_unwind(AssertUnwindSafe(|| run(&input, &path))).is_err() {
+            let kept = out.join(format!("{}-crash-{:016x}", target.name, hash(&input)));
+            std::fs::write(&kept, &input).unwrap();
+            return Err(kept);
+        }
+        tried += 1;
+    }
+    let _ = std::fs::remove_file(&current);
+    Ok(tried)
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn root() -> PathBuf {
+    trex_tests::root()
+}
+
+/// A small valid model in the Hugging Face layout, whose files the model targets start from.
+fn model_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = trex_tests::tiny_model(dir.path(), &trex_model::LlamaConfig::tiny());
+    (dir, model)
+}
+
+fn targets() -> Vec<Target> {
+    let (_keep, model) = model_dir();
+    let read = |p: PathBuf| std::fs::read(p).unwrap();
+    let config = trex_model::LlamaConfig::tiny();
+    // An adapter of the tiny model, saved the way a node saves one.
+    let adapter_dir = tempfile::tempdir().unwrap();
+    let recipe = trex_sdk::types::TrainRecipe::default();
+    let adapter = trex_model::LoraAdapter::from_recipe(&config, &recipe);
+    trex_model::train::peft::save_adapter(adapter_dir.path(), &adapter, "tiny").unwrap();
+    let gguf = {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.gguf");
+        let w: Vec<f32> = (0..64).map(|i| i as f32 / 7.0).collect();
+        trex_model::gguf::write_gguf(
+            &p,
+            &[
+                ("general.architecture", trex_model::gguf::Value::Str("llama".into())),
+                ("llama.block_count", trex_model::gguf::Value::U64(1)),
+            ],
+            &[
+                ("w", &[8, 8], &w, trex_model::gguf::TensorType::F32),
+                ("v", &[64], &w, trex_model::gguf::TensorType::F16),
+            ],
+        )
+        .unwrap();
+        read(p)
+    };
+    let texts = |dir: &str, file: &str| -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = std::fs::read_dir(root().join(dir))
+            .unwrap()
+            .flatten()
+            .flat_map(|e| {
+                let p = e.path();
+                if p.is_dir() { std::fs::read_dir(p).unwrap().flatten().map(|e| e.path()).collect() } else { vec![p] }
+            })
+            .flat_map(|p| if p.is_dir() { vec![p.join(file)] } else { vec![p] })
+            .filter(|p| p.file_name().is_some_and(|n| n == file))
+            .filter_map(|p| std::fs::read(p).ok())
+            .collect();
+        v.sort();
+        v.truncate(12);
+        v
+    };
+    let journal = {
+        // A real journal: a one-node search on the tiny task is more than this test should
+        // run, so the events are written as a search writes them.
+        let (task, _) = trex_lab::task::Task::load(
+            &root().join("examples/tasks/unit-conversion/task.toml"),
+            &trex_lab::task::LocalFiles,
+        )
+        .unwrap();
+        let task = serde_json::to_value(task).unwrap();
+        let start = serde_json::json!({"t": 0.0, "event": "start", "format": 1, "task_file": "task.toml",
+            "task": task, "settings": serde_json::to_value(trex_lab::Settings::default()).unwrap(), "model": "m"});
+        let lines = [
+            start,
+            serde_json::json!({"t": 0.0, "event": "session", "resumed": false}),
+            serde_json::json!({"t": 0.1, "event": "created", "node": 0, "parent": null, "proposal": null, "llm_tokens": 0}),
+            serde_json::json!({"t": 0.2, "event": "started", "node": 0}),
+            serde_json::json!({"t": 0.3, "event": "failed", "node": 0, "error": "x", "lesson": "y",
+                "cost": serde_json::to_value(trex_lab::tree::Cost::default()).unwrap()}),
+            serde_json::json!({"t": 0.4, "event": "finished", "reason": "done"}),
+        ];
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>().into_bytes()
+    };
+    vec![
+        Target {
+            name: "gguf",
+            seeds: vec![gguf],
+            run: |b, d| {
+                if let Ok(g) = trex_model::gguf::GgufFile::open(&write(d, "m.gguf", b)) {
+                    for name in g.tensors.keys() {
+                        let _ = g.tensor_f32(name);
+                    }
+                }
+            },
+        },
+        Target {
+            name: "safetensors",
+            seeds: vec![
+                read(model.join("model.safetensors")),
+                read(adapter_dir.path().join("adapter_model.safetensors")),
+            ],
+            run: |b, d| drop(trex_model::read_safetensors_file(&write(d, "m.safetensors", b))),
+        },
+        Target {
+            name: "tokenizer-json",
+            seeds: vec![read(model.join("tokenizer.json"))],
+            run: |b, d| {
+                if let Ok(t) = trex_model::Tokenizer::from_file(&write(d, "tokenizer.json", b)) {
+                    let _ = t.encode("w1 w2 w3 unknown");
+                }
+            },
+        },
+        Target {
+            name: "hf-config-json",
+            seeds: vec![read(model.join("config.json"))],
+            run: |b, d| {
+                let (_keep, model) = model_dir();
+                std::fs::write(model.join("config.json"), b).unwrap();
+                let _ = d;
+                drop(trex_model::BaseModel::load(&model));
+            },
+        },
+        Target {
+            name: "peft-adapter-config",
+            seeds: vec![read(adapter_dir.path().join("adapter_config.json"))],
+            run: |b, d| {
+                let dir = d.join("adapter");
+                std::fs::create_dir_all(&dir).unwrap();
+                let weights = trex_model::LoraAdapter::from_recipe(
+                    &trex_model::LlamaConfig::tiny(),
+                    &trex_sdk::types::TrainRecipe::default(),
+                );
+                trex_model::train::peft::save_adapter(&dir, &weights, "tiny").unwrap();
+                std::fs::write(dir.join("adapter_config.json"), b).unwrap();
+                drop(trex_model::train::peft::load_adapter(&dir, &trex_model::LlamaConfig::tiny()));
+            },
+        },
+        Target {
+            name: "plugin-toml",
+            seeds: texts("plugins", "plugin.toml"),
+            run: |b, d| {
+                let text = String::from_utf8_lossy(b);
+                drop(trex_plugin_host::Manifest::parse(&text, &d.join("plugin.toml")));
+            },
+        },
+        Target {
+            name: "task-toml",
+            seeds: texts("examples/tasks", "task.toml"),
+            run: |b, d| drop(trex_lab::task::Task::load(&write(d, "task.toml", b), &trex_lab::task::LocalFiles)),
+        },
+        Target {
+            name: "journal",
+            seeds: vec![journal],
+            run: |b, d| {
+                write(d, "journal.jsonl", b);
+                if let Ok(entries) = trex_lab::journal::Journal::read(d) {
+                    let _ = trex_lab::RunState::replay(&entries);
+                }
+            },
+        },
+        Target {
+            name: "records-jsonl",
+            seeds: vec![
+                std::fs::read(root().join("examples/pipelines/unit-conversion/data/validation.jsonl"))
+                    .unwrap()
+                    .into_iter()
+                    .take(4000)
+                    .collect(),
+            ],
+            run: |b, d| drop(trex_lab::pipeline::read_jsonl(&write(d, "r.jsonl", b))),
+        },
+    ]
+}
+
+#[test]
+fn the_parsers_of_untrusted_bytes_refuse_mutated_inputs_without_panicking() {
+    let iterations = std::env::var("TREX_FUZZ_ITERS").ok().and_then(|n| n.parse().ok());
+    let seconds: Option<f64> = std::env::var("TREX_FUZZ_SECONDS").ok().and_then(|n| n.parse().ok());
+    let out = root().join("target/fuzz");
+    std::fs::create_dir_all(&out).unwrap();
+    // Panics are caught and reported by `fuzz`; keep the default hook from printing each one.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let targets = targets();
+    let mut table = Vec::new();
+    let mut crashes = Vec::new();
+    for t in &targets {
+        let deadline = seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+        let started = Instant::now();
+        let n = match (iterations, deadline) {
+            (None, None) => fuzz(t, Some(300), None, &out),
+            (i, d) => fuzz(t, i, d, &out),
+        };
+        match n {
+            Ok(n) => table.push((t.name, n, started.elapsed().as_secs_f64())),
+            Err(kept) => crashes.push(format!("`{}` panicked on the input kept at {}", t.name, kept.display())),
+        }
+    }
+    std::panic::set_hook(hook);
+    assert!(crashes.is_empty(), "{}", crashes.join("\n"));
+    eprintln!("fuzz: target, inputs tried, seconds");
+    for (name, n, s) in &table {
+        eprintln!("  {name:<22} {n:>9} {s:>8.1}");
+    }
+}
+
+/// Every input a fuzz run ever crashed on, committed under `tests/fixtures/fuzz/<target>/`, is
+/// refused without a panic now.
+#[test]
+fn every_input_that_once_crashed_a_parser_is_refused_cleanly() {
+    let targets = targets();
+    let dir = root().join("tests/fixtures/fuzz");
+    let mut replayed = 0;
+    for t in &targets {
+        for e in std::fs::read_dir(dir.join(t.name)).into_iter().flatten().flatten() {
+            let input = std::fs::read(e.path()).unwrap();
+            let scratch = tempfile::tempdir().unwrap();
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| (t.run)(&input, scratch.path())));
+            assert!(result.is_ok(), "{}: `{}` panicked", e.path().display(), t.name);
+            replayed += 1;
+        }
+    }
+    assert!(replayed > 0 || !dir.exists(), "the committed inputs under {} name no target", dir.display());
+}
