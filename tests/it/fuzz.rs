@@ -2,12 +2,13 @@
 //! fuzzer (no coverage guidance; cargo-fuzz needs nightly). Each target starts from valid
 //! inputs made here, mutates them (bit flips, special bytes and numbers, truncation, repeated
 //! and spliced chunks) and hands the result to the parser, which may refuse it with an error
-//! but must not panic. The input being tried is written to `target/fuzz/<target>.current`
+//! but must not panic. The input being tried is written to `target/fuzz/<target>-<seed>.current`
 //! first, so even an abort leaves it behind; a panic's input is kept as
 //! `target/fuzz/<target>-crash-<hash>`.
 //!
 //! The CI run tries `TREX_FUZZ_ITERS` inputs per target (default 300); `cargo xtask fuzz
 //! --minutes N` sets `TREX_FUZZ_SECONDS` instead and prints the inputs tried per target.
+//! `TREX_FUZZ_SEED` picks another sequence of inputs (for runs side by side).
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -68,10 +69,16 @@ fn mutate(rng: &mut SplitMix64, seeds: &[Vec<u8>], input: &[u8]) -> Vec<u8> {
 
 /// Try `target` on mutated inputs until `iterations` or `deadline`: the inputs tried, or the
 /// file keeping the input it panicked on.
-fn fuzz(target: &Target, iterations: Option<u64>, deadline: Option<Instant>, out: &Path) -> Result<u64, PathBuf> {
+fn fuzz(
+    target: &Target,
+    seed: u64,
+    iterations: Option<u64>,
+    deadline: Option<Instant>,
+    out: &Path,
+) -> Result<u64, PathBuf> {
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = SplitMix64(0xF022 ^ hash(target.name.as_bytes()));
-    let current = out.join(format!("{}.current", target.name));
+    let mut rng = SplitMix64(seed ^ hash(target.name.as_bytes()));
+    let current = out.join(format!("{}-{seed}.current", target.name));
     let mut tried = 0;
     loop {
         if iterations.is_some_and(|n| tried >= n) || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -274,6 +281,7 @@ fn targets() -> Vec<Target> {
 fn the_parsers_of_untrusted_bytes_refuse_mutated_inputs_without_panicking() {
     let iterations = std::env::var("TREX_FUZZ_ITERS").ok().and_then(|n| n.parse().ok());
     let seconds: Option<f64> = std::env::var("TREX_FUZZ_SECONDS").ok().and_then(|n| n.parse().ok());
+    let seed: u64 = std::env::var("TREX_FUZZ_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or(0xF022);
     let out = root().join("target/fuzz");
     std::fs::create_dir_all(&out).unwrap();
     // Panics are caught and reported by `fuzz`; keep the default hook from printing each one.
@@ -286,8 +294,8 @@ fn the_parsers_of_untrusted_bytes_refuse_mutated_inputs_without_panicking() {
         let deadline = seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
         let started = Instant::now();
         let n = match (iterations, deadline) {
-            (None, None) => fuzz(t, Some(300), None, &out),
-            (i, d) => fuzz(t, i, d, &out),
+            (None, None) => fuzz(t, seed, Some(300), None, &out),
+            (i, d) => fuzz(t, seed, i, d, &out),
         };
         match n {
             Ok(n) => table.push((t.name, n, started.elapsed().as_secs_f64())),
@@ -296,7 +304,7 @@ fn the_parsers_of_untrusted_bytes_refuse_mutated_inputs_without_panicking() {
     }
     std::panic::set_hook(hook);
     assert!(crashes.is_empty(), "{}", crashes.join("\n"));
-    eprintln!("fuzz: target, inputs tried, seconds");
+    eprintln!("fuzz (seed {seed}): target, inputs tried, seconds");
     for (name, n, s) in &table {
         eprintln!("  {name:<22} {n:>9} {s:>8.1}");
     }

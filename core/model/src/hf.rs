@@ -66,7 +66,7 @@ fn config_from_json(path: &Path, v: &serde_json::Value) -> Result<LlamaConfig, M
     };
     let hidden = num("hidden_size")?;
     let heads = num("num_attention_heads")?;
-    Ok(LlamaConfig {
+    let config = LlamaConfig {
         arch,
         hidden,
         intermediate: num("intermediate_size")?,
@@ -79,7 +79,9 @@ fn config_from_json(path: &Path, v: &serde_json::Value) -> Result<LlamaConfig, M
         rope_theta: v["rope_theta"].as_f64().unwrap_or(10_000.0),
         max_pos: num("max_position_embeddings").unwrap_or(4096),
         tie_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
-    })
+    };
+    config.check().map_err(|message| ModelError::Corrupt { path: path.into(), message })?;
+    Ok(config)
 }
 
 pub(super) fn load_dir(dir: &Path) -> Result<BaseModel, ModelError> {

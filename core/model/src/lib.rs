@@ -127,6 +127,31 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
+    /// Why this configuration cannot be a real model, if it cannot: every size positive and
+    /// within what any released model of this family uses (a file claiming 2^40 layers is
+    /// refused before anything is allocated for them; found by fuzzing).
+    pub fn check(&self) -> Result<(), String> {
+        let limits = [
+            ("hidden size", self.hidden, 1 << 16),
+            ("intermediate size", self.intermediate, 1 << 18),
+            ("layer count", self.layers, 1 << 10),
+            ("attention heads", self.heads, 1 << 10),
+            ("key/value heads", self.kv_heads, 1 << 10),
+            ("head dimension", self.head_dim, 1 << 12),
+            ("vocabulary size", self.vocab, 1 << 22),
+            ("context length", self.max_pos, 1 << 24),
+        ];
+        for (what, value, max) in limits {
+            if value == 0 || value > max {
+                return Err(format!("{what} {value} is out of range (1 to {max})"));
+            }
+        }
+        if !self.heads.is_multiple_of(self.kv_heads) {
+            return Err(format!("{} attention heads cannot share {} key/value heads", self.heads, self.kv_heads));
+        }
+        Ok(())
+    }
+
     /// Parameters of the base model.
     pub fn parameters(&self) -> usize {
         let (d, f) = (self.hidden, self.intermediate);
@@ -426,6 +451,7 @@ fn load_gguf(path: &Path) -> Result<BaseModel, ModelError> {
         max_pos: num("context_length").unwrap_or(4096),
         tie_embeddings: !file.tensors.contains_key("output.weight"),
     };
+    config.check().map_err(|message| ModelError::Corrupt { path: path.into(), message })?;
     let (d, f, hd) = (config.hidden, config.intermediate, config.head_dim);
     let (q, kv) = (config.heads * hd, config.kv_heads * hd);
     let t = |name: &str, dims: &[usize]| expect_len(path, name, file.tensor_f32(name)?, dims);
