@@ -288,7 +288,7 @@ fn fuzz(args: &[String]) -> Result<()> {
         [flag, n] if flag == "--minutes" => n.parse().with_context(|| format!("--minutes {n}: not a number"))?,
         _ => bail!("usage: cargo xtask fuzz [--minutes N]"),
     };
-    if !(minutes > 0.0) {
+    if minutes.is_nan() || minutes <= 0.0 {
         bail!("--minutes {minutes}: give a positive number of minutes");
     }
     let per_target = minutes * 60.0 / f64::from(FUZZ_TARGETS);
