@@ -80,8 +80,10 @@ fn config_from_json(path: &Path, v: &serde_json::Value) -> Result<LlamaConfig, M
         max_pos: num("max_position_embeddings").unwrap_or(4096),
         tie_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
     };
-    config.check().map_err(|message| ModelError::Corrupt { path: path.into(), message })?;
-    Ok(config)
+    match config.problem() {
+        Some(message) => Err(ModelError::Corrupt { path: path.into(), message }),
+        None => Ok(config),
+    }
 }
 
 pub(super) fn load_dir(dir: &Path) -> Result<BaseModel, ModelError> {

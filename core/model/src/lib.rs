@@ -130,7 +130,7 @@ impl LlamaConfig {
     /// Why this configuration cannot be a real model, if it cannot: every size positive and
     /// within what any released model of this family uses (a file claiming 2^40 layers is
     /// refused before anything is allocated for them; found by fuzzing).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn problem(&self) -> Option<String> {
         let limits = [
             ("hidden size", self.hidden, 1 << 16),
             ("intermediate size", self.intermediate, 1 << 18),
@@ -143,13 +143,13 @@ impl LlamaConfig {
         ];
         for (what, value, max) in limits {
             if value == 0 || value > max {
-                return Err(format!("{what} {value} is out of range (1 to {max})"));
+                return Some(format!("{what} {value} is out of range (1 to {max})"));
             }
         }
         if !self.heads.is_multiple_of(self.kv_heads) {
-            return Err(format!("{} attention heads cannot share {} key/value heads", self.heads, self.kv_heads));
+            return Some(format!("{} attention heads cannot share {} key/value heads", self.heads, self.kv_heads));
         }
-        Ok(())
+        None
     }
 
     /// Parameters of the base model.
@@ -451,7 +451,9 @@ fn load_gguf(path: &Path) -> Result<BaseModel, ModelError> {
         max_pos: num("context_length").unwrap_or(4096),
         tie_embeddings: !file.tensors.contains_key("output.weight"),
     };
-    config.check().map_err(|message| ModelError::Corrupt { path: path.into(), message })?;
+    if let Some(message) = config.problem() {
+        return Err(ModelError::Corrupt { path: path.into(), message });
+    }
     let (d, f, hd) = (config.hidden, config.intermediate, config.head_dim);
     let (q, kv) = (config.heads * hd, config.kv_heads * hd);
     let t = |name: &str, dims: &[usize]| expect_len(path, name, file.tensor_f32(name)?, dims);
