@@ -217,13 +217,6 @@ pub struct RunState {
 }
 
 impl RunState {
-    /// The Slurm job a node was last submitted as, if it was.
-    pub fn job(&self, node: u64) -> Option<&str> {
-        self.tree.nodes.get(node as usize).and_then(|n| n.job.as_deref())
-    }
-}
-
-impl RunState {
     /// Rebuild a run from its journal entries.
     pub fn replay(entries: &[journal::Entry]) -> Result<RunState, ReplayError> {
         let mut s = RunState::default();
