@@ -136,6 +136,53 @@ async fn calls_side_by_side_run_at_once_each_with_its_own_scratch() {
     }
 }
 
+/// A call killed by its deadline while it waits inside a host function (an LLM request) leaves
+/// nothing behind: its scratch folder is removed, the abandoned request charges no tokens, the
+/// host's client serves the next call at once, and the next call sees only its own scratch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_killed_inside_an_llm_request_leaks_nothing_into_the_next() {
+    let server = llm_server::start(vec![
+        Reply::Slow(std::time::Duration::from_secs(30), llm_server::completion_body("too late", 50, 50)),
+        llm_server::completion("on time", 3, 4),
+    ]);
+    let client = crate::augment::llm_client(&server.base_url);
+    let meter = client.meter().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = trex_tests::manifest(
+        "hostile",
+        "data-tool",
+        "hostile",
+        "[capabilities]\nscratch = true\nllm = true\n[limits]\ntimeout_ms = 1000\n",
+    );
+    let path = trex_tests::install(&dir.path().join("plugins"), "hostile", "hostile", &manifest);
+    let scratch = dir.path().join("scratch");
+    let config = HostConfig { llm: Some(client), ..test_config(scratch.clone()) };
+    let mut host = PluginHost::new(config).unwrap();
+    host.load(&path).await.unwrap();
+    let call = |who: &'static str| {
+        let host = &host;
+        async move {
+            let config = json!({"attack": "scratch-rendezvous", "content": who});
+            host.run_data_tool("hostile", &config, vec!["{}".into()], &CallEnv::default()).await
+        }
+    };
+    let started = std::time::Instant::now();
+    let err = call("killed").await.unwrap_err();
+    let killed_after = started.elapsed();
+    assert!(matches!(err, PluginError::Timeout { limit_ms: 1000, .. }), "the deadline is the reason: {err}");
+    assert!(killed_after < std::time::Duration::from_secs(20), "the call did not wait for the server");
+    let left: Vec<_> = std::fs::read_dir(&scratch).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "the killed call's scratch folder is removed: {left:?}");
+    assert_eq!(meter.spent(), 0, "a request abandoned before its reply charges nothing");
+    let run = call("next").await.expect("the next call is served while the abandoned request still hangs");
+    let seen: serde_json::Value = serde_json::from_str(&run.records[0]).unwrap();
+    assert_eq!(seen["read_back"], "next");
+    assert_eq!(seen["scratch"], json!(["mine.txt"]), "no file of the killed call is visible");
+    assert_eq!(seen["reply"], "on time");
+    assert_eq!(meter.spent(), 7, "only the answered request is charged");
+    assert_eq!(server.requests.lock().unwrap().len(), 2);
+}
+
 /// A tokenizer that counts one token a text.
 struct FastCounter;
 
