@@ -121,6 +121,49 @@ fn model_dir() -> (tempfile::TempDir, PathBuf) {
     (dir, model)
 }
 
+/// The standard plugins, loaded once for the targets that fuzz a plugin's parser through the
+/// host (a plugin may refuse an input with an error; a panic, trap, hang or memory blow-up is a
+/// crash).
+struct Plugins {
+    rt: tokio::runtime::Runtime,
+    host: trex_plugin_host::PluginHost,
+    _dir: tempfile::TempDir,
+}
+
+fn plugins() -> &'static Plugins {
+    static PLUGINS: std::sync::OnceLock<Plugins> = std::sync::OnceLock::new();
+    PLUGINS.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let folder = trex_tests::standard_plugins(dir.path());
+        let host = rt
+            .block_on(trex_plugin_host::PluginHost::discover(&folder, crate::test_config(dir.path().join("s"))))
+            .unwrap();
+        Plugins { rt, host, _dir: dir }
+    })
+}
+
+/// Panics (so that the fuzzer keeps the input) when a plugin call ended in a crash rather than
+/// an error the plugin chose to return.
+fn survived<T>(result: Result<T, trex_plugin_host::PluginError>) {
+    use trex_plugin_host::PluginError as E;
+    if let Err(e @ (E::Panic { .. } | E::Trap { .. } | E::Timeout { .. } | E::Memory { .. } | E::Fuel { .. })) = result
+    {
+        panic!("{e}");
+    }
+}
+
+/// An evaluator run on one item: the first line of `bytes` is the example (JSON), the rest the
+/// model's output.
+fn evaluate_one(plugin: &str, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    let (example, output) = text.split_once('\n').unwrap_or(("{}", &text));
+    let example = serde_json::from_str(example).unwrap_or(serde_json::json!({}));
+    let items = [trex_plugin_host::EvalItem { id: "0".into(), example, output: output.into() }];
+    let p = plugins();
+    survived(p.rt.block_on(p.host.evaluate(plugin, &serde_json::json!({}), &items, 1, &Default::default())));
+}
+
 fn targets() -> Vec<Target> {
     let (_keep, model) = model_dir();
     let read = |p: PathBuf| std::fs::read(p).unwrap();
@@ -274,6 +317,71 @@ fn targets() -> Vec<Target> {
             ],
             run: |b, d| drop(trex_lab::pipeline::read_jsonl(&write(d, "r.jsonl", b))),
         },
+        Target {
+            name: "records-csv",
+            seeds: vec![
+                b"q,a,split\n\"1,5 km\",1500,train\n2 km,2000,test\nbroken\n3 km,3000,train\n".to_vec(),
+                b"SMILES,SPLIT\nCCO,train\n\"C(=O)\"\"O\",test\nc1ccccc1,train\n".to_vec(),
+            ],
+            run: |b, d| {
+                let data = d.join("data");
+                std::fs::create_dir_all(&data).unwrap();
+                write(&data, "t.csv", b);
+                let env = trex_plugin_host::CallEnv { dataset_dir: Some(data), ..Default::default() };
+                let p = plugins();
+                for config in [
+                    serde_json::json!({"path": "t.csv"}),
+                    serde_json::json!({"path": "t.csv", "numbers": true, "where_column": "split", "where_equals": "train"}),
+                ] {
+                    survived(p.rt.block_on(p.host.run_data_tool("load-csv", &config, vec![], &env)));
+                }
+            },
+        },
+        Target {
+            name: "llm-reply",
+            seeds: vec![
+                trex_tests::llm_server::completion_body("{\"rationale\": \"r\", \"data_recipe\": []}", 12, 7)
+                    .into_bytes(),
+                br#"{"id":"x","object":"chat.completion","choices":[{"index":0,"finish_reason":"length","message":{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}}]}"#.to_vec(),
+            ],
+            run: |b, _| {
+                use trex_plugin_host::llm::LlmClient;
+                let body = String::from_utf8_lossy(b).into_owned();
+                let server = trex_tests::llm_server::start(vec![trex_tests::llm_server::Reply::Status(200, body)]);
+                let client = crate::augment::llm_client(&server.base_url);
+                let request = trex_plugin_host::llm::ChatRequest {
+                    messages: vec![trex_sdk::types::ChatMessage { role: "user".into(), content: "hi".into() }],
+                    temperature: None,
+                    max_tokens: Some(8),
+                    response_schema: Some(serde_json::json!({"type": "object"})),
+                };
+                drop(plugins().rt.block_on(client.chat("fuzz", request)));
+            },
+        },
+        Target {
+            name: "smiles",
+            seeds: ["CCO", "c1ccccc1", "CC(=O)Oc1ccccc1C(=O)O", "C[C@@H](N)C(=O)O", "[Na+].[Cl-]", "C1CC2CCC1C2",
+                "O=C(N)c1ccc[nH]1", "CCCS(=O)c1ccc2[nH]c(=NC(=O)OC)[nH]c2c1", "[13CH3:1]/C=C\\Br"]
+                .iter()
+                .map(|m| format!("{{}}\n{m}").into_bytes())
+                .collect(),
+            run: |b, _| evaluate_one("smiles", b),
+        },
+        Target {
+            name: "bfcl-ast",
+            seeds: vec![
+                br#"{"answer": [{"calculate_triangle_area": {"base": [10], "height": [5], "unit": ["units", ""]}}]}
+[{"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5}}]"#
+                    .to_vec(),
+                br#"{"answer": [{"f": {"a": [1]}}, {"g": {"b": ["x"]}}]}
+[{"name": "g", "arguments": {"b": "x"}}, {"name": "f", "arguments": {"a": 1}}]"#
+                    .to_vec(),
+                br#"{"answer": [{"book": {"where": [{"city": ["Paris"], "days": [2, ""]}], "tags": [["a", "b"]]}}]}
+calculate(where={'city': 'Paris'}, tags=["a", "b"], x=1.5e3)"#
+                    .to_vec(),
+            ],
+            run: |b, _| evaluate_one("bfcl-ast", b),
+        },
     ]
 }
 
@@ -327,4 +435,37 @@ fn every_input_that_once_crashed_a_parser_is_refused_cleanly() {
         }
     }
     assert!(replayed > 0 || !dir.exists(), "the committed inputs under {} name no target", dir.display());
+}
+
+/// The targets that go through a plugin or the LLM client reach the parser: their first seed
+/// is accepted (a target whose every input fails early would fuzz nothing).
+#[test]
+fn the_plugin_and_client_targets_reach_their_parsers() {
+    let p = plugins();
+    let item = |example: serde_json::Value, output: &str| trex_plugin_host::EvalItem {
+        id: "0".into(),
+        example,
+        output: output.into(),
+    };
+    let none = trex_plugin_host::CallEnv::default();
+    let smiles = p.rt.block_on(p.host.evaluate(
+        "smiles",
+        &serde_json::json!({}),
+        &[item(serde_json::json!({}), "CCO")],
+        1,
+        &none,
+    ));
+    assert!(smiles.unwrap().results[0].passed);
+    let bfcl = targets().into_iter().find(|t| t.name == "bfcl-ast").unwrap();
+    let text = String::from_utf8(bfcl.seeds[0].clone()).unwrap();
+    let (example, output) = text.split_once('\n').unwrap();
+    let items = [item(serde_json::from_str(example).unwrap(), output)];
+    let report = p.rt.block_on(p.host.evaluate("bfcl-ast", &serde_json::json!({}), &items, 1, &none)).unwrap();
+    assert!(report.results[0].passed, "{}", report.results[0].explanation);
+    let csv = targets().into_iter().find(|t| t.name == "records-csv").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "t.csv", &csv.seeds[0]);
+    let env = trex_plugin_host::CallEnv { dataset_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+    let run = p.rt.block_on(p.host.run_data_tool("load-csv", &serde_json::json!({"path": "t.csv"}), vec![], &env));
+    assert_eq!(run.unwrap().records.len(), 3, "three good rows, one short row skipped");
 }

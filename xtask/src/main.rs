@@ -279,7 +279,7 @@ fn test(required: bool) -> Result<()> {
 }
 
 /// The fuzz targets in tests/it/fuzz.rs (the time is shared among them).
-const FUZZ_TARGETS: u32 = 9;
+const FUZZ_TARGETS: u32 = 13;
 
 /// `fuzz [--minutes N]`: the fuzz test for N minutes in all, its table printed.
 fn fuzz(args: &[String]) -> Result<()> {
