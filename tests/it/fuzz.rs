@@ -164,6 +164,37 @@ fn evaluate_one(plugin: &str, bytes: &[u8]) {
     survived(p.rt.block_on(p.host.evaluate(plugin, &serde_json::json!({}), &items, 1, &Default::default())));
 }
 
+/// A loopback server that answers one request with `body` and ends (a server per input that
+/// lived on would exhaust the process's file descriptors within minutes).
+fn one_reply(body: String) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let Ok((stream, _)) = listener.accept() else { return };
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut request = vec![0u8; length];
+        let _ = reader.read_exact(&mut request);
+        let mut stream = stream;
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    (base_url, server)
+}
+
 fn targets() -> Vec<Target> {
     let (_keep, model) = model_dir();
     let read = |p: PathBuf| std::fs::read(p).unwrap();
@@ -347,8 +378,8 @@ fn targets() -> Vec<Target> {
             run: |b, _| {
                 use trex_plugin_host::llm::LlmClient;
                 let body = String::from_utf8_lossy(b).into_owned();
-                let server = trex_tests::llm_server::start(vec![trex_tests::llm_server::Reply::Status(200, body)]);
-                let client = crate::augment::llm_client(&server.base_url);
+                let (base_url, server) = one_reply(body);
+                let client = crate::augment::llm_client(&base_url);
                 let request = trex_plugin_host::llm::ChatRequest {
                     messages: vec![trex_sdk::types::ChatMessage { role: "user".into(), content: "hi".into() }],
                     temperature: None,
@@ -356,6 +387,7 @@ fn targets() -> Vec<Target> {
                     response_schema: Some(serde_json::json!({"type": "object"})),
                 };
                 drop(plugins().rt.block_on(client.chat("fuzz", request)));
+                server.join().unwrap();
             },
         },
         Target {

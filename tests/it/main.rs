@@ -6,6 +6,7 @@ mod data_tools;
 mod evaluators;
 mod fuzz;
 mod hostile;
+mod load;
 mod roundtrip;
 mod sandbox;
 mod tidy;

@@ -1,5 +1,5 @@
 //! Project chores: `cargo xtask build-plugins | demo | test | ci | bench-plugins | nvrtc-check |
-//! device-check | interop | screenshot | slurm | crash-drill | fuzz`.
+//! device-check | interop | screenshot | slurm | crash-drill | fuzz | load`.
 //!
 //! Rust instead of shell so the steps read the same everywhere and fail with clear messages.
 
@@ -31,9 +31,14 @@ commands:
   fuzz [--minutes N]
                   fuzz every host parser of untrusted bytes (GGUF, safetensors, tokenizer.json,
                   config.json, PEFT adapter config, plugin.toml, task.toml, journal, JSONL
-                  records) for N minutes in all (default 10) with the seeded mutational fuzzer
+                  records, and through their plugins or client: CSV records, LLM replies,
+                  SMILES, BFCL calls) for N minutes in all (default 10) with the seeded mutational fuzzer
                   in tests/it/fuzz.rs (stable toolchain); prints inputs tried per target and
                   keeps any crashing input in target/fuzz (300 inputs per target run in `test`)
+  load [--records N]
+                  N records (default 1 000 000, 1% malformed, under `skip`) through a
+                  three-step pipeline; checks that every step's counts add up and prints
+                  records/s and peak resident memory (20 000 records run in `test`)
   crash-drill [--kills N]
                   the crash drill: a search on a small model SIGKILLed N times (default 20)
                   at moments spread over its nodes' lives and resumed each time; checks that
@@ -85,6 +90,7 @@ fn dispatch() -> Result<()> {
         Some("slurm") => slurm::command(&args[1..]),
         Some("crash-drill") => crash_drill(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("load") => load(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             Ok(())
@@ -299,6 +305,28 @@ fn fuzz(args: &[String]) -> Result<()> {
         "it",
         "--",
         "fuzz::the_parsers",
+        "--nocapture",
+    ]))
+}
+
+/// `load [--records N]`: the load test on N records (default 1 000 000), its table printed.
+fn load(args: &[String]) -> Result<()> {
+    let records: u64 = match args {
+        [] => 1_000_000,
+        [flag, n] if flag == "--records" => n.parse().with_context(|| format!("--records {n}: not a number"))?,
+        _ => bail!("usage: cargo xtask load [--records N]"),
+    };
+    if records < 400 {
+        bail!("--records {records}: give at least 400 records (every kind of planted record appears once in 400)");
+    }
+    build_plugins()?;
+    run(cargo().current_dir(root()).env("TREX_LOAD_RECORDS", records.to_string()).args([
+        "test",
+        "--workspace",
+        "--test",
+        "it",
+        "--",
+        "load::",
         "--nocapture",
     ]))
 }

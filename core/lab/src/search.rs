@@ -894,6 +894,13 @@ impl<'a> Search<'a> {
                 if id == 0 {
                     return Err(LabError::Run(format!("scoring the base model failed: {error}")));
                 }
+                if out_of_space(&error) {
+                    // Not the experiment's fault: the node stays unfinished, to run again on resume.
+                    return Err(LabError::Run(format!(
+                        "node {id} stopped: {error}\nthe disk is full; free some space, then run `trex-host resume {}`",
+                        self.lab.run_dir.display()
+                    )));
+                }
                 cost.llm_tokens = node.proposal_llm_tokens;
                 let lesson = failure_lesson(node.proposal.as_ref(), &error);
                 self.lab.say(format!("node {id} failed: {error}"));
@@ -1118,4 +1125,10 @@ pub fn load_run(run_dir: &std::path::Path) -> Result<(Journal, PathBuf, Task, Se
     };
     let state = RunState::replay(&entries).map_err(|e| e.in_run(run_dir))?;
     Ok((journal, task_file, *task, *settings, model, state))
+}
+
+/// Whether an error comes from a full disk or an exhausted quota (ENOSPC, EDQUOT), which no
+/// other experiment would avoid.
+fn out_of_space(error: &str) -> bool {
+    ["No space left on device", "os error 28", "Disk quota exceeded", "os error 122"].iter().any(|m| error.contains(m))
 }

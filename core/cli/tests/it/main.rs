@@ -3,6 +3,7 @@
 
 mod browser;
 mod cli;
+mod diskfull;
 mod drill;
 mod interop;
 mod new;

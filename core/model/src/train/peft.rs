@@ -76,7 +76,7 @@ pub fn save_adapter(dir: &Path, adapter: &LoraAdapter<f32>, base_model: &str) ->
         }
     }
     let path = dir.join("adapter_model.safetensors");
-    crate::write_safetensors(&path, &tensors).map_err(|e| io(&path, &e))
+    crate::hf::write_safetensors(&path, &tensors).map_err(|e| io(&path, &e))
 }
 
 /// Read a PEFT adapter for a model of shape `config`.
