@@ -271,6 +271,10 @@ fn test(required: bool) -> Result<()> {
     tests.current_dir(root()).args(["test", "--workspace", "--all-targets"]);
     if required {
         tests.env("TREX_REQUIRE_BROWSER", "1").env("TREX_REQUIRE_SLURM", "1");
+        // The disk-full test mounts a tmpfs, which CI (run as root) can always do.
+        if is_root() {
+            tests.env("TREX_REQUIRE_TMPFS", "1");
+        }
     }
     // The Slurm tests' cluster, up while the tests run (stopped when this returns, also on failure).
     let _cluster = if required || slurm::can_start() {
