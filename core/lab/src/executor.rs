@@ -154,6 +154,42 @@ pub struct NodeFailure {
     pub kind: FailureKind,
     /// What the node cost so far.
     pub cost: Cost,
+    /// The disk filled or a quota ran out while the node wrote a file: not the experiment's
+    /// fault, so the search stops and the node runs again on resume.
+    pub out_of_space: bool,
+}
+
+impl NodeFailure {
+    /// A failure that is the experiment's own (not a full disk).
+    pub fn new(kind: FailureKind, error: impl Into<String>, cost: Cost) -> NodeFailure {
+        NodeFailure { error: error.into(), kind, cost, out_of_space: false }
+    }
+}
+
+/// A node step's error: what it says, and whether a full disk caused it.
+#[derive(Debug)]
+pub(crate) struct StepError {
+    message: String,
+    out_of_space: bool,
+}
+
+impl StepError {
+    /// A failed write (or read) of `path`.
+    fn io(path: &Path, e: &std::io::Error) -> StepError {
+        StepError { message: format!("{}: {e}", path.display()), out_of_space: trex_model::out_of_space(e) }
+    }
+}
+
+impl From<String> for StepError {
+    fn from(message: String) -> StepError {
+        StepError { message, out_of_space: false }
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 impl Lab {
@@ -268,7 +304,7 @@ impl Lab {
         let Some(mut result) = entry.result else {
             let f = entry.failure.expect("lookup keeps entries with a result or a failure");
             let error = format!("{} (from the experiment cache)", f.error);
-            return Some(Err(NodeFailure { error, kind: f.kind, cost: Cost { cached: true, ..Cost::default() } }));
+            return Some(Err(NodeFailure::new(f.kind, error, Cost { cached: true, ..Cost::default() })));
         };
         if let Some(subset) = &cache.subset {
             let kept: Vec<&crate::cache::Verdict> = entry.verdicts.iter().filter(|v| subset.keeps(&v.id)).collect();
@@ -314,12 +350,15 @@ impl Lab {
         if let Some(r) = self.cached_outcome(&key, None) {
             return r;
         }
-        let fail = |e: String| NodeFailure { error: e, kind: FailureKind::Other, cost: Cost::default() };
+        let fail = |e: StepError| NodeFailure {
+            out_of_space: e.out_of_space,
+            ..NodeFailure::new(FailureKind::Other, e.message, Cost::default())
+        };
         if self.cache.as_ref().is_some_and(|c| c.only) {
-            return Err(fail(not_in_table()));
+            return Err(fail(not_in_table().into()));
         }
         let started = Instant::now();
-        let scoring = self.score(None, Split::Validation, None).await.map_err(fail)?;
+        let scoring = self.score(None, Split::Validation, None).await.map_err(|e| fail(e.into()))?;
         let mut r = self.result_of(0, &scoring, None).map_err(fail)?;
         r.cost.seconds = started.elapsed().as_secs_f64();
         r.cost.generated_tokens = scoring.outputs.iter().map(|g| g.tokens as u64).sum();
@@ -462,7 +501,7 @@ impl Lab {
     }
 
     /// Run the data recipe on the training split (or read its cached output).
-    pub(crate) async fn build_data(&self, recipe: &DataRecipe) -> Result<(Vec<String>, Vec<StepStats>), String> {
+    pub(crate) async fn build_data(&self, recipe: &DataRecipe) -> Result<(Vec<String>, Vec<StepStats>), StepError> {
         let recipe_json = serde_json::to_vec(recipe).expect("recipes serialize");
         let key = hex_sha256(&[self.train_hash.as_bytes(), &recipe_json]);
         let dir = self.run_dir.join("data");
@@ -489,9 +528,9 @@ impl Lab {
                 dropped: run.dropped,
             });
         }
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let write = |path: &Path, text: String| -> Result<(), String> {
-            crate::cache::write_atomically(path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
+        std::fs::create_dir_all(&dir).map_err(|e| StepError::io(&dir, &e))?;
+        let write = |path: &Path, text: String| -> Result<(), StepError> {
+            crate::cache::write_atomically(path, text.as_bytes()).map_err(|e| StepError::io(path, &e))
         };
         write(&data_path, records.iter().map(|r| format!("{r}\n")).collect())?;
         write(&stats_path, serde_json::to_string(&stats).expect("stats serialize"))?;
@@ -581,7 +620,12 @@ impl Lab {
 
     /// Turn a scoring into a node result (bad-case analysis included) and store the
     /// per-example evaluation in the node's folder.
-    pub(crate) fn result_of(&self, id: u64, scoring: &Scoring, base_score: Option<f64>) -> Result<NodeResult, String> {
+    pub(crate) fn result_of(
+        &self,
+        id: u64,
+        scoring: &Scoring,
+        base_score: Option<f64>,
+    ) -> Result<NodeResult, StepError> {
         let records = &self.validation;
         let scored: Vec<Scored<'_>> = records
             .iter()
@@ -596,7 +640,7 @@ impl Lab {
             })
             .collect();
         let dir = self.node_dir(id);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|e| StepError::io(&dir, &e))?;
         let mut lines = String::new();
         for s in &scored {
             let line = serde_json::json!({
@@ -608,7 +652,7 @@ impl Lab {
             lines.push('\n');
         }
         let path = dir.join("evaluation.jsonl");
-        std::fs::write(&path, lines).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(&path, lines).map_err(|e| StepError::io(&path, &e))?;
         let score = scoring.report.score;
         Ok(NodeResult {
             score,
@@ -641,16 +685,15 @@ impl Lab {
             if let Some(a) = r.adapter.clone().filter(|_| !self.cache.as_ref().is_some_and(|c| c.only)) {
                 let dir = self.node_dir(id).join("adapter");
                 crate::cache::copy_dir(Path::new(&a), &dir).map_err(|e| NodeFailure {
-                    error: format!("cannot copy the cached adapter {a}: {e}"),
-                    kind: FailureKind::Other,
-                    cost: Cost::default(),
+                    out_of_space: trex_model::out_of_space(&e),
+                    ..NodeFailure::new(FailureKind::Other, format!("cannot copy the cached adapter {a}: {e}"), Cost::default())
                 })?;
                 r.adapter = Some(format!("nodes/{id}/adapter"));
             }
             return Ok(r);
         }
         if self.cache.as_ref().is_some_and(|c| c.only) {
-            return Err(NodeFailure { error: not_in_table(), kind: FailureKind::Other, cost: Cost::default() });
+            return Err(NodeFailure::new(FailureKind::Other, not_in_table(), Cost::default()));
         }
         let outcome = self.train_and_score(id, proposal, parent, base_score, &key).await;
         // A recipe that diverges or is refused does so every time: keep that too.
@@ -684,17 +727,20 @@ impl Lab {
         let started = Instant::now();
         let reporter = NodeReporter::new(self.observer.clone(), id);
         reporter.report(Stage::Data, 0, proposal.data_recipe.steps.len() as u64, "");
-        let fail = |kind: FailureKind, error: String, tokens: u64| NodeFailure {
-            error,
-            kind,
-            cost: Cost { train_tokens: tokens, seconds: started.elapsed().as_secs_f64(), ..Cost::default() },
+        let fail = |kind: FailureKind, error: StepError, tokens: u64| NodeFailure {
+            out_of_space: error.out_of_space,
+            ..NodeFailure::new(
+                kind,
+                error.message,
+                Cost { train_tokens: tokens, seconds: started.elapsed().as_secs_f64(), ..Cost::default() },
+            )
         };
         let (records, data) =
             self.build_data(&proposal.data_recipe).await.map_err(|e| fail(FailureKind::Plugin, e, 0))?;
         let mut examples = Vec::with_capacity(records.len());
         for (i, text) in records.iter().enumerate() {
             let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-                fail(FailureKind::Plugin, format!("data recipe output, record {}: not JSON: {e}", i + 1), 0)
+                fail(FailureKind::Plugin, format!("data recipe output, record {}: not JSON: {e}", i + 1).into(), 0)
             })?;
             let (rid, mut ex) = train::data::parse_record(&value, &self.tokenizer).map_err(|e| {
                 fail(
@@ -702,7 +748,8 @@ impl Lab {
                     format!(
                         "data recipe output, record {} is not a training example: {e} (add a chat-format step?)",
                         i + 1
-                    ),
+                    )
+                    .into(),
                     0,
                 )
             })?;
@@ -718,7 +765,7 @@ impl Lab {
         let epoch_offset = parent.as_ref().map_or(0.0, |p| p.epochs_done);
         let mut adapter = match &parent {
             Some(p) => train::peft::load_adapter(&p.adapter, &config)
-                .map_err(|e| fail(FailureKind::Other, format!("parent adapter: {e}"), 0))?,
+                .map_err(|e| fail(FailureKind::Other, format!("parent adapter: {e}").into(), 0))?,
             None => LoraAdapter::from_recipe(&config, &recipe),
         };
         let model = self.model.clone();
@@ -734,23 +781,26 @@ impl Lab {
             r.map(|r| (adapter, r))
         })
         .await
-        .map_err(|e| fail(FailureKind::Other, format!("training panicked: {e}"), 0))?;
+        .map_err(|e| fail(FailureKind::Other, format!("training panicked: {e}").into(), 0))?;
         let (adapter, report) = trained.map_err(|e| {
             let kind = match e {
                 train::TrainError::Diverged { .. } => FailureKind::Diverged,
                 train::TrainError::Recipe(_) | train::TrainError::Data(_) => FailureKind::Recipe,
                 _ => FailureKind::Other,
             };
-            fail(kind, format!("training: {e}"), 0)
+            fail(kind, format!("training: {e}").into(), 0)
         })?;
         let adapter_dir = self.node_dir(id).join("adapter");
         train::peft::save_adapter(&adapter_dir, &adapter, &self.model_source)
-            .map_err(|e| fail(FailureKind::Other, format!("saving the adapter: {e}"), report.tokens as u64))?;
+            .map_err(|e| {
+                let error = StepError { message: format!("saving the adapter: {e}"), out_of_space: e.out_of_space() };
+                fail(FailureKind::Other, error, report.tokens as u64)
+            })?;
         let train_seconds = started.elapsed().as_secs_f64() - data_seconds;
         let scoring = self
             .score(Some(Arc::new(adapter)), Split::Validation, Some(&reporter))
             .await
-            .map_err(|e| fail(FailureKind::Plugin, e, report.tokens as u64))?;
+            .map_err(|e| fail(FailureKind::Plugin, e.into(), report.tokens as u64))?;
         let generated_tokens = scoring.outputs.iter().map(|g| g.tokens as u64).sum();
         let mut result = self
             .result_of(id, &scoring, Some(base_score))

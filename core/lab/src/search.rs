@@ -466,11 +466,7 @@ fn spawn_node<'a>(
     let handle = tokio::spawn(run);
     Box::pin(async move {
         let outcome = handle.await.unwrap_or_else(|e| {
-            Err(NodeFailure {
-                error: format!("the node's task failed: {e}"),
-                kind: FailureKind::Other,
-                cost: Cost::default(),
-            })
+            Err(NodeFailure::new(FailureKind::Other, format!("the node's task failed: {e}"), Cost::default()))
         });
         (id, outcome)
     })
@@ -890,11 +886,11 @@ impl<'a> Search<'a> {
                 ));
                 self.log(Event::Done { node: id, result: Box::new(result), lesson })?;
             }
-            Err(NodeFailure { error, kind, mut cost }) => {
+            Err(NodeFailure { error, kind, mut cost, out_of_space }) => {
                 if id == 0 {
                     return Err(LabError::Run(format!("scoring the base model failed: {error}")));
                 }
-                if out_of_space(&error) {
+                if out_of_space {
                     // Not the experiment's fault: the node stays unfinished, to run again on resume.
                     return Err(LabError::Run(format!(
                         "node {id} stopped: {error}\nthe disk is full; free some space, then run `trex-host resume {}`",
@@ -1127,8 +1123,3 @@ pub fn load_run(run_dir: &std::path::Path) -> Result<(Journal, PathBuf, Task, Se
     Ok((journal, task_file, *task, *settings, model, state))
 }
 
-/// Whether an error comes from a full disk or an exhausted quota (ENOSPC, EDQUOT), which no
-/// other experiment would avoid.
-fn out_of_space(error: &str) -> bool {
-    ["No space left on device", "os error 28", "Disk quota exceeded", "os error 122"].iter().any(|m| error.contains(m))
-}

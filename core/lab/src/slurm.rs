@@ -385,27 +385,24 @@ pub fn collect(job: &Job, state: &str, seconds: f64) -> Result<NodeResult, NodeF
                     }
                 }
             }
-            Err(e) => Err(NodeFailure {
-                error: format!("Slurm job {} wrote an unreadable result: {e}", job.id),
-                kind: FailureKind::Other,
-                cost: Cost { seconds, ..Cost::default() },
-            }),
+            Err(e) => Err(NodeFailure::new(
+                FailureKind::Other,
+                format!("Slurm job {} wrote an unreadable result: {e}", job.id),
+                Cost { seconds, ..Cost::default() },
+            )),
         };
     }
     let log = job.log();
     let tail = output_tail(&log, 20);
     let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no output)");
     let last: String = last.trim().chars().take(120).collect();
-    Err(NodeFailure {
-        error: format!(
-            "Slurm job {} ended {state}: {}; its output ends `{last}`\n--- last lines of {} ---\n{tail}",
-            job.id,
-            meaning(state),
-            log.display()
-        ),
-        kind: FailureKind::Other,
-        cost: Cost { seconds, ..Cost::default() },
-    })
+    let error = format!(
+        "Slurm job {} ended {state}: {}; its output ends `{last}`\n--- last lines of {} ---\n{tail}",
+        job.id,
+        meaning(state),
+        log.display()
+    );
+    Err(NodeFailure::new(FailureKind::Other, error, Cost { seconds, ..Cost::default() }))
 }
 
 /// The last `lines` lines of `path` (empty when it cannot be read).

@@ -102,6 +102,9 @@ pub struct WrittenFailure {
     pub kind: FailureKind,
     /// What the node cost.
     pub cost: Cost,
+    /// The disk filled while the node wrote a file (see [`NodeFailure::out_of_space`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub out_of_space: bool,
 }
 
 impl Outcome {
@@ -109,12 +112,14 @@ impl Outcome {
     pub fn into_result(self) -> Result<NodeResult, NodeFailure> {
         match (self.result, self.failure) {
             (Some(r), None) => Ok(*r),
-            (None, Some(f)) => Err(NodeFailure { error: f.error, kind: f.kind, cost: f.cost }),
-            _ => Err(NodeFailure {
-                error: "the worker's outcome holds neither a result nor a failure".into(),
-                kind: FailureKind::Other,
-                cost: Cost::default(),
-            }),
+            (None, Some(f)) => {
+                Err(NodeFailure { error: f.error, kind: f.kind, cost: f.cost, out_of_space: f.out_of_space })
+            }
+            _ => Err(NodeFailure::new(
+                FailureKind::Other,
+                "the worker's outcome holds neither a result nor a failure",
+                Cost::default(),
+            )),
         }
     }
 }
@@ -203,7 +208,10 @@ pub async fn run(spec: &NodeSpec, observer: SharedObserver) -> Result<Outcome, L
     let outcome = lab.run_node(spec.node, &spec.proposal, spec.parent.clone(), spec.base_score).await;
     let (result, failure) = match outcome {
         Ok(r) => (Some(Box::new(r)), None),
-        Err(f) => (None, Some(WrittenFailure { error: f.error, kind: f.kind, cost: f.cost })),
+        Err(f) => {
+            let failure = WrittenFailure { error: f.error, kind: f.kind, cost: f.cost, out_of_space: f.out_of_space };
+            (None, Some(failure))
+        }
     };
     let outcome = Outcome {
         node: spec.node,
@@ -242,6 +250,7 @@ mod tests {
                 error: "training: diverged".into(),
                 kind: FailureKind::Diverged,
                 cost: Cost { seconds: 3.5, ..Cost::default() },
+                out_of_space: false,
             }),
             llm_tokens: 0,
             started_unix: 1.0,

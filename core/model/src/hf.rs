@@ -166,8 +166,8 @@ pub(super) fn export_dir(
     weights: &Weights<f32>,
     tokenizer: &Tokenizer,
 ) -> Result<(), ModelError> {
-    let io = |path: &Path, e: &dyn std::fmt::Display| ModelError::Io { path: path.into(), message: e.to_string() };
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, &e))?;
+    let io = |path: &Path, source: std::io::Error| ModelError::Write { path: path.into(), source };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let arch = match config.arch {
         Arch::Llama => "LlamaForCausalLM",
         Arch::Qwen2 => "Qwen2ForCausalLM",
@@ -192,7 +192,7 @@ pub(super) fn export_dir(
         "eos_token_id": tokenizer.eos.first(),
     });
     let path = dir.join("config.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&cfg).expect("json")).map_err(|e| io(&path, &e))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&cfg).expect("json")).map_err(|e| io(&path, e))?;
     let mut tensors: Vec<(String, &[f32], Vec<usize>)> = Vec::new();
     let (d, f) = (config.hidden, config.intermediate);
     let (q, kv) = (config.heads * config.head_dim, config.kv_heads * config.head_dim);
@@ -219,25 +219,26 @@ pub(super) fn export_dir(
         tensors.push(("lm_head.weight".into(), head, vec![config.vocab, d]));
     }
     let path = dir.join("model.safetensors");
-    write_safetensors(&path, &tensors).map_err(|e| io(&path, &e))?;
+    write_safetensors(&path, &tensors).map_err(|e| io(&path, e))?;
     tokenizer.save(dir)
 }
 
 /// Write `f32` tensors (name, values, shape) to a safetensors file, tagged `format: pt` so that
-/// PyTorch-side loaders accept it.
-pub(crate) fn write_safetensors(
-    path: &Path,
-    tensors: &[(String, &[f32], Vec<usize>)],
-) -> Result<(), safetensors::SafeTensorError> {
+/// PyTorch-side loaders accept it. A tensor whose values do not fill its shape is refused as
+/// `InvalidInput`.
+pub(crate) fn write_safetensors(path: &Path, tensors: &[(String, &[f32], Vec<usize>)]) -> std::io::Result<()> {
     let bytes: Vec<Vec<u8>> =
         tensors.iter().map(|(_, v, _)| v.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let invalid = |e: safetensors::SafeTensorError| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
     let views = tensors
         .iter()
         .zip(&bytes)
         .map(|((name, _, shape), b)| {
             Ok((name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)?))
         })
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
+        .map_err(invalid)?;
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(meta), path)
+    let file = safetensors::serialize(views, Some(meta)).map_err(invalid)?;
+    std::fs::write(path, file)
 }

@@ -36,6 +36,14 @@ pub enum ModelError {
         /// The OS error.
         message: String,
     },
+    /// The file cannot be written.
+    #[error("{}: cannot write: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The file is damaged or truncated.
     #[error("{}: corrupt model file: {message}", path.display())]
     Corrupt {
@@ -351,7 +359,13 @@ pub fn read_safetensors_file(path: &Path) -> Result<std::collections::BTreeMap<S
 
 /// Write `f32` tensors (name, values, shape) to a safetensors file.
 pub fn write_safetensors(path: &Path, tensors: &[(String, &[f32], Vec<usize>)]) -> Result<(), ModelError> {
-    hf::write_safetensors(path, tensors).map_err(|e| ModelError::Io { path: path.into(), message: e.to_string() })
+    hf::write_safetensors(path, tensors).map_err(|source| ModelError::Write { path: path.into(), source })
+}
+
+/// Whether an I/O error means the disk is full or a quota is spent (ENOSPC, EDQUOT): a cause
+/// that no other experiment would avoid.
+pub fn out_of_space(error: &std::io::Error) -> bool {
+    matches!(error.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }
 
 /// Write a model as a Hugging Face directory (`config.json`, `model.safetensors`,

@@ -21,6 +21,14 @@ pub enum AdapterError {
         /// What failed.
         message: String,
     },
+    /// A file of the adapter cannot be written.
+    #[error("{}: cannot write: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The adapter does not fit the model or is malformed.
     #[error("{}: {message}", path.display())]
     Invalid {
@@ -29,6 +37,13 @@ pub enum AdapterError {
         /// What is wrong.
         message: String,
     },
+}
+
+impl AdapterError {
+    /// Whether the error comes from a full disk or a spent quota.
+    pub fn out_of_space(&self) -> bool {
+        matches!(self, AdapterError::Write { source, .. } if crate::out_of_space(source))
+    }
 }
 
 fn module_path(layer: usize, t: LoraTarget) -> String {
@@ -45,8 +60,8 @@ fn target_from_name(name: &str) -> Option<LoraTarget> {
 
 /// Write `adapter` to `dir` in PEFT layout.
 pub fn save_adapter(dir: &Path, adapter: &LoraAdapter<f32>, base_model: &str) -> Result<(), AdapterError> {
-    let io = |path: &Path, e: &dyn std::fmt::Display| AdapterError::Io { path: path.into(), message: e.to_string() };
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, &e))?;
+    let io = |path: &Path, source: std::io::Error| AdapterError::Write { path: path.into(), source };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let config = serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -64,7 +79,7 @@ pub fn save_adapter(dir: &Path, adapter: &LoraAdapter<f32>, base_model: &str) ->
         "use_dora": false,
     });
     let cfg_path = dir.join("adapter_config.json");
-    std::fs::write(&cfg_path, serde_json::to_string_pretty(&config).expect("json")).map_err(|e| io(&cfg_path, &e))?;
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&config).expect("json")).map_err(|e| io(&cfg_path, e))?;
     let mut tensors: Vec<(String, &[f32], Vec<usize>)> = Vec::new();
     for (l, layer) in adapter.layers.iter().enumerate() {
         for &t in &adapter.targets {
@@ -76,7 +91,7 @@ pub fn save_adapter(dir: &Path, adapter: &LoraAdapter<f32>, base_model: &str) ->
         }
     }
     let path = dir.join("adapter_model.safetensors");
-    crate::hf::write_safetensors(&path, &tensors).map_err(|e| io(&path, &e))
+    crate::hf::write_safetensors(&path, &tensors).map_err(|e| io(&path, e))
 }
 
 /// Read a PEFT adapter for a model of shape `config`.
