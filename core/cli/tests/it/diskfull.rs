@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use trex_lab::journal::{Event, Journal};
-use trex_lab::run::view;
+use trex_lab::journal::Event;
 
+use crate::runs::{adapters, assert_finished_at_most_once, assert_same_tree, count};
 use crate::search::{events, fixture, output, slow_config, trex_host};
 
 /// A tmpfs mounted for the test's lifetime.
@@ -50,13 +50,6 @@ fn fill(path: &Path, leave: u64) {
     let len = f.metadata().unwrap().len();
     f.set_len(len.saturating_sub(leave)).unwrap();
     let _ = f.sync_all();
-}
-
-fn count(run_dir: &Path, f: impl Fn(&Event) -> bool) -> usize {
-    if !Journal::path_in(run_dir).is_file() {
-        return 0;
-    }
-    Journal::read(run_dir).map_or(0, |e| e.iter().filter(|e| f(&e.event)).count())
 }
 
 #[test]
@@ -98,21 +91,13 @@ fn a_disk_that_fills_mid_search_stops_it_with_the_file_named_and_resume_loses_no
     for (moment, leave) in [("training", 0), ("training, 8 KiB free", 8 << 10), ("adapter written", 0)] {
         let started = || count(&run_dir, |e| matches!(e, Event::Started { node } if *node > 0));
         let before = started();
-        let adapters = || {
-            std::fs::read_dir(run_dir.join("nodes"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| e.path().join("adapter/adapter_model.safetensors").is_file())
-                .count()
-        };
-        let adapters_before = adapters();
+        let adapters_before = adapters(&run_dir);
         let waited = Instant::now();
         loop {
             assert!(child.try_wait().unwrap().is_none(), "the search ended before the disk filled ({moment})");
             let hit = match moment {
                 "training" | "training, 8 KiB free" => started() > before,
-                _ => adapters() > adapters_before,
+                _ => adapters(&run_dir) > adapters_before,
             };
             if hit {
                 break;
@@ -130,16 +115,9 @@ fn a_disk_that_fills_mid_search_stops_it_with_the_file_named_and_resume_loses_no
         );
         errors.push((moment, stderr.lines().rev().find(|l| l.contains("No space")).unwrap_or_default().to_string()));
         // The run folder reads as a run, with no node finished twice.
-        let v = view(&run_dir).unwrap_or_else(|e| panic!("after the disk filled ({moment}): {e}"));
-        let ev = events(&run_dir);
-        for n in &v.nodes {
-            let ends = ev
-                .iter()
-                .filter(|e| matches!(e, Event::Done { node, .. } | Event::Failed { node, .. } if *node == n.id));
-            assert!(ends.count() <= 1, "node {} finished twice", n.id);
-        }
+        assert_finished_at_most_once(&run_dir, &format!("after the disk filled ({moment})"));
         assert!(
-            !ev.iter().any(|e| matches!(e, Event::Failed { .. })),
+            !events(&run_dir).iter().any(|e| matches!(e, Event::Failed { .. })),
             "a full disk stops the search; it does not fail the node that hit it ({moment})"
         );
         std::fs::remove_file(&filler).unwrap();
@@ -158,17 +136,5 @@ fn a_disk_that_fills_mid_search_stops_it_with_the_file_named_and_resume_loses_no
     for (moment, line) in &errors {
         eprintln!("  {moment:<22} {line}");
     }
-    let (a, b) = (view(&reference).unwrap(), view(&run_dir).unwrap());
-    assert_eq!(a.nodes.len(), b.nodes.len(), "{:?}", b.nodes);
-    for (x, y) in a.nodes.iter().zip(&b.nodes) {
-        assert_eq!((x.id, x.parent, x.status()), (y.id, y.parent, y.status()), "node {}", x.id);
-        assert_eq!(x.proposal, y.proposal, "node {}", x.id);
-        let (rx, ry) = (x.result().unwrap(), y.result().unwrap());
-        assert_eq!((rx.score, rx.passed, rx.total), (ry.score, ry.passed, ry.total), "node {}", x.id);
-        if y.id != 0 {
-            let adapter = run_dir.join(ry.adapter.as_ref().unwrap());
-            trex_model::train::peft::load_adapter(&adapter, &config)
-                .unwrap_or_else(|e| panic!("node {}: its adapter does not load: {e}", y.id));
-        }
-    }
+    assert_same_tree(&reference, &run_dir, &config);
 }

@@ -13,6 +13,7 @@ use trex_lab::journal::{Event, Journal};
 use trex_lab::run::view;
 use trex_sdk::rng::SplitMix64;
 
+use crate::runs::{adapters, assert_finished_at_most_once, assert_same_tree, count};
 use crate::search::{events, fixture, output, slow_config, trex_host};
 
 /// Where in a run a kill landed, read from the journal and the node folders at the moment of the kill.
@@ -42,30 +43,6 @@ fn stage(run_dir: &Path) -> &'static str {
         None if ev.iter().any(|e| matches!(e, Event::Final(_))) => "after the final scoring",
         None => "between nodes",
     }
-}
-
-fn count_done(run_dir: &Path) -> usize {
-    if !Journal::path_in(run_dir).is_file() {
-        return 0;
-    }
-    Journal::read(run_dir).map_or(0, |e| e.iter().filter(|e| matches!(e.event, Event::Done { .. })).count())
-}
-
-fn count_started(run_dir: &Path) -> usize {
-    if !Journal::path_in(run_dir).is_file() {
-        return 0;
-    }
-    Journal::read(run_dir).map_or(0, |e| e.iter().filter(|e| matches!(e.event, Event::Started { .. })).count())
-}
-
-/// Node folders holding a written adapter.
-fn adapters(run_dir: &Path) -> usize {
-    std::fs::read_dir(run_dir.join("nodes"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("adapter/adapter_model.safetensors").is_file())
-        .count()
 }
 
 /// Every file whose name marks it as written under a temporary name (left by a kill mid-write).
@@ -120,7 +97,11 @@ fn a_search_killed_again_and_again_and_resumed_grows_the_tree_of_an_uninterrupte
         // journaled as finished (the next proposal follows), a node just started (its data
         // recipe runs).
         let kind = done % 4;
-        let before = (count_done(&run_dir), adapters(&run_dir), count_started(&run_dir));
+        let counts = || {
+            let done = count(&run_dir, |e| matches!(e, Event::Done { .. }));
+            (done, adapters(&run_dir), count(&run_dir, |e| matches!(e, Event::Started { .. })))
+        };
+        let before = counts();
         let delay = Duration::from_millis(100 + rng.next_u64() % span);
         let started = Instant::now();
         let mut exited = false;
@@ -129,7 +110,7 @@ fn a_search_killed_again_and_again_and_resumed_grows_the_tree_of_an_uninterrupte
                 exited = true;
                 break;
             }
-            let now = (count_done(&run_dir), adapters(&run_dir), count_started(&run_dir));
+            let now = counts();
             let hit = match kind {
                 0 => started.elapsed() >= delay,
                 1 => now.1 > before.1,
@@ -151,15 +132,7 @@ fn a_search_killed_again_and_again_and_resumed_grows_the_tree_of_an_uninterrupte
         done += 1;
         // After every kill the run folder reads as a run, with no node finished twice.
         if Journal::path_in(&run_dir).is_file() {
-            let v = view(&run_dir).unwrap_or_else(|e| panic!("after kill {done}: {e}"));
-            let ev = events(&run_dir);
-            for n in &v.nodes {
-                let ends = ev
-                    .iter()
-                    .filter(|e| matches!(e, Event::Done { node, .. } | Event::Failed { node, .. } if *node == n.id))
-                    .count();
-                assert!(ends <= 1, "after kill {done}: node {} finished {ends} times", n.id);
-            }
+            assert_finished_at_most_once(&run_dir, &format!("after kill {done}"));
             child = spawn(trex_host(&f).arg("resume").arg(&run_dir));
             resumes += 1;
         } else {
@@ -176,28 +149,8 @@ fn a_search_killed_again_and_again_and_resumed_grows_the_tree_of_an_uninterrupte
     }
     assert!(done >= kills.min(3), "the run finished after {done} kills: too fast to drill");
 
-    // The same tree as the uninterrupted run.
-    let (a, b) = (view(&reference).unwrap(), view(&run_dir).unwrap());
-    assert_eq!(a.nodes.len(), b.nodes.len(), "{:?}", b.nodes);
-    for (x, y) in a.nodes.iter().zip(&b.nodes) {
-        assert_eq!((x.id, x.parent, x.status()), (y.id, y.parent, y.status()), "node {}", x.id);
-        assert_eq!(x.proposal, y.proposal, "node {}", x.id);
-        let (rx, ry) = (x.result().unwrap(), y.result().unwrap());
-        assert_eq!((rx.score, rx.passed, rx.total), (ry.score, ry.passed, ry.total), "node {}", x.id);
-    }
-    let (fa, fb) = (a.final_result.unwrap(), b.final_result.unwrap());
-    assert_eq!((fa.best, fa.base_test, fa.best_test), (fb.best, fb.base_test, fb.best_test));
-    // Each node finished exactly once, and nothing half-written is left.
-    let ev = events(&run_dir);
-    for n in &b.nodes {
-        let ends = ev.iter().filter(|e| matches!(e, Event::Done { node, .. } if *node == n.id)).count();
-        assert_eq!(ends, 1, "node {}", n.id);
-        if n.id != 0 {
-            let adapter = run_dir.join(n.result().unwrap().adapter.as_ref().unwrap());
-            trex_model::train::peft::load_adapter(&adapter, &config)
-                .unwrap_or_else(|e| panic!("node {}: its adapter does not load: {e}", n.id));
-        }
-    }
+    // The same tree as the uninterrupted run, and nothing half-written left.
+    assert_same_tree(&reference, &run_dir, &config);
     let mut left = Vec::new();
     temporaries(&run_dir, &mut left);
     assert!(left.is_empty(), "files left half-written under temporary names: {left:?}");

@@ -7,6 +7,7 @@ mod diskfull;
 mod drill;
 mod interop;
 mod new;
+mod runs;
 mod search;
 mod slurm;
 mod ui;
