@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::json;
-use trex_plugin_host::{CallEnv, Capabilities, EvalItem, HostConfig, PluginError, PluginHost, TokenCounter};
+use trex_plugin_host::{CallEnv, Capabilities, DataToolRun, EvalItem, HostConfig, PluginError, PluginHost, TokenCounter};
 use trex_tests::llm_server::{self, Reply};
 
 use crate::hostile::{attack, names_plugin, sandbox, sandbox_with, still_healthy};
@@ -101,33 +101,35 @@ async fn scratch_is_private_fresh_and_removed_so_planted_and_left_links_go_nowhe
     still_healthy(&s).await;
 }
 
+/// A host with the hostile plugin allowed scratch files and the LLM (through `client`), its
+/// calls under a deadline of `timeout_ms`, its scratch folders under `dir/scratch`.
+async fn llm_scratch_host(dir: &Path, client: Arc<dyn trex_plugin_host::llm::LlmClient>, timeout_ms: u64) -> PluginHost {
+    let limits = format!("[capabilities]\nscratch = true\nllm = true\n[limits]\ntimeout_ms = {timeout_ms}\n");
+    let manifest = trex_tests::manifest("hostile", "data-tool", "hostile", &limits);
+    let path = trex_tests::install(&dir.join("plugins"), "hostile", "hostile", &manifest);
+    let config = HostConfig { llm: Some(client), ..test_config(dir.join("scratch")) };
+    let mut host = PluginHost::new(config).unwrap();
+    host.load(&path).await.unwrap();
+    host
+}
+
+/// One call of the hostile plugin's scratch rendezvous: it writes `who` to a scratch file, asks
+/// the LLM, and reports what it reads back and sees.
+async fn rendezvous(host: &PluginHost, who: &str) -> Result<DataToolRun, PluginError> {
+    let config = json!({"attack": "scratch-rendezvous", "content": who});
+    host.run_data_tool("hostile", &config, vec!["{}".into()], &CallEnv::default()).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_side_by_side_run_at_once_each_with_its_own_scratch() {
     let server = llm_server::start(vec![
         Reply::Barrier(2, llm_server::completion_body("met", 1, 1)),
         Reply::Barrier(2, llm_server::completion_body("met", 1, 1)),
     ]);
-    let client = crate::augment::llm_client(&server.base_url);
     let dir = tempfile::tempdir().unwrap();
-    let manifest = trex_tests::manifest(
-        "hostile",
-        "data-tool",
-        "hostile",
-        "[capabilities]\nscratch = true\nllm = true\n[limits]\ntimeout_ms = 20000\n",
-    );
-    let path = trex_tests::install(&dir.path().join("plugins"), "hostile", "hostile", &manifest);
-    let config = HostConfig { llm: Some(client), ..test_config(dir.path().join("scratch")) };
-    let mut host = PluginHost::new(config).unwrap();
-    host.load(&path).await.unwrap();
-    let call = |who: &'static str| {
-        let host = &host;
-        async move {
-            let config = json!({"attack": "scratch-rendezvous", "content": who});
-            host.run_data_tool("hostile", &config, vec!["{}".into()], &CallEnv::default()).await
-        }
-    };
+    let host = llm_scratch_host(dir.path(), crate::augment::llm_client(&server.base_url), 20000).await;
     // Each call waits at the LLM until the other arrives: one after another, neither would finish.
-    let (a, b) = tokio::join!(call("first"), call("second"));
+    let (a, b) = tokio::join!(rendezvous(&host, "first"), rendezvous(&host, "second"));
     for (run, who) in [(a, "first"), (b, "second")] {
         let seen: serde_json::Value = serde_json::from_str(&run.unwrap().records[0]).unwrap();
         assert_eq!(seen["read_back"], who, "each call reads back its own file");
@@ -148,33 +150,15 @@ async fn a_call_killed_inside_an_llm_request_leaks_nothing_into_the_next() {
     let client = crate::augment::llm_client(&server.base_url);
     let meter = client.meter().clone();
     let dir = tempfile::tempdir().unwrap();
-    let manifest = trex_tests::manifest(
-        "hostile",
-        "data-tool",
-        "hostile",
-        "[capabilities]\nscratch = true\nllm = true\n[limits]\ntimeout_ms = 1000\n",
-    );
-    let path = trex_tests::install(&dir.path().join("plugins"), "hostile", "hostile", &manifest);
+    let host = llm_scratch_host(dir.path(), client, 1000).await;
     let scratch = dir.path().join("scratch");
-    let config = HostConfig { llm: Some(client), ..test_config(scratch.clone()) };
-    let mut host = PluginHost::new(config).unwrap();
-    host.load(&path).await.unwrap();
-    let call = |who: &'static str| {
-        let host = &host;
-        async move {
-            let config = json!({"attack": "scratch-rendezvous", "content": who});
-            host.run_data_tool("hostile", &config, vec!["{}".into()], &CallEnv::default()).await
-        }
-    };
-    let started = std::time::Instant::now();
-    let err = call("killed").await.unwrap_err();
-    let killed_after = started.elapsed();
+    // The server holds its reply for 30 s; the call's 1 s deadline ends it first.
+    let err = rendezvous(&host, "killed").await.unwrap_err();
     assert!(matches!(err, PluginError::Timeout { limit_ms: 1000, .. }), "the deadline is the reason: {err}");
-    assert!(killed_after < std::time::Duration::from_secs(20), "the call did not wait for the server");
     let left: Vec<_> = std::fs::read_dir(&scratch).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "the killed call's scratch folder is removed: {left:?}");
     assert_eq!(meter.spent(), 0, "a request abandoned before its reply charges nothing");
-    let run = call("next").await.expect("the next call is served while the abandoned request still hangs");
+    let run = rendezvous(&host, "next").await.expect("the next call is served while the abandoned request still hangs");
     let seen: serde_json::Value = serde_json::from_str(&run.records[0]).unwrap();
     assert_eq!(seen["read_back"], "next");
     assert_eq!(seen["scratch"], json!(["mine.txt"]), "no file of the killed call is visible");
