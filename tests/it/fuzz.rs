@@ -6,8 +6,10 @@
 //! first, so even an abort leaves it behind; a panic's input is kept as
 //! `target/fuzz/<target>-crash-<hash>`.
 //!
-//! The CI run tries `TREX_FUZZ_ITERS` inputs per target (default 300); `cargo xtask fuzz
-//! --minutes N` sets `TREX_FUZZ_SECONDS` instead and prints the inputs tried per target.
+//! The CI run tries `TREX_FUZZ_ITERS` inputs per target (default 300). `TREX_FUZZ_SECONDS`
+//! gives each target that long instead, and `TREX_FUZZ_MINUTES` (what `cargo xtask fuzz
+//! --minutes N` sets) shares that many minutes among all targets; either prints the inputs tried
+//! per target.
 //! `TREX_FUZZ_SEED` picks another sequence of inputs (for runs side by side).
 
 use std::panic::AssertUnwindSafe;
@@ -164,35 +166,120 @@ fn evaluate_one(plugin: &str, bytes: &[u8]) {
     survived(p.rt.block_on(p.host.evaluate(plugin, &serde_json::json!({}), &items, 1, &Default::default())));
 }
 
-/// A loopback server that answers one request with `body` and ends (a server per input that
-/// lived on would exhaust the process's file descriptors within minutes).
-fn one_reply(body: String) -> (String, std::thread::JoinHandle<()>) {
+/// A loopback server that answers every request, one at a time, with the body last given to
+/// [`reply_with`] (one server for the whole run: a server per input would exhaust the process's
+/// file descriptors within minutes).
+fn reply_server() -> &'static (String, std::sync::Mutex<String>) {
+    static SERVER: std::sync::OnceLock<(String, std::sync::Mutex<String>)> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                answer(stream, &reply_server().1.lock().unwrap().clone());
+            }
+        });
+        (base_url, std::sync::Mutex::new(String::new()))
+    })
+}
+
+/// Read one HTTP request from `stream` and answer it with `body`, closing the connection.
+fn answer(stream: std::net::TcpStream, body: &str) {
     use std::io::{BufRead, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let server = std::thread::spawn(move || {
-        let Ok((stream, _)) = listener.accept() else { return };
-        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
-        let mut length = 0usize;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap_or(0);
-            }
+    let Ok(clone) = stream.try_clone() else { return };
+    let mut reader = std::io::BufReader::new(clone);
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
         }
-        let mut request = vec![0u8; length];
-        let _ = reader.read_exact(&mut request);
-        let mut stream = stream;
-        let _ = write!(
-            stream,
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-    });
-    (base_url, server)
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut request = vec![0u8; length.min(1 << 24)];
+    let _ = reader.read_exact(&mut request);
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// Have the reply server answer with `body` from now on; its base URL.
+fn reply_with(body: String) -> &'static str {
+    let (base_url, slot) = reply_server();
+    *slot.lock().unwrap() = body;
+    base_url
+}
+
+/// A host with the `llm` Researcher, its LLM the reply server.
+fn researcher_host() -> &'static Plugins {
+    static HOST: std::sync::OnceLock<Plugins> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let folder = trex_tests::standard_plugins(dir.path());
+        let client: std::sync::Arc<dyn trex_plugin_host::llm::LlmClient> =
+            crate::augment::llm_client(&reply_server().0);
+        let config = trex_plugin_host::HostConfig { llm: Some(client), ..crate::test_config(dir.path().join("s")) };
+        let host = rt.block_on(trex_plugin_host::PluginHost::discover(&folder, config)).unwrap();
+        Plugins { rt, host, _dir: dir }
+    })
+}
+
+/// The `llm` Researcher's proposals in a fresh session whose LLM answers with `content`.
+fn researcher_proposes(
+    content: &str,
+) -> Result<Vec<Result<trex_sdk::types::Proposal, trex_plugin_host::InvalidProposal>>, trex_plugin_host::PluginError> {
+    reply_with(trex_tests::llm_server::completion_body(content, 40, 20));
+    let p = researcher_host();
+    let brief = trex_sdk::types::TaskBrief {
+        name: "t".into(),
+        domain: "test".into(),
+        goal: "g".into(),
+        metric: "accuracy".into(),
+        search_space: Default::default(),
+        seed: 1,
+        start: None,
+    };
+    let env = trex_plugin_host::CallEnv::default();
+    p.rt.block_on(async {
+        let mut r = p.host.open_researcher("llm", &serde_json::json!({}), &brief, &env).await?;
+        r.propose(&research_context(), 2).await
+    })
+}
+
+/// A research context at node 2 of a small tree, as the `llm` Researcher is asked about it.
+fn research_context() -> trex_sdk::types::ResearchContext {
+    use trex_sdk::types::{NodeStatus, NodeSummary, Proposal, ResearchContext, TrainRecipe};
+    let node = |id: u64, parent: Option<u64>, score: f64| NodeSummary {
+        id,
+        parent,
+        proposal: parent.map(|_| Proposal {
+            data_recipe: Default::default(),
+            train_recipe: TrainRecipe { learning_rate: 2e-4 * id as f64, ..Default::default() },
+            rationale: "r".into(),
+        }),
+        status: NodeStatus::Done,
+        failure: None,
+        score: Some(score),
+        reward: Some(score - 0.1),
+        lesson: "l".into(),
+        metrics: Default::default(),
+    };
+    ResearchContext {
+        node: node(2, Some(1), 0.4),
+        parent_path: vec![node(0, None, 0.1), node(1, Some(0), 0.3)],
+        siblings: vec![],
+        best: vec![node(2, Some(1), 0.4)],
+        worst: vec![],
+        bad_cases: vec![],
+        notes: Default::default(),
+        tried: vec![],
+    }
 }
 
 fn targets() -> Vec<Target> {
@@ -377,9 +464,7 @@ fn targets() -> Vec<Target> {
             ],
             run: |b, _| {
                 use trex_plugin_host::llm::LlmClient;
-                let body = String::from_utf8_lossy(b).into_owned();
-                let (base_url, server) = one_reply(body);
-                let client = crate::augment::llm_client(&base_url);
+                let client = crate::augment::llm_client(reply_with(String::from_utf8_lossy(b).into_owned()));
                 let request = trex_plugin_host::llm::ChatRequest {
                     messages: vec![trex_sdk::types::ChatMessage { role: "user".into(), content: "hi".into() }],
                     temperature: None,
@@ -387,8 +472,26 @@ fn targets() -> Vec<Target> {
                     response_schema: Some(serde_json::json!({"type": "object"})),
                 };
                 drop(plugins().rt.block_on(client.chat("fuzz", request)));
-                server.join().unwrap();
             },
+        },
+        Target {
+            name: "llm-researcher-reply",
+            // The reply's text, as the `llm` Researcher parses and checks it (the envelope around
+            // it is the llm-reply target's).
+            seeds: vec![
+                serde_json::json!({"proposals": [{"rationale": "lower the rate", "data_recipe": {"steps": []},
+                    "train_recipe": {"learning_rate": 1e-4, "epochs": 1.0, "lora_rank": 8}}]})
+                .to_string()
+                .into_bytes(),
+                serde_json::json!({"proposals": [
+                    {"rationale": "a", "data_recipe": {"steps": [{"plugin": "dedup-exact", "config": {}}]},
+                     "train_recipe": {"learning_rate": 5e-4, "targets": ["q_proj", "v_proj"], "continue_from_parent": true}},
+                    {"rationale": "b", "data_recipe": {"steps": []}, "train_recipe": {"lora_dropout": 0.1}}]})
+                .to_string()
+                .into_bytes(),
+                b"Here is my plan:\n```json\n{\"proposals\": [{\"rationale\": \"r\"}]}\n```".to_vec(),
+            ],
+            run: |b, _| survived(researcher_proposes(&String::from_utf8_lossy(b))),
         },
         Target {
             name: "smiles",
@@ -420,7 +523,7 @@ calculate(where={'city': 'Paris'}, tags=["a", "b"], x=1.5e3)"#
 #[test]
 fn the_parsers_of_untrusted_bytes_refuse_mutated_inputs_without_panicking() {
     let iterations = std::env::var("TREX_FUZZ_ITERS").ok().and_then(|n| n.parse().ok());
-    let seconds: Option<f64> = std::env::var("TREX_FUZZ_SECONDS").ok().and_then(|n| n.parse().ok());
+    let env = |name: &str| std::env::var(name).ok().and_then(|n| n.parse::<f64>().ok());
     let seed: u64 = std::env::var("TREX_FUZZ_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or(0xF022);
     let out = root().join("target/fuzz");
     std::fs::create_dir_all(&out).unwrap();
@@ -428,6 +531,7 @@ fn the_parsers_of_untrusted_bytes_refuse_mutated_inputs_without_panicking() {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let targets = targets();
+    let seconds = env("TREX_FUZZ_SECONDS").or(env("TREX_FUZZ_MINUTES").map(|m| m * 60.0 / targets.len() as f64));
     let mut table = Vec::new();
     let mut crashes = Vec::new();
     for t in &targets {
@@ -500,4 +604,10 @@ fn the_plugin_and_client_targets_reach_their_parsers() {
     let env = trex_plugin_host::CallEnv { dataset_dir: Some(dir.path().to_path_buf()), ..Default::default() };
     let run = p.rt.block_on(p.host.run_data_tool("load-csv", &serde_json::json!({"path": "t.csv"}), vec![], &env));
     assert_eq!(run.unwrap().records.len(), 3, "three good rows, one short row skipped");
+    let llm = targets().into_iter().find(|t| t.name == "llm-researcher-reply").unwrap();
+    let proposals = researcher_proposes(&String::from_utf8(llm.seeds[0].clone()).unwrap()).unwrap();
+    assert_eq!(proposals.len(), 1, "{proposals:?}");
+    assert!(proposals[0].is_ok(), "the seed reply parses and passes the checks: {proposals:?}");
+    let broken = researcher_proposes("{\"proposals\": [{\"rationale\": 3}]}");
+    assert!(broken.is_err() || broken.unwrap().iter().all(Result::is_err), "a malformed reply is refused");
 }

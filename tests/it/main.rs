@@ -9,6 +9,7 @@ mod hostile;
 mod load;
 mod roundtrip;
 mod sandbox;
+mod soak;
 mod tidy;
 
 use std::path::PathBuf;

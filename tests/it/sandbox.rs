@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::json;
-use trex_plugin_host::{CallEnv, Capabilities, DataToolRun, EvalItem, HostConfig, PluginError, PluginHost, TokenCounter};
+use trex_plugin_host::{
+    CallEnv, Capabilities, DataToolRun, EvalItem, HostConfig, PluginError, PluginHost, TokenCounter,
+};
 use trex_tests::llm_server::{self, Reply};
 
 use crate::hostile::{attack, names_plugin, sandbox, sandbox_with, still_healthy};
@@ -103,7 +105,11 @@ async fn scratch_is_private_fresh_and_removed_so_planted_and_left_links_go_nowhe
 
 /// A host with the hostile plugin allowed scratch files and the LLM (through `client`), its
 /// calls under a deadline of `timeout_ms`, its scratch folders under `dir/scratch`.
-async fn llm_scratch_host(dir: &Path, client: Arc<dyn trex_plugin_host::llm::LlmClient>, timeout_ms: u64) -> PluginHost {
+async fn llm_scratch_host(
+    dir: &Path,
+    client: Arc<dyn trex_plugin_host::llm::LlmClient>,
+    timeout_ms: u64,
+) -> PluginHost {
     let limits = format!("[capabilities]\nscratch = true\nllm = true\n[limits]\ntimeout_ms = {timeout_ms}\n");
     let manifest = trex_tests::manifest("hostile", "data-tool", "hostile", &limits);
     let path = trex_tests::install(&dir.join("plugins"), "hostile", "hostile", &manifest);

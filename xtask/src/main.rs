@@ -32,13 +32,19 @@ commands:
                   fuzz every host parser of untrusted bytes (GGUF, safetensors, tokenizer.json,
                   config.json, PEFT adapter config, plugin.toml, task.toml, journal, JSONL
                   records, and through their plugins or client: CSV records, LLM replies,
-                  SMILES, BFCL calls) for N minutes in all (default 10) with the seeded mutational fuzzer
+                  SMILES, BFCL calls, the `llm` Researcher's reply parser) for N minutes in all
+                  (default 10) with the seeded mutational fuzzer
                   in tests/it/fuzz.rs (stable toolchain); prints inputs tried per target and
                   keeps any crashing input in target/fuzz (300 inputs per target run in `test`)
   load [--records N]
                   N records (default 1 000 000, 1% malformed, under `skip`) through a
                   three-step pipeline; checks that every step's counts add up and prints
                   records/s and peak resident memory (20 000 records run in `test`)
+  soak [--minutes N]
+                  hostile and normal plugin calls on one host for N minutes (default 5): each
+                  attack 4 at once with the host's peak memory next to its limit, then 8 mixed
+                  workers checking every normal call's output and that memory stays flat
+                  (4 seconds run in `test`)
   crash-drill [--kills N]
                   the crash drill: a search on a small model SIGKILLed N times (default 20)
                   at moments spread over its nodes' lives and resumed each time; checks that
@@ -91,6 +97,7 @@ fn dispatch() -> Result<()> {
         Some("crash-drill") => crash_drill(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("load") => load(&args[1..]),
+        Some("soak") => soak(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{HELP}");
             Ok(())
@@ -288,73 +295,59 @@ fn test(required: bool) -> Result<()> {
     run(cargo().current_dir(root()).args(["test", "--workspace", "--doc"]))
 }
 
-/// The fuzz targets in tests/it/fuzz.rs (the time is shared among them).
-const FUZZ_TARGETS: u32 = 13;
+/// The value of the one flag `flag` in `args` (`default` when `args` is empty).
+fn one_flag<T: std::str::FromStr>(args: &[String], flag: &str, default: T, usage: &str) -> Result<T> {
+    match args {
+        [] => Ok(default),
+        [f, n] if f == flag => n.parse().map_err(|_| anyhow::anyhow!("{flag} {n}: not a number")),
+        _ => bail!("usage: {usage}"),
+    }
+}
 
-/// `fuzz [--minutes N]`: the fuzz test for N minutes in all, its table printed.
+/// Run the integration tests matching `filter` with `var` set, their output shown.
+fn it_tests(filter: &str, var: &str, value: String) -> Result<()> {
+    let args = ["test", "--workspace", "--test", "it", "--", filter, "--nocapture"];
+    run(cargo().current_dir(root()).env(var, value).args(args))
+}
+
+/// `fuzz [--minutes N]`: the fuzz test for N minutes in all (shared among its targets), its
+/// table printed.
 fn fuzz(args: &[String]) -> Result<()> {
-    let minutes: f64 = match args {
-        [] => 10.0,
-        [flag, n] if flag == "--minutes" => n.parse().with_context(|| format!("--minutes {n}: not a number"))?,
-        _ => bail!("usage: cargo xtask fuzz [--minutes N]"),
-    };
+    let minutes: f64 = one_flag(args, "--minutes", 10.0, "cargo xtask fuzz [--minutes N]")?;
     if minutes.is_nan() || minutes <= 0.0 {
         bail!("--minutes {minutes}: give a positive number of minutes");
     }
-    let per_target = minutes * 60.0 / f64::from(FUZZ_TARGETS);
-    run(cargo().current_dir(root()).env("TREX_FUZZ_SECONDS", format!("{per_target}")).args([
-        "test",
-        "--workspace",
-        "--test",
-        "it",
-        "--",
-        "fuzz::the_parsers",
-        "--nocapture",
-    ]))
+    it_tests("fuzz::the_parsers", "TREX_FUZZ_MINUTES", minutes.to_string())
 }
 
 /// `load [--records N]`: the load test on N records (default 1 000 000), its table printed.
 fn load(args: &[String]) -> Result<()> {
-    let records: u64 = match args {
-        [] => 1_000_000,
-        [flag, n] if flag == "--records" => n.parse().with_context(|| format!("--records {n}: not a number"))?,
-        _ => bail!("usage: cargo xtask load [--records N]"),
-    };
+    let records: u64 = one_flag(args, "--records", 1_000_000, "cargo xtask load [--records N]")?;
     if records < 400 {
         bail!("--records {records}: give at least 400 records (every kind of planted record appears once in 400)");
     }
     build_plugins()?;
-    run(cargo().current_dir(root()).env("TREX_LOAD_RECORDS", records.to_string()).args([
-        "test",
-        "--workspace",
-        "--test",
-        "it",
-        "--",
-        "load::",
-        "--nocapture",
-    ]))
+    it_tests("load::", "TREX_LOAD_RECORDS", records.to_string())
+}
+
+/// `soak [--minutes N]`: the soak test for N minutes, its tables printed.
+fn soak(args: &[String]) -> Result<()> {
+    let minutes: f64 = one_flag(args, "--minutes", 5.0, "cargo xtask soak [--minutes N]")?;
+    if minutes.is_nan() || minutes <= 0.0 {
+        bail!("--minutes {minutes}: give a positive number of minutes");
+    }
+    build_plugins()?;
+    it_tests("soak::", "TREX_SOAK_SECONDS", (minutes * 60.0).to_string())
 }
 
 /// `crash-drill [--kills N]`: the drill test with N kills, its table printed.
 fn crash_drill(args: &[String]) -> Result<()> {
-    let kills = match args {
-        [] => 20,
-        [flag, n] if flag == "--kills" => n.parse().with_context(|| format!("--kills {n}: not a number"))?,
-        _ => bail!("usage: cargo xtask crash-drill [--kills N]"),
-    };
+    let kills: u32 = one_flag(args, "--kills", 20, "cargo xtask crash-drill [--kills N]")?;
     if kills == 0 {
         bail!("--kills 0: the drill needs at least one kill");
     }
     build_plugins()?;
-    run(cargo().current_dir(root()).env("TREX_DRILL_KILLS", kills.to_string()).args([
-        "test",
-        "--workspace",
-        "--test",
-        "it",
-        "--",
-        "drill::",
-        "--nocapture",
-    ]))
+    it_tests("drill::", "TREX_DRILL_KILLS", kills.to_string())
 }
 
 fn ci() -> Result<()> {
