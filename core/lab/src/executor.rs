@@ -686,7 +686,11 @@ impl Lab {
                 let dir = self.node_dir(id).join("adapter");
                 crate::cache::copy_dir(Path::new(&a), &dir).map_err(|e| NodeFailure {
                     out_of_space: trex_model::out_of_space(&e),
-                    ..NodeFailure::new(FailureKind::Other, format!("cannot copy the cached adapter {a}: {e}"), Cost::default())
+                    ..NodeFailure::new(
+                        FailureKind::Other,
+                        format!("cannot copy the cached adapter {a}: {e}"),
+                        Cost::default(),
+                    )
                 })?;
                 r.adapter = Some(format!("nodes/{id}/adapter"));
             }
@@ -791,11 +795,10 @@ impl Lab {
             fail(kind, format!("training: {e}").into(), 0)
         })?;
         let adapter_dir = self.node_dir(id).join("adapter");
-        train::peft::save_adapter(&adapter_dir, &adapter, &self.model_source)
-            .map_err(|e| {
-                let error = StepError { message: format!("saving the adapter: {e}"), out_of_space: e.out_of_space() };
-                fail(FailureKind::Other, error, report.tokens as u64)
-            })?;
+        train::peft::save_adapter(&adapter_dir, &adapter, &self.model_source).map_err(|e| {
+            let error = StepError { message: format!("saving the adapter: {e}"), out_of_space: e.out_of_space() };
+            fail(FailureKind::Other, error, report.tokens as u64)
+        })?;
         let train_seconds = started.elapsed().as_secs_f64() - data_seconds;
         let scoring = self
             .score(Some(Arc::new(adapter)), Split::Validation, Some(&reporter))

@@ -1122,4 +1122,3 @@ pub fn load_run(run_dir: &std::path::Path) -> Result<(Journal, PathBuf, Task, Se
     let state = RunState::replay(&entries).map_err(|e| e.in_run(run_dir))?;
     Ok((journal, task_file, *task, *settings, model, state))
 }
-
