@@ -202,9 +202,22 @@ pub struct CacheError {
 /// Write `bytes` to `path` under a temporary name in the same folder, then rename it into
 /// place, so a reader sees the whole file or the one before it, never half of one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_via_temporary(path, bytes, false)
+}
+
+/// [`write_atomically`], with the file's contents flushed to the disk before it is renamed into
+/// place, for a file another process (or the same one after a crash) must find whole.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_via_temporary(path, bytes, true)
+}
+
+fn write_via_temporary(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut tmp, bytes)?;
+    if sync {
+        tmp.as_file().sync_all()?;
+    }
     tmp.persist(path).map(drop).map_err(|e| e.error)
 }
 

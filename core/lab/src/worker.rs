@@ -140,23 +140,14 @@ pub fn read_outcome(path: &Path) -> Result<Outcome, LabError> {
     serde_json::from_str(&text).map_err(|e| LabError::Run(format!("{}: not a node outcome: {e}", path.display())))
 }
 
-/// Write `bytes` to `path` whole or not at all: a temporary file in the same folder, flushed to
-/// disk, then renamed into place.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map(drop).map_err(|e| e.error)
-}
-
 /// Write `spec` into its node's folder; the file's path.
 pub fn write_spec(spec: &NodeSpec) -> Result<PathBuf, LabError> {
     let dir = spec.run_dir.join("nodes").join(spec.node.to_string());
     std::fs::create_dir_all(&dir).map_err(|e| LabError::Run(format!("{}: {e}", dir.display())))?;
     let path = spec_path(&dir);
     let text = serde_json::to_string_pretty(spec).expect("specs serialize");
-    write_durably(&path, text.as_bytes()).map_err(|e| LabError::Run(format!("{}: {e}", path.display())))?;
+    crate::cache::write_durably(&path, text.as_bytes())
+        .map_err(|e| LabError::Run(format!("{}: {e}", path.display())))?;
     Ok(path)
 }
 
@@ -225,7 +216,8 @@ pub async fn run(spec: &NodeSpec, observer: SharedObserver) -> Result<Outcome, L
     };
     let path = outcome_path(&lab.node_dir(spec.node));
     let text = serde_json::to_string_pretty(&outcome).expect("outcomes serialize");
-    write_durably(&path, text.as_bytes()).map_err(|e| LabError::Run(format!("{}: {e}", path.display())))?;
+    crate::cache::write_durably(&path, text.as_bytes())
+        .map_err(|e| LabError::Run(format!("{}: {e}", path.display())))?;
     Ok(outcome)
 }
 
@@ -234,7 +226,7 @@ mod tests {
     use super::*;
 
     fn back_again(path: &Path, o: &Outcome) -> Outcome {
-        write_durably(path, serde_json::to_string(o).unwrap().as_bytes()).unwrap();
+        crate::cache::write_durably(path, serde_json::to_string(o).unwrap().as_bytes()).unwrap();
         read_outcome(path).unwrap()
     }
 
@@ -257,7 +249,7 @@ mod tests {
             setup_seconds: 0.5,
             finished_unix: 2.0,
         };
-        write_durably(&path, serde_json::to_string(&failed).unwrap().as_bytes()).unwrap();
+        crate::cache::write_durably(&path, serde_json::to_string(&failed).unwrap().as_bytes()).unwrap();
         let back = read_outcome(&path).unwrap();
         assert_eq!(back, failed);
         let f = back.into_result().unwrap_err();
