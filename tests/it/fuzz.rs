@@ -78,9 +78,13 @@ fn fuzz(
     deadline: Option<Instant>,
     out: &Path,
 ) -> Result<u64, PathBuf> {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = ram_tempdir();
     let mut rng = SplitMix64(seed ^ hash(target.name.as_bytes()));
     let current = out.join(format!("{}-{seed}.current", target.name));
+    // Kept open and rewritten in place: closing a file just truncated makes ext4 flush it, and
+    // that once per input left the fuzzer waiting on the disk most of the time. The kernel
+    // keeps what was written if the process dies.
+    let mut current_file = std::fs::File::create(&current).unwrap();
     let mut tried = 0;
     loop {
         if iterations.is_some_and(|n| tried >= n) || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -88,7 +92,12 @@ fn fuzz(
         }
         let seed = &target.seeds[rng.next_u64() as usize % target.seeds.len()];
         let input = if tried == 0 { seed.clone() } else { mutate(&mut rng, &target.seeds, seed) };
-        std::fs::write(&current, &input).unwrap();
+        {
+            use std::io::{Seek, Write};
+            current_file.set_len(0).unwrap();
+            current_file.rewind().unwrap();
+            current_file.write_all(&input).unwrap();
+        }
         let run = target.run;
         let path = dir.path().to_path_buf();
         if std::panic::catch_unwind(AssertUnwindSafe(|| run(&input, &path))).is_err() {
@@ -98,8 +107,19 @@ fn fuzz(
         }
         tried += 1;
     }
+    drop(current_file);
     let _ = std::fs::remove_file(&current);
     Ok(tried)
+}
+
+/// A temporary folder in memory (`/dev/shm`) where there is one: the targets rewrite their
+/// files once per input, and on a disk that is I/O rather than parsing.
+fn ram_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    match shm.is_dir().then(|| tempfile::tempdir_in(shm)) {
+        Some(Ok(d)) => d,
+        _ => tempfile::tempdir().unwrap(),
+    }
 }
 
 fn hash(bytes: &[u8]) -> u64 {
@@ -118,7 +138,7 @@ fn root() -> PathBuf {
 
 /// A small valid model in the Hugging Face layout, whose files the model targets start from.
 fn model_dir() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = ram_tempdir();
     let model = trex_tests::tiny_model(dir.path(), &trex_model::LlamaConfig::tiny());
     (dir, model)
 }
