@@ -17,9 +17,9 @@ use crate::hostile::{attack, names_plugin, sandbox, sandbox_with, still_healthy}
 use crate::test_config;
 
 /// One memory-measuring test at a time, so that the resident size sampled is this test's.
-static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn rss_mib() -> f64 {
+pub(crate) fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()

