@@ -152,17 +152,21 @@ struct Plugins {
     _dir: tempfile::TempDir,
 }
 
-fn plugins() -> &'static Plugins {
-    static PLUGINS: std::sync::OnceLock<Plugins> = std::sync::OnceLock::new();
-    PLUGINS.get_or_init(|| {
+impl Plugins {
+    /// The standard plugins on a host of their own, with `llm` behind `llm.chat`.
+    fn load(llm: Option<std::sync::Arc<dyn trex_plugin_host::llm::LlmClient>>) -> Plugins {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let folder = trex_tests::standard_plugins(dir.path());
-        let host = rt
-            .block_on(trex_plugin_host::PluginHost::discover(&folder, crate::test_config(dir.path().join("s"))))
-            .unwrap();
+        let config = trex_plugin_host::HostConfig { llm, ..crate::test_config(dir.path().join("s")) };
+        let host = rt.block_on(trex_plugin_host::PluginHost::discover(&folder, config)).unwrap();
         Plugins { rt, host, _dir: dir }
-    })
+    }
+}
+
+fn plugins() -> &'static Plugins {
+    static PLUGINS: std::sync::OnceLock<Plugins> = std::sync::OnceLock::new();
+    PLUGINS.get_or_init(|| Plugins::load(None))
 }
 
 /// Panics (so that the fuzzer keeps the input) when a plugin call ended in a crash rather than
@@ -238,16 +242,7 @@ fn reply_with(body: String) -> &'static str {
 /// A host with the `llm` Researcher, its LLM the reply server.
 fn researcher_host() -> &'static Plugins {
     static HOST: std::sync::OnceLock<Plugins> = std::sync::OnceLock::new();
-    HOST.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let folder = trex_tests::standard_plugins(dir.path());
-        let client: std::sync::Arc<dyn trex_plugin_host::llm::LlmClient> =
-            crate::augment::llm_client(&reply_server().0);
-        let config = trex_plugin_host::HostConfig { llm: Some(client), ..crate::test_config(dir.path().join("s")) };
-        let host = rt.block_on(trex_plugin_host::PluginHost::discover(&folder, config)).unwrap();
-        Plugins { rt, host, _dir: dir }
-    })
+    HOST.get_or_init(|| Plugins::load(Some(crate::augment::llm_client(&reply_server().0))))
 }
 
 /// The `llm` Researcher's proposals in a fresh session whose LLM answers with `content`.
@@ -256,50 +251,11 @@ fn researcher_proposes(
 ) -> Result<Vec<Result<trex_sdk::types::Proposal, trex_plugin_host::InvalidProposal>>, trex_plugin_host::PluginError> {
     reply_with(trex_tests::llm_server::completion_body(content, 40, 20));
     let p = researcher_host();
-    let brief = trex_sdk::types::TaskBrief {
-        name: "t".into(),
-        domain: "test".into(),
-        goal: "g".into(),
-        metric: "accuracy".into(),
-        search_space: Default::default(),
-        seed: 1,
-        start: None,
-    };
     let env = trex_plugin_host::CallEnv::default();
     p.rt.block_on(async {
-        let mut r = p.host.open_researcher("llm", &serde_json::json!({}), &brief, &env).await?;
-        r.propose(&research_context(), 2).await
+        let mut r = p.host.open_researcher("llm", &serde_json::json!({}), &crate::roundtrip::brief(1), &env).await?;
+        r.propose(&crate::roundtrip::context_at_node(), 2).await
     })
-}
-
-/// A research context at node 2 of a small tree, as the `llm` Researcher is asked about it.
-fn research_context() -> trex_sdk::types::ResearchContext {
-    use trex_sdk::types::{NodeStatus, NodeSummary, Proposal, ResearchContext, TrainRecipe};
-    let node = |id: u64, parent: Option<u64>, score: f64| NodeSummary {
-        id,
-        parent,
-        proposal: parent.map(|_| Proposal {
-            data_recipe: Default::default(),
-            train_recipe: TrainRecipe { learning_rate: 2e-4 * id as f64, ..Default::default() },
-            rationale: "r".into(),
-        }),
-        status: NodeStatus::Done,
-        failure: None,
-        score: Some(score),
-        reward: Some(score - 0.1),
-        lesson: "l".into(),
-        metrics: Default::default(),
-    };
-    ResearchContext {
-        node: node(2, Some(1), 0.4),
-        parent_path: vec![node(0, None, 0.1), node(1, Some(0), 0.3)],
-        siblings: vec![],
-        best: vec![node(2, Some(1), 0.4)],
-        worst: vec![],
-        bad_cases: vec![],
-        notes: Default::default(),
-        tried: vec![],
-    }
 }
 
 fn targets() -> Vec<Target> {

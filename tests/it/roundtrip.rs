@@ -268,7 +268,7 @@ async fn manifest_must_agree_with_the_component() {
 }
 
 /// A context expanding node 3, a finished experiment that underfit on few optimizer steps.
-fn context_at_node() -> ResearchContext {
+pub(crate) fn context_at_node() -> ResearchContext {
     let mut ctx = context();
     let proposal = trex_sdk::types::Proposal {
         data_recipe: Default::default(),
@@ -285,7 +285,7 @@ fn context_at_node() -> ResearchContext {
     ctx
 }
 
-fn brief(seed: u64) -> TaskBrief {
+pub(crate) fn brief(seed: u64) -> TaskBrief {
     TaskBrief {
         name: "t".into(),
         domain: "test".into(),

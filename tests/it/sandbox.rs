@@ -28,24 +28,41 @@ pub(crate) fn rss_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// Samples the process's resident memory every few milliseconds until [`Sampler::peak`].
+pub(crate) struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<f64>,
+}
+
+impl Sampler {
+    pub(crate) fn start() -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0.0f64;
+            while !flag.load(Ordering::Relaxed) {
+                peak = peak.max(rss_mib());
+                std::thread::sleep(std::time::Duration::from_millis(3));
+            }
+            peak.max(rss_mib())
+        });
+        Sampler { stop, thread }
+    }
+
+    /// Stop sampling; the highest resident size seen, in MiB.
+    pub(crate) fn peak(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 /// Run `fut`, sampling the process's resident memory every few milliseconds; returns its output
 /// and the peak growth over the resident size before it, in MiB.
 async fn peak_growth<T>(fut: impl std::future::Future<Output = T>) -> (T, f64) {
     let base = rss_mib();
-    let done = Arc::new(AtomicBool::new(false));
-    let flag = done.clone();
-    let sampler = std::thread::spawn(move || {
-        let mut peak = 0.0f64;
-        while !flag.load(Ordering::Relaxed) {
-            peak = peak.max(rss_mib());
-            std::thread::sleep(std::time::Duration::from_millis(3));
-        }
-        peak.max(rss_mib())
-    });
+    let sampler = Sampler::start();
     let out = fut.await;
-    done.store(true, Ordering::Relaxed);
-    let peak = sampler.join().unwrap();
-    (out, (peak - base).max(0.0))
+    (out, (sampler.peak() - base).max(0.0))
 }
 
 /// Printable text: no escape character, carriage return or other control character except the

@@ -12,42 +12,14 @@
 //! `cargo xtask soak --minutes N` runs it longer and prints both tables.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 use trex_plugin_host::{CallEnv, PluginError, PluginHost};
 
 use crate::hostile::LIMITS;
-use crate::sandbox::rss_mib;
+use crate::sandbox::{Sampler, rss_mib};
 use crate::test_config;
-
-/// Samples the resident memory every few milliseconds until dropped; `peak()` is the highest.
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<f64>>,
-}
-
-impl Sampler {
-    fn start() -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut peak = 0.0f64;
-            while !flag.load(Ordering::Relaxed) {
-                peak = peak.max(rss_mib());
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            peak.max(rss_mib())
-        });
-        Sampler { stop, thread: Some(thread) }
-    }
-
-    fn peak(mut self) -> f64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap()
-    }
-}
 
 fn env_number(name: &str, default: f64) -> f64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

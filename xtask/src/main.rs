@@ -304,6 +304,15 @@ fn one_flag<T: std::str::FromStr>(args: &[String], flag: &str, default: T, usage
     }
 }
 
+/// The value of `--minutes` in `args` (`default` when `args` is empty), a positive number.
+fn minutes_flag(args: &[String], default: f64, usage: &str) -> Result<f64> {
+    let minutes: f64 = one_flag(args, "--minutes", default, usage)?;
+    if minutes.is_nan() || minutes <= 0.0 {
+        bail!("--minutes {minutes}: give a positive number of minutes");
+    }
+    Ok(minutes)
+}
+
 /// Run the integration tests matching `filter` with `var` set, their output shown.
 fn it_tests(filter: &str, var: &str, value: String) -> Result<()> {
     let args = ["test", "--workspace", "--test", "it", "--", filter, "--nocapture"];
@@ -313,10 +322,7 @@ fn it_tests(filter: &str, var: &str, value: String) -> Result<()> {
 /// `fuzz [--minutes N]`: the fuzz test for N minutes in all (shared among its targets), its
 /// table printed.
 fn fuzz(args: &[String]) -> Result<()> {
-    let minutes: f64 = one_flag(args, "--minutes", 10.0, "cargo xtask fuzz [--minutes N]")?;
-    if minutes.is_nan() || minutes <= 0.0 {
-        bail!("--minutes {minutes}: give a positive number of minutes");
-    }
+    let minutes = minutes_flag(args, 10.0, "cargo xtask fuzz [--minutes N]")?;
     it_tests("fuzz::the_parsers", "TREX_FUZZ_MINUTES", minutes.to_string())
 }
 
@@ -332,10 +338,7 @@ fn load(args: &[String]) -> Result<()> {
 
 /// `soak [--minutes N]`: the soak test for N minutes, its tables printed.
 fn soak(args: &[String]) -> Result<()> {
-    let minutes: f64 = one_flag(args, "--minutes", 5.0, "cargo xtask soak [--minutes N]")?;
-    if minutes.is_nan() || minutes <= 0.0 {
-        bail!("--minutes {minutes}: give a positive number of minutes");
-    }
+    let minutes = minutes_flag(args, 5.0, "cargo xtask soak [--minutes N]")?;
     build_plugins()?;
     it_tests("soak::", "TREX_SOAK_SECONDS", (minutes * 60.0).to_string())
 }

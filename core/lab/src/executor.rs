@@ -178,17 +178,16 @@ impl StepError {
     fn io(path: &Path, e: &std::io::Error) -> StepError {
         StepError { message: format!("{}: {e}", path.display()), out_of_space: trex_model::out_of_space(e) }
     }
+
+    /// The node's failure, of `kind`, having cost `cost`.
+    fn into_failure(self, kind: FailureKind, cost: Cost) -> NodeFailure {
+        NodeFailure { error: self.message, kind, cost, out_of_space: self.out_of_space }
+    }
 }
 
 impl From<String> for StepError {
     fn from(message: String) -> StepError {
         StepError { message, out_of_space: false }
-    }
-}
-
-impl std::fmt::Display for StepError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
     }
 }
 
@@ -350,10 +349,7 @@ impl Lab {
         if let Some(r) = self.cached_outcome(&key, None) {
             return r;
         }
-        let fail = |e: StepError| NodeFailure {
-            out_of_space: e.out_of_space,
-            ..NodeFailure::new(FailureKind::Other, e.message, Cost::default())
-        };
+        let fail = |e: StepError| e.into_failure(FailureKind::Other, Cost::default());
         if self.cache.as_ref().is_some_and(|c| c.only) {
             return Err(fail(not_in_table().into()));
         }
@@ -684,13 +680,12 @@ impl Lab {
             // the cache in place.
             if let Some(a) = r.adapter.clone().filter(|_| !self.cache.as_ref().is_some_and(|c| c.only)) {
                 let dir = self.node_dir(id).join("adapter");
-                crate::cache::copy_dir(Path::new(&a), &dir).map_err(|e| NodeFailure {
-                    out_of_space: trex_model::out_of_space(&e),
-                    ..NodeFailure::new(
-                        FailureKind::Other,
-                        format!("cannot copy the cached adapter {a}: {e}"),
-                        Cost::default(),
-                    )
+                crate::cache::copy_dir(Path::new(&a), &dir).map_err(|e| {
+                    let error = StepError {
+                        message: format!("cannot copy the cached adapter {a}: {e}"),
+                        out_of_space: trex_model::out_of_space(&e),
+                    };
+                    error.into_failure(FailureKind::Other, Cost::default())
                 })?;
                 r.adapter = Some(format!("nodes/{id}/adapter"));
             }
@@ -731,13 +726,9 @@ impl Lab {
         let started = Instant::now();
         let reporter = NodeReporter::new(self.observer.clone(), id);
         reporter.report(Stage::Data, 0, proposal.data_recipe.steps.len() as u64, "");
-        let fail = |kind: FailureKind, error: StepError, tokens: u64| NodeFailure {
-            out_of_space: error.out_of_space,
-            ..NodeFailure::new(
-                kind,
-                error.message,
-                Cost { train_tokens: tokens, seconds: started.elapsed().as_secs_f64(), ..Cost::default() },
-            )
+        let fail = |kind: FailureKind, error: StepError, tokens: u64| {
+            let cost = Cost { train_tokens: tokens, seconds: started.elapsed().as_secs_f64(), ..Cost::default() };
+            error.into_failure(kind, cost)
         };
         let (records, data) =
             self.build_data(&proposal.data_recipe).await.map_err(|e| fail(FailureKind::Plugin, e, 0))?;
