@@ -49,10 +49,10 @@ fn stage(run_dir: &Path) -> &'static str {
 fn temporaries(dir: &Path, found: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = e.path();
-        if path.is_dir() {
-            temporaries(&path, found);
-        } else if e.file_name().to_string_lossy().starts_with(".tmp") {
+        if e.file_name().to_string_lossy().starts_with(".tmp") {
             found.push(path);
+        } else if path.is_dir() {
+            temporaries(&path, found);
         }
     }
 }
