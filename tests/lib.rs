@@ -227,6 +227,54 @@ pub fn word_level_tokenizer(vocab: usize) -> serde_json::Value {
         "model": {"type": "WordLevel", "vocab": words, "unk_token": "w0"}})
 }
 
+/// A byte-level BPE `tokenizer.json` (as GPT-2 and SmolLM2 use): the 256 bytes (ids 0..255), a
+/// few merges (JSON punctuation, a space before a quote), then `<|im_start|>` and `<|im_end|>`
+/// (the end of a turn). `vocab` of a model using it: [`BYTE_LEVEL_VOCAB`].
+pub fn byte_level_tokenizer() -> serde_json::Value {
+    let chars = trex_model::tokenizer::byte_level_chars();
+    let c = |b: u8| chars[b as usize].to_string();
+    let mut vocab: serde_json::Map<String, serde_json::Value> =
+        (0..=255u8).map(|b| (c(b), serde_json::Value::from(b as u32))).collect();
+    let pairs = [(b'{', b'"'), (b'"', b':'), (b'"', b','), (b' ', b'"'), (b'a', b'm'), (b'e', b'r')];
+    let mut merges = Vec::new();
+    for (i, (a, b)) in pairs.iter().enumerate() {
+        vocab.insert(format!("{}{}", c(*a), c(*b)), serde_json::Value::from(256 + i as u32));
+        merges.push(format!("{} {}", c(*a), c(*b)));
+    }
+    let special = |id: usize, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    let n = 256 + pairs.len();
+    serde_json::json!({"version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(n, "<|im_start|>"), special(n + 1, "<|im_end|>")],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges}})
+}
+
+/// The vocabulary size of [`byte_level_tokenizer`].
+pub const BYTE_LEVEL_VOCAB: usize = 256 + 6 + 2;
+
+/// A tiny chat model with random weights (seed `seed`) and [`byte_level_tokenizer`] (ChatML,
+/// `<|im_end|>` ends a turn), exported as a Hugging Face folder `dir/chat-model`; returns it.
+pub fn tiny_chat_model(dir: &Path, seed: u64) -> PathBuf {
+    let config = trex_model::LlamaConfig { vocab: BYTE_LEVEL_VOCAB, max_pos: 512, ..trex_model::LlamaConfig::tiny() };
+    let tok_path = dir.join("tokenizer.json");
+    std::fs::write(&tok_path, byte_level_tokenizer().to_string()).expect("write tokenizer.json");
+    let cfg = serde_json::json!({"eos_token": "<|im_end|>", "bos_token": null});
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).expect("write tokenizer_config.json");
+    let tokenizer = trex_model::Tokenizer::from_file(&tok_path).expect("the tokenizer loads");
+    let model_dir = dir.join("chat-model");
+    let weights = trex_model::Weights::<f32>::random(&config, seed);
+    trex_model::export_hf_dir(&model_dir, &config, &weights, &tokenizer).expect("export the tiny model");
+    model_dir
+}
+
 /// A tiny model with random weights (seed 1) and [`word_level_tokenizer`], exported as a
 /// Hugging Face folder `dir/model` the way a user would export one; returns that folder.
 pub fn tiny_model(dir: &Path, config: &trex_model::LlamaConfig) -> PathBuf {

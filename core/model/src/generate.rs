@@ -58,7 +58,9 @@ pub struct Generation {
     pub finish: &'static str,
 }
 
-fn pick<T: Real>(logits: &[T], config: &GenerationConfig, rng: &mut SplitMix) -> u32 {
+/// The next token: the most likely one at temperature 0, else a sample from the smallest set of
+/// most likely tokens whose probability reaches `top_p`.
+pub(crate) fn pick<T: Real>(logits: &[T], temperature: f32, top_p: f32, rng: &mut SplitMix) -> u32 {
     let greedy = || {
         let mut best = 0;
         for (i, &v) in logits.iter().enumerate() {
@@ -68,10 +70,10 @@ fn pick<T: Real>(logits: &[T], config: &GenerationConfig, rng: &mut SplitMix) ->
         }
         best as u32
     };
-    if config.temperature <= 0.0 {
+    if temperature <= 0.0 {
         return greedy();
     }
-    let t = config.temperature as f64;
+    let t = temperature as f64;
     let max = logits.iter().map(|v| v.to_f64().unwrap_or(f64::NEG_INFINITY)).fold(f64::NEG_INFINITY, f64::max);
     let mut probs: Vec<(usize, f64)> = logits
         .iter()
@@ -86,7 +88,7 @@ fn pick<T: Real>(logits: &[T], config: &GenerationConfig, rng: &mut SplitMix) ->
     for p in &probs {
         kept += 1;
         mass += p.1;
-        if mass >= config.top_p as f64 {
+        if mass >= top_p as f64 {
             break;
         }
     }
@@ -197,7 +199,7 @@ pub fn generate<T: Real>(
         let mut kept = Vec::with_capacity(running.len());
         let mut kept_caches = Vec::with_capacity(running.len());
         for ((mut r, row), cache) in running.drain(..).zip(logits.chunks(vocab)).zip(caches.drain(..)) {
-            let tok = pick(row, config, &mut r.rng);
+            let tok = pick(row, config.temperature, config.top_p, &mut r.rng);
             let finish = if tokenizer.eos.contains(&tok) {
                 Some("eos")
             } else {

@@ -9,9 +9,11 @@
 pub mod flops;
 pub mod generate;
 pub mod gguf;
+pub mod grammar;
 mod hf;
 pub mod llama;
 pub mod lora;
+pub mod serving;
 pub mod tokenizer;
 pub mod train;
 

@@ -252,6 +252,37 @@ impl<T: Real> Llama<T> {
         ctx.adapter.layers[layer][target_index(t)].as_ref().map(|p| (p, ctx))
     }
 
+    /// `y = x·Wᵀ (+ bias)` over all rows, plus each segment's adapter over its rows (no dropout:
+    /// inference). One segment computes exactly what [`Llama::linear`] does.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_segments(
+        &self,
+        x: &[T],
+        w: &[T],
+        bias: Option<&[T]>,
+        out: usize,
+        inp: usize,
+        layer: usize,
+        target: LoraTarget,
+        segments: &[(usize, usize, Option<LoraCtx<'_, T>>)],
+        y: &mut [T],
+    ) {
+        let rows = x.len() / inp;
+        if let [(_, _, ctx)] = segments {
+            self.linear(x, rows, w, bias, out, inp, Self::pair(ctx.as_ref(), layer, target), None, y);
+            return;
+        }
+        self.linear(x, rows, w, bias, out, inp, None, None, y);
+        for (first, n, ctx) in segments {
+            if let Some((pair, ctx)) = Self::pair(ctx.as_ref(), layer, target) {
+                let (x, y) = (&x[first * inp..(first + n) * inp], &mut y[first * out..(first + n) * out]);
+                let mut xa = zeros(n * ctx.adapter.rank);
+                matmul(Trans::N, Trans::T, *n, ctx.adapter.rank, inp, T::one(), x, &pair.a, T::zero(), &mut xa);
+                matmul(Trans::N, Trans::T, *n, out, ctx.adapter.rank, ctx.scale, &xa, &pair.b, T::one(), y);
+            }
+        }
+    }
+
     /// Loss and LoRA gradients for one packed batch. Gradients of the *summed* loss times
     /// `grad_scale` are added into `grads` (shaped like `adapter`). Returns the summed loss and
     /// the number of positions counted. `dropout_seed` makes dropout masks reproducible.
@@ -512,15 +543,39 @@ impl<T: Real> Llama<T> {
         caches: &mut [KvCache<T>],
         adapter: Option<&LoraAdapter<T>>,
     ) -> Vec<T> {
+        self.forward_cached_multi(seqs, caches, &vec![adapter; seqs.len()])
+    }
+
+    /// [`Llama::forward_cached`] with each sequence's own adapter (or none): the base
+    /// projections run once over every sequence's rows, and each adapter's low-rank products
+    /// over the rows of the sequences that use it (multi-LoRA batching). With one adapter for
+    /// all it computes exactly what `forward_cached` does.
+    pub fn forward_cached_multi(
+        &self,
+        seqs: &[&[u32]],
+        caches: &mut [KvCache<T>],
+        adapters: &[Option<&LoraAdapter<T>>],
+    ) -> Vec<T> {
         assert_eq!(seqs.len(), caches.len(), "one cache per sequence");
+        assert_eq!(seqs.len(), adapters.len(), "one adapter (or none) per sequence");
         let c = &self.config;
         let (d, f, hd) = (c.hidden, c.intermediate, c.head_dim);
         let (qd, kvd) = (c.heads * hd, c.kv_heads * hd);
         let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
         let n = tokens.len();
         flush_denormals();
-        let ctx = adapter.map(|a| LoraCtx { adapter: a, scale: a.scale() });
-        let lora = ctx.as_ref();
+        // Runs of consecutive sequences that share an adapter: (first row, rows, adapter).
+        let mut segments: Vec<(usize, usize, Option<LoraCtx<'_, T>>)> = Vec::new();
+        let mut row = 0;
+        for (seq, a) in seqs.iter().zip(adapters) {
+            match segments.last_mut() {
+                Some((_, rows, ctx)) if ctx.as_ref().map(|c| c.adapter as *const _) == a.map(|a| a as *const _) => {
+                    *rows += seq.len();
+                }
+                _ => segments.push((row, seq.len(), a.map(|a| LoraCtx { adapter: a, scale: a.scale() }))),
+            }
+            row += seq.len();
+        }
         let eps = T::from_f64(c.rms_eps).expect("finite");
         let mut x = self.embed(&tokens);
         for (li, lw) in self.weights.layers.iter().enumerate() {
@@ -536,7 +591,7 @@ impl<T: Real> Llama<T> {
             ];
             for (slot, (target, w, width, out)) in projections.into_iter().enumerate() {
                 let b = bias.map(|b| &b[slot][..]);
-                self.linear(&xn, n, w, b, width, d, Self::pair(lora, li, target), None, out);
+                self.linear_segments(&xn, w, b, width, d, li, target, &segments, out);
             }
             let mut attn = zeros(n * qd);
             let mut start = 0;
@@ -566,16 +621,16 @@ impl<T: Real> Llama<T> {
                 start += len;
             }
             let mut o = zeros(n * d);
-            self.linear(&attn, n, &lw.o, None, d, qd, Self::pair(lora, li, LoraTarget::OProj), None, &mut o);
+            self.linear_segments(&attn, &lw.o, None, d, qd, li, LoraTarget::OProj, &segments, &mut o);
             add_assign(&mut x, &o);
             rms_norm_forward(&x, &lw.mlp_norm, eps, d, &mut xn, &mut inv);
             let (mut gate, mut up) = (zeros(n * f), zeros(n * f));
-            self.linear(&xn, n, &lw.gate, None, f, d, Self::pair(lora, li, LoraTarget::GateProj), None, &mut gate);
-            self.linear(&xn, n, &lw.up, None, f, d, Self::pair(lora, li, LoraTarget::UpProj), None, &mut up);
+            self.linear_segments(&xn, &lw.gate, None, f, d, li, LoraTarget::GateProj, &segments, &mut gate);
+            self.linear_segments(&xn, &lw.up, None, f, d, li, LoraTarget::UpProj, &segments, &mut up);
             let mut act = zeros(n * f);
             swiglu_forward(&gate, &up, &mut act);
             let mut down = zeros(n * d);
-            self.linear(&act, n, &lw.down, None, d, f, Self::pair(lora, li, LoraTarget::DownProj), None, &mut down);
+            self.linear_segments(&act, &lw.down, None, d, f, li, LoraTarget::DownProj, &segments, &mut down);
             add_assign(&mut x, &down);
         }
         for (seq, cache) in seqs.iter().zip(caches.iter_mut()) {
@@ -720,5 +775,37 @@ mod tests {
         let a = LoraAdapter::new(&model.config, 4, 8.0, 0.0, &LoraTarget::ALL, 1);
         let tokens = [1, 2, 3, 4];
         assert_eq!(model.logits_all(&tokens, Some(&a)), model.logits_all(&tokens, None));
+    }
+
+    #[test]
+    fn sequences_with_different_adapters_in_one_pass_match_each_run_alone() {
+        let model = tiny(Arch::Llama);
+        let a = adapter(&model, 0.0);
+        let mut b = LoraAdapter::new(&model.config, 3, 6.0, 0.0, &[LoraTarget::QProj, LoraTarget::DownProj], 5);
+        let mut rng = SplitMix(7);
+        b.for_each_mut(|v| v.iter_mut().for_each(|x| *x = rng.unit() - 0.5));
+        let seqs: [&[u32]; 4] = [&[5, 17, 3], &[88, 42], &[9, 1, 60, 2], &[4]];
+        let adapters = [Some(&a), None, Some(&b), Some(&a)];
+        let mut caches: Vec<_> = (0..4).map(|_| KvCache::new(&model.config)).collect();
+        let together = model.forward_cached_multi(&seqs, &mut caches, &adapters);
+        // A second step from the caches, one token each.
+        let next: [&[u32]; 4] = [&[7], &[8], &[9], &[10]];
+        let together_next = model.forward_cached_multi(&next, &mut caches, &adapters);
+        let vocab = model.config.vocab;
+        for (i, (seq, ad)) in seqs.iter().zip(adapters).enumerate() {
+            let mut cache = KvCache::new(&model.config);
+            let alone = model.forward_cached(&[seq], std::slice::from_mut(&mut cache), ad);
+            let alone_next = model.forward_cached(&[next[i]], std::slice::from_mut(&mut cache), ad);
+            for (x, y) in together[i * vocab..(i + 1) * vocab].iter().zip(&alone) {
+                assert!((x - y).abs() < 1e-9, "sequence {i}: {x} vs {y}");
+            }
+            for (x, y) in together_next[i * vocab..(i + 1) * vocab].iter().zip(&alone_next) {
+                assert!((x - y).abs() < 1e-9, "sequence {i}, second step: {x} vs {y}");
+            }
+        }
+        // The adapters matter: without them the first sequence's logits differ.
+        let mut cache = KvCache::new(&model.config);
+        let plain = model.forward_cached(&[seqs[0]], std::slice::from_mut(&mut cache), None);
+        assert!(plain.iter().zip(&together[..vocab]).any(|(x, y)| (x - y).abs() > 1e-6));
     }
 }

@@ -99,6 +99,34 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The bytes each token id stands for, for decoding under a grammar; `None` for special
+    /// tokens and for ids without text. Byte-level BPE vocabularies (GPT-2's byte-to-character
+    /// table) give the exact bytes; other vocabularies give each token's own decoded text, and
+    /// `None` where that is not whole UTF-8.
+    pub fn token_bytes(&self) -> Vec<Option<Vec<u8>>> {
+        let byte_level = self
+            .inner
+            .get_decoder()
+            .and_then(|d| serde_json::to_string(d).ok())
+            .is_some_and(|json| json.contains("\"ByteLevel\""));
+        let table: std::collections::HashMap<char, u8> =
+            byte_level_chars().into_iter().enumerate().map(|(b, c)| (c, b as u8)).collect();
+        let special = self.inner.get_added_tokens_decoder();
+        (0..self.vocab_size() as u32)
+            .map(|id| {
+                if special.get(&id).is_some_and(|t| t.special) {
+                    return None;
+                }
+                let piece = self.inner.id_to_token(id)?;
+                if byte_level && !special.contains_key(&id) {
+                    return piece.chars().map(|c| table.get(&c).copied()).collect();
+                }
+                let text = self.decode(&[id], false);
+                (!text.is_empty() && !text.contains('\u{FFFD}')).then(|| text.into_bytes())
+            })
+            .collect()
+    }
+
     /// The prompt of a one-question chat: an optional system message, then the user's turn, then
     /// the start of the assistant's.
     pub fn chat_prompt(&self, system: Option<&str>, user: &str) -> Result<String, ModelError> {
@@ -210,4 +238,21 @@ pub(super) fn from_gguf(file: &GgufFile) -> Result<Tokenizer, ModelError> {
         add_bos: matches!(file.metadata.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true))),
         chat_template: file.metadata.get("tokenizer.chat_template").and_then(Value::as_str).map(String::from),
     })
+}
+
+/// GPT-2's byte-level alphabet: the character that stands for each byte, by byte. Printable
+/// Latin-1 bytes stand for themselves; the others, in order, for U+0100 onwards.
+pub fn byte_level_chars() -> Vec<char> {
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let mut next = 0x100;
+    (0..256u32)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).expect("Latin-1")
+            } else {
+                next += 1;
+                char::from_u32(next - 1).expect("below the surrogates")
+            }
+        })
+        .collect()
 }

@@ -19,6 +19,7 @@ pub mod plugins;
 pub mod report;
 pub mod schema;
 pub mod search;
+pub mod serve;
 pub mod train;
 pub mod ui;
 
@@ -134,6 +135,9 @@ pub enum Command {
     Report(report::ReportCommand),
     /// Watch runs live in the browser (a read-only local web server).
     Ui(ui::UiCommand),
+    /// Serve a model and its adapters (or a run's best one) over the OpenAI chat-completions
+    /// protocol, with JSON-schema-constrained replies.
+    Serve(serve::ServeCommand),
     /// Benchmarks that print tables (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -160,6 +164,7 @@ impl Command {
             Command::Show(c) => c.execute(),
             Command::Report(c) => c.execute(),
             Command::Ui(c) => c.execute(),
+            Command::Serve(c) => c.execute(),
             Command::Bench(c) => c.execute(global).await,
             Command::Llm(c) => c.execute().await,
         }

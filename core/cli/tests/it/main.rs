@@ -9,5 +9,6 @@ mod interop;
 mod new;
 mod runs;
 mod search;
+mod serve;
 mod slurm;
 mod ui;

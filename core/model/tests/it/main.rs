@@ -5,3 +5,4 @@
 mod cuda_train;
 mod engine;
 mod parity;
+mod serving;
