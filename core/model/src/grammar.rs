@@ -106,6 +106,55 @@ const SCALARS: Id = 5;
 const BOOLEAN: Id = 6;
 const NULL: Id = 7;
 
+/// The `format` values of number types (as schemars writes Rust's): widths, not constraints
+/// on the text.
+fn numeric_format(f: &str) -> bool {
+    matches!(
+        f,
+        "int"
+            | "int8"
+            | "int16"
+            | "int32"
+            | "int64"
+            | "uint"
+            | "uint8"
+            | "uint16"
+            | "uint32"
+            | "uint64"
+            | "float"
+            | "double"
+    )
+}
+
+/// The range of an integer `format`: what a reader of that width takes (`uint64` and `int64`
+/// within the 18 digits integers may have here).
+fn width_bounds(f: &str) -> Option<(i64, i64)> {
+    const MOST: i64 = 999_999_999_999_999_999;
+    Some(match f {
+        "uint8" => (0, u8::MAX as i64),
+        "uint16" => (0, u16::MAX as i64),
+        "uint32" => (0, u32::MAX as i64),
+        "uint" | "uint64" => (0, MOST),
+        "int8" => (i8::MIN as i64, i8::MAX as i64),
+        "int16" => (i16::MIN as i64, i16::MAX as i64),
+        "int32" => (i32::MIN as i64, i32::MAX as i64),
+        "int" | "int64" => (-MOST, MOST),
+        _ => return None,
+    })
+}
+
+/// Whether `type` is `number` or `integer` (alone or with `null`).
+fn numeric_type(t: Option<&Value>) -> bool {
+    let numeric = |v: &Value| matches!(v.as_str(), Some("number" | "integer"));
+    match t {
+        Some(Value::Array(types)) => {
+            types.iter().any(numeric) && types.iter().all(|v| numeric(v) || v.as_str() == Some("null"))
+        }
+        Some(t) => numeric(t),
+        None => false,
+    }
+}
+
 const ANNOTATIONS: &[&str] = &[
     "title",
     "description",
@@ -292,6 +341,27 @@ impl Compiler<'_> {
             Value::Object(map) => map,
             _ => return Err(invalid(at, "a schema must be an object or a boolean")),
         };
+        // schemars marks Rust's number types with `format` (`uint64`, `double`, ...): on a
+        // number or integer that names its width, which every JSON number fits; unsigned ones
+        // are bounded below by 0.
+        if let Some(Value::String(f)) = map.get("format")
+            && numeric_format(f)
+            && numeric_type(map.get("type"))
+        {
+            let mut plain = map.clone();
+            plain.remove("format");
+            if let Some((lo, hi)) = width_bounds(f) {
+                let tighter =
+                    |key: &str, v: i64, pick: fn(f64, f64) -> f64| match plain.get(key).and_then(Value::as_f64) {
+                        Some(old) => Value::from(pick(old, v as f64)),
+                        None => Value::from(v),
+                    };
+                let (lo, hi) = (tighter("minimum", lo, f64::max), tighter("maximum", hi, f64::min));
+                plain.insert("minimum".into(), lo);
+                plain.insert("maximum".into(), hi);
+            }
+            return self.compile(&Value::Object(plain), at);
+        }
         if let Some(key) = map.keys().find(|k| !ANNOTATIONS.contains(&k.as_str()) && !KEYWORDS.contains(&k.as_str())) {
             return Err(unsupported(key, at));
         }
@@ -782,8 +852,10 @@ impl Num {
                 n.phase = Phase::Minus;
                 n.neg = true;
             }
-            Phase::Start | Phase::Minus if b == b'0' => n.phase = Phase::Zero,
-            Phase::Start | Phase::Minus if digit => {
+            // `-0` is no integer a typed reader takes (serde reads it as a float).
+            Phase::Start if b == b'0' => n.phase = Phase::Zero,
+            Phase::Minus if b == b'0' && !spec.integer => n.phase = Phase::Zero,
+            Phase::Start | Phase::Minus if digit && d != 0 => {
                 n.phase = Phase::Int;
                 n.int_digits = 1;
                 n.digits = d as u64;
@@ -830,7 +902,7 @@ impl Num {
         let max_int = if spec.integer { INT_DIGITS } else { NUM_DIGITS } as u32;
         let d = self.digits as u128;
         match self.phase {
-            Phase::Start | Phase::Minus => (0..10u64).any(|first| {
+            Phase::Start | Phase::Minus => (0..10u64).filter(|&f| f > 0 || !(self.neg && spec.integer)).any(|first| {
                 let phase = if first == 0 { Phase::Zero } else { Phase::Int };
                 Num { phase, int_digits: u8::from(first > 0), digits: first, ..*self }.viable(spec)
             }),
@@ -1557,11 +1629,11 @@ mod tests {
         refused_at(&g, r#"{"city":1}"#, 8);
         refused_at(&g, r#"{"city":"Oslo","days":0}"#, 22);
         refused_at(&g, r#"{"city":"Oslo","days":3,"units":"k"}"#, 33);
-        refused_at(&g, r#"{"city":"Oslo","days":3,}"#, 25);
+        refused_at(&g, r#"{"city":"Oslo","days":3,}"#, 24);
         refused_at(&g, " {}", 0);
         refused_at(&g, "{   \"city\"", 3);
-        refused_at(&g, r#"{"city":"Oslo","days":3} "#, 25);
-        refused_at(&g, r#"{"city":"Oslo","days":3}}"#, 25);
+        refused_at(&g, r#"{"city":"Oslo","days":3} "#, 24);
+        refused_at(&g, r#"{"city":"Oslo","days":3}}"#, 24);
         refused_at(&g, "[", 0);
         // A refused byte leaves the matcher as it was.
         let mut m = Matcher::new(g.clone());
@@ -1640,11 +1712,13 @@ mod tests {
         let g = grammar(json!({"type": "integer", "exclusiveMinimum": -3.5, "exclusiveMaximum": 100}));
         complete(&g, "-3");
         complete(&g, "99");
-        complete(&g, "-0");
+        refused_at(&g, "-0", 1);
         refused_at(&g, "-4", 1);
         refused_at(&g, "100", 2);
         let g = grammar(json!({"type": "integer", "minimum": 120}));
-        refused_at(&g, "11", 1);
+        refused_at(&g, "0", 0);
+        refused_at(&g, "-5", 0);
+        prefix(&g, "11"); // 110 is too small, 1100 is not
         prefix(&g, "12");
         complete(&g, "120");
         complete(&g, "1000");
@@ -1668,7 +1742,7 @@ mod tests {
         refused_at(&g, "2", 0);
         refused_at(&g, "-", 0);
         refused_at(&g, "0.5e1", 3);
-        refused_at(&g, "0.1234567890123456", 16);
+        refused_at(&g, "0.1234567890123456", 17);
         let g = grammar(json!({"type": "number", "minimum": -1.25, "maximum": -1.2}));
         complete(&g, "-1.25");
         complete(&g, "-1.2");
@@ -1740,7 +1814,7 @@ mod tests {
         complete(&g, r#"{"points":[ {"x":1,"y":2} , {"x":-3e2,"y":0} ],"tags":["a",null]}"#);
         complete(&g, r#"{"points":[{"x":1,"y":2}],"tags":[]}"#);
         refused_at(&g, r#"{"points":[]}"#, 11);
-        refused_at(&g, r#"{"points":[{"x":1,"y":2},{"x":1,"y":2},"#, 37);
+        refused_at(&g, r#"{"points":[{"x":1,"y":2},{"x":1,"y":2},"#, 38);
         refused_at(&g, r#"{"points":[{"y":2}]}"#, 13);
         refused_at(&g, r#"{"points":[{"x":1,"y":2}],"tags":[1]}"#, 34);
         let empty = grammar(json!({"type": "array", "maxItems": 0}));
@@ -2132,5 +2206,20 @@ mod tests {
             assert!(allowed.iter().all(|a| !a));
         }
         assert!(some_allowed > 0);
+    }
+
+    #[test]
+    fn number_widths_in_format_are_read_as_widths_and_unsigned_ones_as_at_least_zero() {
+        let g = grammar(json!({"type": "integer", "format": "uint64"}));
+        assert!(Matcher::new(g.clone()).accepts(b"12"));
+        assert!(!Matcher::new(g.clone()).accepts(b"-1"), "unsigned");
+        assert!(!Matcher::new(g).accepts(b"-0"), "no negative zero for integers");
+        let g = grammar(json!({"type": "integer", "format": "uint8", "maximum": 300}));
+        assert!(Matcher::new(g.clone()).accepts(b"255"));
+        assert!(!Matcher::new(g).accepts(b"256"), "a u8 ends at 255");
+        let g = grammar(json!({"type": ["number", "null"], "format": "double"}));
+        assert!(Matcher::new(g).accepts(b"-1.5"));
+        let e = Grammar::from_schema(&json!({"type": "string", "format": "uint64"})).unwrap_err();
+        assert!(e.to_string().contains("format"), "{e}");
     }
 }

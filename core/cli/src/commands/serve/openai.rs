@@ -305,7 +305,13 @@ fn messages(v: Option<&Value>) -> Result<Vec<Message>, ApiError> {
 fn response_format(rf: &Value) -> Result<Format, ApiError> {
     match rf.get("type").and_then(Value::as_str) {
         Some("text") => Ok(Format::Text),
-        Some("json_object") => Ok(Format::Json(Grammar::any_object())),
+        // llama.cpp's server takes a schema beside `json_object`; so does trex.
+        Some("json_object") => match rf.get("schema").filter(|s| !s.is_null()) {
+            None => Ok(Format::Json(Grammar::any_object())),
+            Some(schema) => Grammar::from_schema(schema)
+                .map(Format::Json)
+                .map_err(|e| ApiError::invalid("response_format", format!("the schema cannot be enforced: {e}"))),
+        },
         Some("json_schema") => {
             let schema = rf.get("json_schema").and_then(|s| s.get("schema")).ok_or_else(|| {
                 ApiError::invalid(
