@@ -1959,10 +1959,10 @@ mod tests {
             return false;
         }
         for key in ["anyOf", "oneOf"] {
-            if let Some(alts) = s.get(key).and_then(Value::as_array) {
-                if !alts.iter().any(|a| valid(a, root, v)) {
-                    return false;
-                }
+            if let Some(alts) = s.get(key).and_then(Value::as_array)
+                && !alts.iter().any(|a| valid(a, root, v))
+            {
+                return false;
             }
         }
         if let Some(t) = s.get("type") {

@@ -204,10 +204,11 @@ fn check_trip(v: &Value) -> Result<(), String> {
     if !(1..=14).contains(&days) {
         return Err(format!("days {days}"));
     }
-    if let Some(u) = o.get("unit") {
-        if u != "c" && u != "f" {
-            return Err(format!("unit {u}"));
-        }
+    if let Some(u) = o.get("unit")
+        && u != "c"
+        && u != "f"
+    {
+        return Err(format!("unit {u}"));
     }
     let tags = o.get("tags").and_then(Value::as_array).ok_or("tags")?;
     if tags.is_empty() || tags.len() > 3 || tags.iter().any(|t| !t.is_boolean()) {

@@ -311,7 +311,8 @@ fn chat(body: &[u8], shared: &Shared, stream: &mut TcpStream) -> Result<(), Fail
         }
     }
     drop(events);
-    let id = format!("chatcmpl-{:016x}", seed ^ 0x7265_78);
+    static REPLIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = format!("chatcmpl-{}", REPLIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     if req.stream {
         stream_reply(&req, &id, created, &received, stream)
