@@ -1,7 +1,8 @@
-//! `cargo xtask interop`: the LLM client and the `llm` plugins against a real OpenAI-compatible
-//! server, llama-cpp-python's, serving the SmolLM2-135M-Instruct GGUF on loopback.
+//! `cargo xtask interop`: the LLM client and the `llm` plugins against real OpenAI-compatible
+//! servers serving the SmolLM2-135M-Instruct GGUF on loopback: `trex-host serve`, and
+//! llama-cpp-python's server.
 //!
-//! The server is installed once into a cached virtual environment
+//! llama-cpp-python is installed once into a cached virtual environment
 //! (`$TREX_CACHE_DIR/venvs/llama-cpp-python-<version>-avx2`, built from source: about 15 minutes on
 //! two cores), started on a free port, and stopped when the tests end, whatever happens.
 
@@ -81,12 +82,37 @@ fn answers(port: u16) -> bool {
     s.write_all(req.as_bytes()).is_ok() && s.read_to_string(&mut reply).is_ok() && reply.starts_with("HTTP/1.1 200")
 }
 
-/// Install (if needed) and start the server on the SmolLM2 GGUF; run the interop tests against
-/// it; stop it.
-pub fn interop() -> Result<()> {
-    let py = install()?;
-    crate::build_plugins()?;
-    // The model, fetched into the cache by trex itself.
+/// The servers the interop tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Against {
+    /// `trex-host serve` (built from this tree; nothing to install).
+    Trex,
+    /// llama-cpp-python's server (installed once into a cached virtual environment).
+    LlamaCpp,
+}
+
+impl Against {
+    /// From `--server NAME`.
+    pub fn from_name(name: &str) -> Result<Against> {
+        match name {
+            "trex" => Ok(Against::Trex),
+            "llama-cpp-python" => Ok(Against::LlamaCpp),
+            other => bail!("--server `{other}`: choose trex or llama-cpp-python"),
+        }
+    }
+}
+
+/// `cargo xtask interop [--server trex|llama-cpp-python]`: both servers unless one is named.
+pub fn command(args: &[String]) -> Result<()> {
+    match args {
+        [] => interop(&[Against::Trex, Against::LlamaCpp]),
+        [flag, name] if flag == "--server" => interop(&[Against::from_name(name)?]),
+        _ => bail!("usage: cargo xtask interop [--server trex|llama-cpp-python]"),
+    }
+}
+
+/// The SmolLM2 GGUF, fetched into the cache by trex itself.
+fn smollm2() -> Result<String> {
     let out = Command::new(crate::cargo_bin())
         .current_dir(root())
         .args(["run", "--quiet", "-p", "trex-cli", "--bin", "trex-host", "--", "fetch", "smollm2"])
@@ -95,32 +121,68 @@ pub fn interop() -> Result<()> {
     if !out.status.success() {
         bail!("trex-host fetch smollm2 failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let model = String::from_utf8(out.stdout)?.trim().to_string();
-    let port = free_port()?;
-    let log = std::fs::File::create(root().join("target/interop-server.log"))?;
-    let server = Server(
-        Command::new(&py)
-            .args(["-m", "llama_cpp.server", "--model", &model, "--host", "127.0.0.1"])
-            .args(["--port", &port.to_string(), "--model_alias", "smollm2", "--n_ctx", "4096"])
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("cannot start llama_cpp.server")?,
-    );
-    let started = Instant::now();
-    while !answers(port) {
-        if started.elapsed() > Duration::from_secs(120) {
-            bail!("the server did not answer within 120 s (see target/interop-server.log)");
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// Start each server in turn on the SmolLM2 GGUF (served as `smollm2`), run the interop tests
+/// against it, and stop it.
+pub fn interop(servers: &[Against]) -> Result<()> {
+    crate::build_plugins()?;
+    let model = smollm2()?;
+    for &against in servers {
+        let port = free_port()?;
+        let log_path = root().join(format!("target/interop-server-{port}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let (mut command, name) = match against {
+            Against::LlamaCpp => {
+                let mut c = Command::new(install()?);
+                c.args(["-m", "llama_cpp.server", "--model", &model, "--host", "127.0.0.1"]).args([
+                    "--port",
+                    &port.to_string(),
+                    "--model_alias",
+                    "smollm2",
+                    "--n_ctx",
+                    "4096",
+                ]);
+                (c, format!("llama-cpp-python {LLAMA_CPP_PYTHON}"))
+            }
+            Against::Trex => {
+                run(cargo().current_dir(root()).args(["build", "--quiet", "-p", "trex-cli", "--bin", "trex-host"]))?;
+                let mut c = Command::new(root().join("target/debug/trex-host"));
+                c.args(["serve", "--model", &model, "--name", "smollm2", "--bind", &format!("127.0.0.1:{port}")]);
+                (c, "trex-host serve".to_string())
+            }
+        };
+        let server = Server(
+            command.stdout(log.try_clone()?).stderr(log).spawn().with_context(|| format!("cannot start {name}"))?,
+        );
+        let started = Instant::now();
+        while !answers(port) {
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("{name} did not answer within 120 s (see {})", log_path.display());
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
-        std::thread::sleep(Duration::from_millis(500));
+        eprintln!("{name} serving {model} on port {port}");
+        let result = run(cargo()
+            .current_dir(root())
+            .env("TREX_INTEROP_BASE_URL", format!("http://127.0.0.1:{port}/v1"))
+            .env("TREX_INTEROP_MODEL", "smollm2")
+            .env("TREX_INTEROP_SERVER", &name)
+            .args([
+                "test",
+                "-p",
+                "trex-cli",
+                "--test",
+                "it",
+                "--",
+                "interop",
+                "--include-ignored",
+                "--test-threads",
+                "1",
+            ]));
+        drop(server);
+        result.with_context(|| format!("the interop tests against {name} (its log: {})", log_path.display()))?;
     }
-    eprintln!("llama-cpp-python {LLAMA_CPP_PYTHON} serving {model} on port {port}");
-    let result = run(cargo()
-        .current_dir(root())
-        .env("TREX_INTEROP_BASE_URL", format!("http://127.0.0.1:{port}/v1"))
-        .env("TREX_INTEROP_MODEL", "smollm2")
-        .env("TREX_INTEROP_SERVER", format!("llama-cpp-python {LLAMA_CPP_PYTHON}"))
-        .args(["test", "-p", "trex-cli", "--test", "it", "--", "interop", "--include-ignored", "--test-threads", "1"]));
-    drop(server);
-    result
+    Ok(())
 }

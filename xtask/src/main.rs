@@ -59,9 +59,10 @@ commands:
                   against the CPU reference on fresh random inputs, check a full training step
                   and short runs against the CPU engine, then time LoRA training (tokens/s, MFU)
                   for trex and for PyTorch + PEFT (eager, compiled) on the same GPU
-  interop         the LLM client and the `llm` plugins against a real server: llama-cpp-python
-                  (installed once into a cached virtual environment, about 15 minutes) serving
-                  SmolLM2 on loopback
+  interop [--server trex|llama-cpp-python]
+                  the LLM client, the `llm` Researcher and the `llm-data` plugin against real
+                  servers of SmolLM2 on loopback: `trex-host serve`, and llama-cpp-python
+                  (installed once into a cached virtual environment, about 15 minutes)
   screenshot RUN  render RUN's report (`trex-host report`) in headless Chromium into
                   docs/ui.png, the README's picture (needs `chromium`)
   gen-unit-data   regenerate the synthetic unit-conversion example data (seeded, deterministic)
@@ -92,7 +93,7 @@ fn dispatch() -> Result<()> {
         Some("nvrtc-check") => nvrtc_check(),
         Some("device-check") => device_check(),
         Some("screenshot") => screenshot(args.get(1).map(String::as_str)),
-        Some("interop") => interop::interop(),
+        Some("interop") => interop::command(&args[1..]),
         Some("slurm") => slurm::command(&args[1..]),
         Some("crash-drill") => crash_drill(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
@@ -384,16 +385,16 @@ fn ci() -> Result<()> {
     run(cargo().current_dir(root()).env("RUSTDOCFLAGS", "-D warnings").args(["doc", "--workspace", "--no-deps"]))?;
     test(true)?;
     nvrtc_check()?;
-    // Against a real LLM server when its cached install is there, or when there is time to
-    // build it (about 15 minutes) within CI's budget.
+    // Against `trex-host serve` always; against llama-cpp-python when its cached install is
+    // there, or when there is time to build it (about 15 minutes) within CI's budget.
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     if interop::installed().is_some() || minutes < 20.0 {
-        interop::interop()
+        interop::interop(&[interop::Against::Trex, interop::Against::LlamaCpp])
     } else {
         eprintln!(
             "\n*** SKIPPED: the interop tests against llama-cpp-python ({minutes:.0} minutes in, no cached install: run `cargo xtask interop`) ***\n"
         );
-        Ok(())
+        interop::interop(&[interop::Against::Trex])
     }
 }
 

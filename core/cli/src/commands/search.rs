@@ -101,6 +101,10 @@ pub struct SearchCommand {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// When the search ends, serve its best adapter over the OpenAI chat-completions protocol
+    /// (as `trex-host serve RUN_DIR` does), on HOST:PORT [default: 127.0.0.1:8000].
+    #[arg(long, value_name = "HOST:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:8000")]
+    serve: Option<String>,
 }
 
 /// Where nodes run, and how Slurm jobs are asked for (over the task's `[slurm]` section).
@@ -271,6 +275,9 @@ impl SearchCommand {
         } else {
             print!("{}", render_tree(&trex_lab::run::view(&run_dir)?));
             print!("{}", render_summary(&run_dir, &summary));
+        }
+        if let Some(bind) = self.serve {
+            return super::serve::ServeCommand::run_folder(run_dir, bind).execute();
         }
         Ok(ExitCode::SUCCESS)
     }

@@ -334,3 +334,93 @@ fn bad_requests_get_the_protocols_error_and_the_server_keeps_serving() {
     let reply = chat(&s.addr, &ask("tiny", "still there?"));
     assert_eq!(reply["choices"][0]["message"]["role"], "assistant");
 }
+
+/// The `openai` Python client the protocol test runs.
+const OPENAI_PYTHON: &str = "3.63.0";
+
+/// A virtual environment with the official `openai` client, made once in trex's cache (`pip
+/// install openai==OPENAI_PYTHON`, a few seconds) and reused; its python.
+fn openai_python() -> std::path::PathBuf {
+    let venv = trex_assets::cache_dir().join("venvs").join(format!("openai-{OPENAI_PYTHON}"));
+    let py = venv.join("bin/python");
+    let ready = |py: &Path| {
+        Command::new(py)
+            .args(["-c", &format!("import openai, pydantic; assert openai.__version__ == '{OPENAI_PYTHON}'")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready(&py) {
+        return py;
+    }
+    // Built beside its final place and renamed into it, so a half-made environment is never used.
+    let parent = venv.parent().unwrap();
+    std::fs::create_dir_all(parent).unwrap();
+    let work = tempfile::Builder::new().prefix(".new-openai-").tempdir_in(parent).unwrap();
+    let made = Command::new("python3").args(["-m", "venv"]).arg(work.path()).status();
+    assert!(made.is_ok_and(|s| s.success()), "python3 -m venv failed: install python3 and python3-venv");
+    let pip = Command::new(work.path().join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", &format!("openai=={OPENAI_PYTHON}")])
+        .status();
+    assert!(pip.is_ok_and(|s| s.success()), "pip install openai=={OPENAI_PYTHON} failed (is PyPI reachable?)");
+    // The environment's scripts name its folder, so it is made again in place after the move.
+    let _ = std::fs::remove_dir_all(&venv);
+    std::fs::rename(work.keep(), &venv).unwrap();
+    let fixed = Command::new("python3").args(["-m", "venv", "--upgrade"]).arg(&venv).status();
+    assert!(fixed.is_ok_and(|s| s.success()));
+    assert!(ready(&py), "the openai client does not import from {}", venv.display());
+    py
+}
+
+#[test]
+fn the_official_openai_python_client_reads_every_reply() {
+    let py = openai_python();
+    let s = serve();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
+    let out = Command::new(py).arg(&script).arg(format!("http://{}/v1", s.addr)).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", script.display());
+    let passed: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("ok ")).collect();
+    assert_eq!(passed, ["models", "plain", "stream", "n=2", "stop", "adapter", "json_schema", "tool_call", "errors"]);
+}
+
+#[test]
+fn search_with_serve_serves_the_best_adapter_when_it_ends() {
+    trex_tests::build_plugins();
+    let f = crate::search::fixture(40, crate::search::QUICK, "", trex_model::LlamaConfig::tiny());
+    let run_dir = f.dir.path().join("run");
+    let mut child = crate::search::trex_host(&f)
+        .args(["search", "--strategy", "greedy", "--nodes", "2", "--serve", "127.0.0.1:0", "--run-dir"])
+        .arg(&run_dir)
+        .arg(&f.task)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            let _ = child.kill();
+            panic!("the search ended without serving:\n{printed}");
+        }
+        printed.push_str(&line);
+        if let Some(rest) = line.strip_prefix("trex serve: http://") {
+            break rest.split('/').next().unwrap().to_string();
+        }
+    };
+    let s = Serve { child, addr, _dir: tempfile::tempdir().unwrap() };
+    assert!(printed.contains("best"), "the search's summary came first:\n{printed}");
+    let (code, body) = raw(&s.addr, "GET", "/v1/models", b"");
+    assert_eq!(code, 200, "{body}");
+    let models: Value = serde_json::from_str(&body).unwrap();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(ids[1], "best");
+    let reply = chat(
+        &s.addr,
+        &json!({"model": "best", "messages": [{"role": "user", "content": "w12"}], "max_tokens": 2, "temperature": 0}),
+    );
+    assert_eq!(reply["model"], "best");
+}

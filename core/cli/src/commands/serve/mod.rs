@@ -19,6 +19,9 @@ use trex_sdk::types::ChatMessage;
 use http::{Request, Unreadable};
 use openai::{ApiError, ChatRequest, Format};
 
+/// Sequences decoded together at most, unless `--batch-size` says otherwise.
+const BATCH_SIZE: usize = 32;
+
 /// Serve a model and its adapters over the OpenAI chat-completions protocol.
 ///
 /// `GET /v1/models` lists the base model and each adapter by name; `POST
@@ -54,7 +57,7 @@ pub struct ServeCommand {
     #[arg(long, default_value = "127.0.0.1:8000")]
     bind: String,
     /// Sequences decoded together at most (continuous batching).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = BATCH_SIZE)]
     batch_size: usize,
 }
 
@@ -71,6 +74,18 @@ struct Shared {
 }
 
 impl ServeCommand {
+    /// Serve a run folder's best adapter on `bind`, with the default settings.
+    pub fn run_folder(run_dir: PathBuf, bind: String) -> ServeCommand {
+        ServeCommand {
+            run_dir: Some(run_dir),
+            model: None,
+            name: None,
+            adapter: Vec::new(),
+            bind,
+            batch_size: BATCH_SIZE,
+        }
+    }
+
     /// Run it (until interrupted).
     pub fn execute(self) -> Result<ExitCode> {
         let (model_name, adapters) = self.what_to_serve()?;
