@@ -385,16 +385,17 @@ fn ci() -> Result<()> {
     run(cargo().current_dir(root()).env("RUSTDOCFLAGS", "-D warnings").args(["doc", "--workspace", "--no-deps"]))?;
     test(true)?;
     nvrtc_check()?;
-    // Against `trex-host serve` always; against llama-cpp-python when its cached install is
-    // there, or when there is time to build it (about 15 minutes) within CI's budget.
+    // Against llama-cpp-python when its cached install is there, or when there is time to build
+    // it (about 15 minutes) within CI's budget. (`cargo xtask interop --server trex` runs the same
+    // tests against `trex-host serve`: its Researcher test takes longer than CI affords.)
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     if interop::installed().is_some() || minutes < 20.0 {
-        interop::interop(&[interop::Against::Trex, interop::Against::LlamaCpp])
+        interop::interop(&[interop::Against::LlamaCpp])
     } else {
         eprintln!(
             "\n*** SKIPPED: the interop tests against llama-cpp-python ({minutes:.0} minutes in, no cached install: run `cargo xtask interop`) ***\n"
         );
-        interop::interop(&[interop::Against::Trex])
+        Ok(())
     }
 }
 

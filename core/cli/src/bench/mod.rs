@@ -1,6 +1,6 @@
 //! The benchmarks behind `trex-host bench`: programs that print tables, never timed tests.
 //! [`search`] and [`tasks`] compare search strategies; this module holds `bench plugins`,
-//! `bench train`, `bench generate` and `bench pipeline`.
+//! `bench train`, `bench generate` and `bench pipeline`; [`serve`] loads a chat-completions server.
 //!
 //! `bench plugins`: what crossing the plugin boundary costs, printed as a table.
 //!
@@ -20,6 +20,7 @@ use trex_plugin_host::{CallEnv, EvalItem, HostConfig, PluginHost};
 
 pub mod replay;
 pub mod search;
+pub mod serve;
 pub mod tasks;
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -183,6 +183,32 @@ pub enum BenchCommand {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Load on an OpenAI-compatible server (`trex-host serve`, llama.cpp's server, vLLM, ...): at
+    /// each concurrency, that many clients send greedy chat requests back to back, cycling
+    /// through the model names (several names: adapters mixed in one batch). Prints requests/s,
+    /// generated tokens/s (from the replies' `usage`) and latency percentiles.
+    ///
+    /// Example: trex-host serve --adapter a=A --adapter b=B &  trex-host bench serve --models a,b
+    Serve {
+        /// The server's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8000/v1")]
+        url: String,
+        /// Comma-separated model names, cycled through request by request.
+        #[arg(long, value_delimiter = ',', default_value = "smollm2")]
+        models: Vec<String>,
+        /// Comma-separated client counts, one round each.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        concurrency: Vec<usize>,
+        /// Requests per round [default: 4 per client, at least 8].
+        #[arg(long)]
+        requests: Option<usize>,
+        /// New tokens at most per request.
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// The server's name in the table.
+        #[arg(long, default_value = "server")]
+        label: String,
+    },
     /// LoRA training tokens/s on the SmolLM2-135M shape (random weights), all seven targets.
     /// Compare with `python core/reference/bench_lora_train.py` on the same machine.
     Train {
@@ -339,6 +365,16 @@ impl BenchCommand {
                 println!("| impl | batch | prompts | new tokens each | generated tokens/s |");
                 println!("|---|---|---|---|---|");
                 bench::generate(prompts, new)?;
+            }
+            BenchCommand::Serve { url, models, concurrency, requests, max_tokens, label } => {
+                bench::serve::serve(&bench::serve::ServeBench {
+                    url,
+                    models,
+                    concurrency,
+                    requests,
+                    max_tokens,
+                    label,
+                })?;
             }
             BenchCommand::Plugins { repeat } => bench::plugins(&global.plugins, repeat).await?,
             BenchCommand::Pipeline { records, seed, work, python, script } => {

@@ -424,3 +424,27 @@ fn search_with_serve_serves_the_best_adapter_when_it_ends() {
     );
     assert_eq!(reply["model"], "best");
 }
+
+#[test]
+fn bench_serve_loads_the_server_with_mixed_adapters_and_prints_a_row_per_round() {
+    let s = serve();
+    let out = trex_host()
+        .args(["bench", "serve", "--url", &format!("http://{}/v1", s.addr), "--models", "a,b,tiny"])
+        .args(["--concurrency", "1,3", "--requests", "6", "--max-tokens", "4", "--label", "trex"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Vec<&str>> =
+        stdout.lines().filter(|l| l.starts_with("| trex")).map(|l| l.split(" | ").collect()).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for (row, c) in rows.iter().zip(["1", "3"]) {
+        assert_eq!((row[1], row[2], row[3]), ("a, b, tiny", c, "6"), "{stdout}");
+        let tokens: u64 = row[4].parse().unwrap();
+        assert!((6..=24).contains(&tokens), "6 requests of at most 4 tokens: {stdout}");
+    }
+    // A server that is not there: an error naming the URL.
+    let out = trex_host().args(["bench", "serve", "--url", "http://127.0.0.1:9/v1"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:9"));
+}
