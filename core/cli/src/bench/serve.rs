@@ -106,8 +106,7 @@ fn unchunk(body: &str) -> String {
 }
 
 /// Run one round at `concurrency`.
-fn round(opts: &ServeBench, concurrency: usize, requests: usize) -> Result<Round> {
-    let (host, path) = split_url(&opts.url)?;
+fn round(opts: &ServeBench, (host, path): (&str, &str), concurrency: usize, requests: usize) -> Result<Round> {
     let next = AtomicUsize::new(0);
     let started = Instant::now();
     let results: Vec<Result<Vec<(f64, u64)>>> = std::thread::scope(|scope| {
@@ -125,7 +124,7 @@ fn round(opts: &ServeBench, concurrency: usize, requests: usize) -> Result<Round
                             "max_tokens": opts.max_tokens, "temperature": 0})
                         .to_string();
                         let t = Instant::now();
-                        let reply = post(&host, &path, &body).with_context(|| format!("request {i} ({model})"))?;
+                        let reply = post(host, path, &body).with_context(|| format!("request {i} ({model})"))?;
                         let tokens = reply["usage"]["completion_tokens"]
                             .as_u64()
                             .with_context(|| format!("request {i}: the reply has no usage.completion_tokens"))?;
@@ -187,7 +186,7 @@ pub fn serve(opts: &ServeBench) -> Result<Vec<Round>> {
     let mut rounds = Vec::new();
     for &c in &opts.concurrency {
         let n = opts.requests.unwrap_or((4 * c).max(8));
-        let r = round(opts, c, n)?;
+        let r = round(opts, (&host, &path), c, n)?;
         println!("{}", row(opts, &r));
         rounds.push(r);
     }

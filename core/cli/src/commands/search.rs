@@ -103,7 +103,7 @@ pub struct SearchCommand {
     json: bool,
     /// When the search ends, serve its best adapter over the OpenAI chat-completions protocol
     /// (as `trex-host serve RUN_DIR` does), on HOST:PORT [default: 127.0.0.1:8000].
-    #[arg(long, value_name = "HOST:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:8000")]
+    #[arg(long, value_name = "HOST:PORT", num_args = 0..=1, default_missing_value = super::serve::DEFAULT_BIND)]
     serve: Option<String>,
 }
 

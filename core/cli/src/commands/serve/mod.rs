@@ -22,6 +22,9 @@ use openai::{ApiError, ChatRequest, Format};
 /// Sequences decoded together at most, unless `--batch-size` says otherwise.
 const BATCH_SIZE: usize = 32;
 
+/// Where the server listens unless `--bind` (or `search --serve HOST:PORT`) says otherwise.
+pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
+
 /// Serve a model and its adapters over the OpenAI chat-completions protocol.
 ///
 /// `GET /v1/models` lists the base model and each adapter by name; `POST
@@ -54,7 +57,7 @@ pub struct ServeCommand {
     adapter: Vec<String>,
     /// Address to listen on (port 0 picks a free one). Anything but loopback lets the network
     /// use the model.
-    #[arg(long, default_value = "127.0.0.1:8000")]
+    #[arg(long, default_value = DEFAULT_BIND)]
     bind: String,
     /// Sequences decoded together at most (continuous batching).
     #[arg(long, default_value_t = BATCH_SIZE)]
