@@ -147,8 +147,18 @@ pub fn interop(servers: &[Against]) -> Result<()> {
                 (c, format!("llama-cpp-python {LLAMA_CPP_PYTHON}"))
             }
             Against::Trex => {
-                run(cargo().current_dir(root()).args(["build", "--quiet", "-p", "trex-cli", "--bin", "trex-host"]))?;
-                let mut c = Command::new(root().join("target/debug/trex-host"));
+                // Release: the Researcher asks for long constrained replies, and a debug build
+                // decodes SmolLM2 several times slower.
+                run(cargo().current_dir(root()).args([
+                    "build",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "trex-cli",
+                    "--bin",
+                    "trex-host",
+                ]))?;
+                let mut c = Command::new(root().join("target/release/trex-host"));
                 c.args(["serve", "--model", &model, "--name", "smollm2", "--bind", &format!("127.0.0.1:{port}")]);
                 (c, "trex-host serve".to_string())
             }

@@ -62,7 +62,12 @@ fn print_schemas(host: &PluginHost, only: Option<&str>, out: Option<&Path>) -> R
         }
         None => {
             let map: serde_json::Map<String, serde_json::Value> = all.into_iter().collect();
-            println!("{}", serde_json::to_string_pretty(&map)?);
+            // A reader that stops early (`| head`) is not an error.
+            use std::io::Write;
+            match writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&map)?) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+                _ => {}
+            }
         }
     }
     Ok(())

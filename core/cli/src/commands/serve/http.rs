@@ -101,3 +101,55 @@ pub fn event(stream: &mut TcpStream, data: &str) -> std::io::Result<()> {
     stream.write_all(format!("data: {data}\n\n").as_bytes())?;
     stream.flush()
 }
+
+/// Whether the client has closed its end: a read returns end-of-file, or the connection was
+/// reset. Only one request is read per connection, so whatever else the client sends is read
+/// and dropped on the way to that end-of-file.
+pub fn client_gone(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut buf = [0u8; 4096];
+    let gone = loop {
+        match (&*stream).read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => break e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    };
+    gone || stream.set_nonblocking(false).is_err()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_that_closes_is_seen_gone_and_one_that_writes_is_not() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert!(!client_gone(&server), "an idle open connection");
+        client.write_all(b"x").unwrap();
+        assert!(!client_gone(&server), "a connection with bytes waiting");
+        client.write_all(b"more").unwrap();
+        drop(client);
+        // The FIN crosses loopback at once; wait for it without a bound on how long it takes.
+        let mut polls = 0;
+        while !client_gone(&server) {
+            polls += 1;
+            assert!(polls < 10_000, "a closed connection is never seen gone");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // A client that is still there leaves the stream blocking, as the handler expects.
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert!(!client_gone(&server));
+        server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        client.write_all(b"y").unwrap();
+        let mut byte = [0u8; 1];
+        (&server).read_exact(&mut byte).unwrap();
+        assert_eq!(&byte, b"y", "a blocking read waits for the byte");
+    }
+}

@@ -336,10 +336,23 @@ fn chat(body: &[u8], shared: &Shared, stream: &mut TcpStream) -> Result<(), Fail
         stream_reply(&req, &id, created, &received, stream)
     } else {
         let mut choices = vec![Choice::default(); req.n as usize];
-        for (i, e) in received.iter() {
-            match e {
-                Event::Text(t) => choices[i].text.push_str(&t),
-                Event::Done(f) => choices[i].finish = Some(f),
+        // Nothing is written until the reply is whole, so the socket is watched instead: a
+        // client that has gone (a timeout, Ctrl-C) drops the receiver, and its sequences leave
+        // the batch at their next step instead of decoding for no one.
+        let every = std::time::Duration::from_millis(250);
+        let mut checked = std::time::Instant::now();
+        loop {
+            match received.recv_timeout(every) {
+                Ok((i, Event::Text(t))) => choices[i].text.push_str(&t),
+                Ok((i, Event::Done(f))) => choices[i].finish = Some(f),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if checked.elapsed() >= every {
+                if http::client_gone(stream) {
+                    return Ok(());
+                }
+                checked = std::time::Instant::now();
             }
         }
         let mut usage = (0, 0);
