@@ -4,8 +4,7 @@
 //! names (one name: a single adapter; several: adapters mixed in one batch). Prints requests/s,
 //! generated tokens/s (from each reply's `usage`) and latency percentiles.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -59,91 +58,54 @@ fn prompt(i: usize) -> String {
     ASKS[i % ASKS.len()].replace("{}", &(10 + i * 7 % 83).to_string())
 }
 
-/// `host:port` and the path prefix of a base URL.
-fn split_url(url: &str) -> Result<(String, String)> {
-    let rest = url.strip_prefix("http://").with_context(|| format!("--url {url}: give an http:// URL"))?;
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    Ok((host.to_string(), format!("/{}", path.trim_end_matches('/'))))
-}
-
-/// One request; the reply's body.
-fn post(host: &str, path: &str, body: &str) -> Result<Value> {
-    let mut s = TcpStream::connect(host).with_context(|| format!("cannot connect to {host}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(600)))?;
-    write!(
-        s,
-        "POST {path}/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut reply = Vec::new();
-    s.read_to_end(&mut reply)?;
-    let text = String::from_utf8_lossy(&reply);
-    let (head, body) = text.split_once("\r\n\r\n").context("the server's reply has no HTTP head")?;
-    let status = head.split_whitespace().nth(1).unwrap_or("?");
-    if status != "200" {
-        bail!("HTTP {status}: {}", body.chars().take(300).collect::<String>());
+/// One request to `{url}/chat/completions`; the reply's body.
+async fn post(client: &reqwest::Client, url: &str, body: &Value) -> Result<Value> {
+    let endpoint = format!("{}/chat/completions", url.trim_end_matches('/'));
+    let reply = client.post(&endpoint).json(body).send().await.with_context(|| format!("cannot reach {endpoint}"))?;
+    let status = reply.status();
+    let text = reply.text().await.with_context(|| format!("{endpoint}: the reply broke off"))?;
+    if !status.is_success() {
+        bail!("HTTP {status}: {}", text.chars().take(300).collect::<String>());
     }
-    let body =
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { unchunk(body) } else { body.into() };
-    serde_json::from_str(&body)
-        .with_context(|| format!("the reply is not JSON: {}", body.chars().take(300).collect::<String>()))
-}
-
-/// The body of a chunked HTTP/1.1 reply.
-fn unchunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].strip_prefix("\r\n").unwrap_or(&tail[n..]);
-    }
-    out
+    serde_json::from_str(&text)
+        .with_context(|| format!("the reply is not JSON: {}", text.chars().take(300).collect::<String>()))
 }
 
 /// Run one round at `concurrency`.
-fn round(opts: &ServeBench, (host, path): (&str, &str), concurrency: usize, requests: usize) -> Result<Round> {
-    let next = AtomicUsize::new(0);
+async fn round(opts: &ServeBench, client: &reqwest::Client, concurrency: usize, requests: usize) -> Result<Round> {
+    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let results: Vec<Result<Vec<(f64, u64)>>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..concurrency)
-            .map(|_| {
-                scope.spawn(|| -> Result<Vec<(f64, u64)>> {
-                    let mut mine = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= requests {
-                            return Ok(mine);
-                        }
-                        let model = &opts.models[i % opts.models.len()];
-                        let body = json!({"model": model, "messages": [{"role": "user", "content": prompt(i)}],
-                            "max_tokens": opts.max_tokens, "temperature": 0})
-                        .to_string();
-                        let t = Instant::now();
-                        let reply = post(host, path, &body).with_context(|| format!("request {i} ({model})"))?;
-                        let tokens = reply["usage"]["completion_tokens"]
-                            .as_u64()
-                            .with_context(|| format!("request {i}: the reply has no usage.completion_tokens"))?;
-                        mine.push((t.elapsed().as_secs_f64(), tokens));
-                    }
-                })
-            })
-            .collect();
-        workers.into_iter().map(|w| w.join().expect("a client thread panicked")).collect()
-    });
-    let seconds = started.elapsed().as_secs_f64();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (next, client, opts) = (next.clone(), client.clone(), opts.clone());
+        workers.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    return Ok::<_, anyhow::Error>(mine);
+                }
+                let model = &opts.models[i % opts.models.len()];
+                let body = json!({"model": model, "messages": [{"role": "user", "content": prompt(i)}],
+                    "max_tokens": opts.max_tokens, "temperature": 0});
+                let t = Instant::now();
+                let reply = post(&client, &opts.url, &body).await.with_context(|| format!("request {i} ({model})"))?;
+                let tokens = reply["usage"]["completion_tokens"]
+                    .as_u64()
+                    .with_context(|| format!("request {i}: the reply has no usage.completion_tokens"))?;
+                mine.push((t.elapsed().as_secs_f64(), tokens));
+            }
+        });
+    }
     let mut latencies = Vec::new();
     let mut completion_tokens = 0;
-    for r in results {
-        for (latency, tokens) in r? {
+    while let Some(done) = workers.join_next().await {
+        for (latency, tokens) in done.context("a client task panicked")?? {
             latencies.push(latency);
             completion_tokens += tokens;
         }
     }
+    let seconds = started.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
     Ok(Round { concurrency, requests, completion_tokens, seconds, latencies })
 }
@@ -175,18 +137,24 @@ pub fn row(opts: &ServeBench, r: &Round) -> String {
 }
 
 /// Run every round, printing each row as it finishes (after one warm-up request).
-pub fn serve(opts: &ServeBench) -> Result<Vec<Round>> {
+pub async fn serve(opts: &ServeBench) -> Result<Vec<Round>> {
     if opts.models.is_empty() || opts.concurrency.is_empty() || opts.concurrency.contains(&0) {
         bail!("give at least one model and positive concurrency levels (e.g. --concurrency 1,8,32)");
     }
-    let (host, path) = split_url(&opts.url)?;
+    if !opts.url.starts_with("http://") && !opts.url.starts_with("https://") {
+        bail!("--url {}: give the server's base URL, e.g. http://127.0.0.1:8000/v1", opts.url);
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .pool_max_idle_per_host(opts.concurrency.iter().copied().max().unwrap_or(1))
+        .build()?;
     let warm = json!({"model": opts.models[0], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
-    post(&host, &path, &warm.to_string()).with_context(|| format!("the warm-up request to {} failed", opts.url))?;
+    post(&client, &opts.url, &warm).await.with_context(|| format!("the warm-up request to {} failed", opts.url))?;
     println!("{HEADER}");
     let mut rounds = Vec::new();
     for &c in &opts.concurrency {
         let n = opts.requests.unwrap_or((4 * c).max(8));
-        let r = round(opts, (&host, &path), c, n)?;
+        let r = round(opts, &client, c, n).await?;
         println!("{}", row(opts, &r));
         rounds.push(r);
     }
@@ -196,18 +164,6 @@ pub fn serve(opts: &ServeBench) -> Result<Vec<Round>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_split_into_host_and_prefix() {
-        assert_eq!(split_url("http://127.0.0.1:8000/v1").unwrap(), ("127.0.0.1:8000".into(), "/v1".into()));
-        assert_eq!(split_url("http://h:1/v1/").unwrap(), ("h:1".into(), "/v1".into()));
-        assert!(split_url("https://h/v1").is_err());
-    }
-
-    #[test]
-    fn chunked_bodies_are_joined() {
-        assert_eq!(unchunk("4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n"), "{\"a\":1}");
-    }
 
     #[test]
     fn percentiles_pick_from_the_sorted_latencies() {

@@ -374,7 +374,8 @@ impl BenchCommand {
                     requests,
                     max_tokens,
                     label,
-                })?;
+                })
+                .await?;
             }
             BenchCommand::Plugins { repeat } => bench::plugins(&global.plugins, repeat).await?,
             BenchCommand::Pipeline { records, seed, work, python, script } => {
