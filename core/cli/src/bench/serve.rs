@@ -6,10 +6,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use trex_plugin_host::llm::{ChatRequest, OpenAiClient, OpenAiConfig, TokenMeter};
+use trex_sdk::types::ChatMessage;
 
 /// What `bench serve` runs.
 #[derive(Debug, Clone)]
@@ -58,26 +59,43 @@ fn prompt(i: usize) -> String {
     ASKS[i % ASKS.len()].replace("{}", &(10 + i * 7 % 83).to_string())
 }
 
-/// One request to `{url}/chat/completions`; the reply's body.
-async fn post(client: &reqwest::Client, url: &str, body: &Value) -> Result<Value> {
-    let endpoint = format!("{}/chat/completions", url.trim_end_matches('/'));
-    let reply = client.post(&endpoint).json(body).send().await.with_context(|| format!("cannot reach {endpoint}"))?;
-    let status = reply.status();
-    let text = reply.text().await.with_context(|| format!("{endpoint}: the reply broke off"))?;
-    if !status.is_success() {
-        bail!("HTTP {status}: {}", text.chars().take(300).collect::<String>());
+/// One client per model name, through the same OpenAI client the searches use, with no retries:
+/// a failed request fails the benchmark instead of hiding in its latency.
+fn clients(opts: &ServeBench) -> Result<Vec<Arc<OpenAiClient>>> {
+    let meter = Arc::new(TokenMeter::new(None));
+    opts.models
+        .iter()
+        .map(|model| {
+            let config = OpenAiConfig {
+                base_url: opts.url.clone(),
+                model: model.clone(),
+                timeout_s: 600.0,
+                max_retries: 0,
+                ..OpenAiConfig::default()
+            };
+            Ok(Arc::new(OpenAiClient::new(config, meter.clone())?))
+        })
+        .collect()
+}
+
+/// A greedy request for `prompt` with at most `max_tokens` new tokens.
+fn request(prompt: String, max_tokens: usize) -> ChatRequest {
+    ChatRequest {
+        messages: vec![ChatMessage { role: "user".into(), content: prompt }],
+        temperature: Some(0.0),
+        max_tokens: Some(max_tokens as u32),
+        response_schema: None,
     }
-    serde_json::from_str(&text)
-        .with_context(|| format!("the reply is not JSON: {}", text.chars().take(300).collect::<String>()))
 }
 
 /// Run one round at `concurrency`.
-async fn round(opts: &ServeBench, client: &reqwest::Client, concurrency: usize, requests: usize) -> Result<Round> {
+async fn round(opts: &ServeBench, clients: &[Arc<OpenAiClient>], concurrency: usize, requests: usize) -> Result<Round> {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let (next, client, opts) = (next.clone(), client.clone(), opts.clone());
+        let (next, clients, models, max_tokens) =
+            (next.clone(), clients.to_vec(), opts.models.clone(), opts.max_tokens);
         workers.spawn(async move {
             let mut mine = Vec::new();
             loop {
@@ -85,15 +103,16 @@ async fn round(opts: &ServeBench, client: &reqwest::Client, concurrency: usize, 
                 if i >= requests {
                     return Ok::<_, anyhow::Error>(mine);
                 }
-                let model = &opts.models[i % opts.models.len()];
-                let body = json!({"model": model, "messages": [{"role": "user", "content": prompt(i)}],
-                    "max_tokens": opts.max_tokens, "temperature": 0});
+                let model = &models[i % models.len()];
                 let t = Instant::now();
-                let reply = post(&client, &opts.url, &body).await.with_context(|| format!("request {i} ({model})"))?;
-                let tokens = reply["usage"]["completion_tokens"]
-                    .as_u64()
-                    .with_context(|| format!("request {i}: the reply has no usage.completion_tokens"))?;
-                mine.push((t.elapsed().as_secs_f64(), tokens));
+                let reply = clients[i % clients.len()]
+                    .complete(&request(prompt(i), max_tokens))
+                    .await
+                    .with_context(|| format!("request {i} ({model})"))?;
+                if !reply.usage_reported {
+                    bail!("request {i} ({model}): the reply has no usage.completion_tokens");
+                }
+                mine.push((t.elapsed().as_secs_f64(), u64::from(reply.completion_tokens)));
             }
         });
     }
@@ -144,17 +163,16 @@ pub async fn serve(opts: &ServeBench) -> Result<Vec<Round>> {
     if !opts.url.starts_with("http://") && !opts.url.starts_with("https://") {
         bail!("--url {}: give the server's base URL, e.g. http://127.0.0.1:8000/v1", opts.url);
     }
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(600))
-        .pool_max_idle_per_host(opts.concurrency.iter().copied().max().unwrap_or(1))
-        .build()?;
-    let warm = json!({"model": opts.models[0], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
-    post(&client, &opts.url, &warm).await.with_context(|| format!("the warm-up request to {} failed", opts.url))?;
+    let clients = clients(opts)?;
+    clients[0]
+        .complete(&request("hi".into(), 4))
+        .await
+        .with_context(|| format!("the warm-up request to {} failed", opts.url))?;
     println!("{HEADER}");
     let mut rounds = Vec::new();
     for &c in &opts.concurrency {
         let n = opts.requests.unwrap_or((4 * c).max(8));
-        let r = round(opts, &client, c, n).await?;
+        let r = round(opts, &clients, c, n).await?;
         println!("{}", row(opts, &r));
         rounds.push(r);
     }
