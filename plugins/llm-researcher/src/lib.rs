@@ -35,7 +35,7 @@ impl Default for Config {
 struct Reply {
     /// Proposed experiments, most promising first (at least one: a server that decodes by the
     /// schema then cannot answer with an empty list).
-    #[schemars(length(min = 1, max = 8))]
+    #[schemars(length(min = 1, max = 8))] // = MAX_PROPOSALS
     proposals: Vec<Proposal>,
 }
 
@@ -142,7 +142,7 @@ impl LlmResearcher {
 /// sequence lengths, target sets, the learning-rate range or grid, the offered data steps and
 /// their config fields): a server that decodes by the schema then writes only recipes the task
 /// allows, and one that does not is told them.
-fn reply_schema(space: &SearchSpace, start: Option<&Proposal>) -> serde_json::Value {
+fn reply_schema(space: &SearchSpace, start: Option<&Proposal>, max: u32) -> serde_json::Value {
     let steps = offered_steps(space, start);
     let mut schema = serde_json::to_value(schemars::schema_for!(Reply)).expect("the reply schema serializes");
     let Some(props) = schema.pointer_mut("/$defs/TrainRecipe/properties").and_then(|p| p.as_object_mut()) else {
@@ -176,8 +176,9 @@ fn reply_schema(space: &SearchSpace, start: Option<&Proposal>) -> serde_json::Va
         (0..9)
             .map(|i| {
                 let v = lr.min * (lr.max / lr.min).powf(f64::from(i) / 8.0);
-                let scale = 10f64.powf(v.log10().floor() - 1.0);
-                ((v / scale).round() * scale).clamp(lr.min, lr.max)
+                // Two significant digits, written as such (5.6e-4, not 0.0005600000000000001).
+                let two: f64 = format!("{v:.1e}").parse().unwrap_or(v);
+                two.clamp(lr.min, lr.max)
             })
             .collect()
     } else {
@@ -211,7 +212,52 @@ fn reply_schema(space: &SearchSpace, start: Option<&Proposal>) -> serde_json::Va
     {
         items["items"] = json!({ "anyOf": variants });
     }
+    // A bounded reply: at most the proposals asked for, and no string or list a small model can
+    // loop in until `max_tokens` cuts the JSON short.
+    if let Some(list) = schema.pointer_mut("/properties/proposals").and_then(|p| p.as_object_mut()) {
+        list.insert("maxItems".into(), max.clamp(1, MAX_PROPOSALS).into());
+    }
+    if let Some(list) = schema.pointer_mut("/$defs/DataRecipe/properties/steps").and_then(|p| p.as_object_mut()) {
+        list.insert("maxItems".into(), MAX_STEPS.into());
+    }
+    bound_lengths(&mut schema);
     schema
+}
+
+/// Proposals per reply at most (the `Reply` type's bound too).
+const MAX_PROPOSALS: u32 = 8;
+/// Data steps per proposal at most, in the reply schema.
+const MAX_STEPS: u32 = 8;
+/// Characters per string at most (a rationale, a config value), in the reply schema.
+const MAX_STRING_CHARS: u32 = 240;
+
+/// Give every string schema without a length bound `maxLength`, and every array schema without
+/// an item bound `maxItems`, so that no document the schema accepts is unboundedly long.
+fn bound_lengths(schema: &mut serde_json::Value) {
+    match schema {
+        serde_json::Value::Object(map) => {
+            let types: Vec<String> = match map.get("type") {
+                Some(serde_json::Value::String(t)) => vec![t.clone()],
+                Some(serde_json::Value::Array(ts)) => ts.iter().filter_map(|t| t.as_str().map(String::from)).collect(),
+                _ => Vec::new(),
+            };
+            let enumerated = map.contains_key("enum") || map.contains_key("const");
+            if !enumerated && types.iter().any(|t| t == "string") && !map.contains_key("maxLength") {
+                map.insert("maxLength".into(), MAX_STRING_CHARS.into());
+            }
+            if !enumerated && types.iter().any(|t| t == "array") && !map.contains_key("maxItems") {
+                map.insert("maxItems".into(), MAX_STEPS.into());
+            }
+            for (key, value) in map.iter_mut() {
+                // Values, not schemas, live under these keys.
+                if !matches!(key.as_str(), "enum" | "const" | "default" | "examples") {
+                    bound_lengths(value);
+                }
+            }
+        }
+        serde_json::Value::Array(values) => values.iter_mut().for_each(bound_lengths),
+        _ => {}
+    }
 }
 
 /// The data steps a proposal may use, with every config field they are offered with (the start
@@ -244,12 +290,18 @@ fn step_schema(plugin: &str, example: &serde_json::Map<String, serde_json::Value
             serde_json::Value::Number(n) if n.is_f64() => json!({ "type": "number" }),
             serde_json::Value::Number(_) => json!({ "type": "integer" }),
             serde_json::Value::String(_) => json!({ "type": "string" }),
+            // An empty list's items are taken to be strings; free objects and free values
+            // would let a reply grow without bound.
             serde_json::Value::Array(a) => match a.first() {
                 Some(first) => json!({ "type": "array", "items": type_of(first) }),
-                None => json!({ "type": "array" }),
+                None => json!({ "type": "array", "items": { "type": "string" } }),
             },
-            serde_json::Value::Object(_) => json!({ "type": "object" }),
-            serde_json::Value::Null => json!({}),
+            serde_json::Value::Object(o) => json!({
+                "type": "object",
+                "properties": o.iter().map(|(k, v)| (k.clone(), type_of(v))).collect::<serde_json::Map<_, _>>(),
+                "additionalProperties": false,
+            }),
+            serde_json::Value::Null => json!({ "type": "null" }),
         }
     }
     let fields: serde_json::Map<String, serde_json::Value> =
@@ -278,7 +330,7 @@ impl Researcher for LlmResearcher {
     }
 
     fn propose(&mut self, context: ResearchContext, max: u32) -> Result<Vec<Proposal>, PluginError> {
-        let schema = Some(reply_schema(&self.task.search_space, self.task.start.as_ref()));
+        let schema = Some(reply_schema(&self.task.search_space, self.task.start.as_ref(), max));
         let options = ChatOptions {
             temperature: Some(self.config.temperature),
             max_tokens: Some(self.config.max_tokens),
@@ -302,7 +354,13 @@ impl Researcher for LlmResearcher {
             let reply = chat(&messages, &options)?;
             match self.parse(&reply.content, max) {
                 Ok(p) => return Ok(p),
-                Err(e) => {
+                Err(mut e) => {
+                    if reply.completion_tokens >= self.config.max_tokens {
+                        e.push_str(&format!(
+                            " (the reply stopped at the `max_tokens` limit, {}: raise `max_tokens` in the llm Researcher's config)",
+                            self.config.max_tokens
+                        ));
+                    }
                     trex_sdk::guest::log(LogLevel::Warn, &format!("invalid LLM reply (attempt {}): {e}", attempt + 1));
                     last_error = e.clone();
                     let echoed: String = reply.content.chars().take(2000).collect();
@@ -359,7 +417,7 @@ mod tests {
     #[test]
     fn the_schema_offers_only_the_tasks_steps_fields_and_target_sets() {
         let (space, start) = space();
-        let schema = reply_schema(&space, Some(&start));
+        let schema = reply_schema(&space, Some(&start), 3);
         let variants = schema.pointer("/$defs/DataRecipe/properties/steps/items/anyOf").unwrap().as_array().unwrap();
         let plugins: Vec<&str> =
             variants.iter().map(|v| v.pointer("/properties/plugin/const").unwrap().as_str().unwrap()).collect();
@@ -373,5 +431,49 @@ mod tests {
         let targets = schema.pointer("/$defs/TrainRecipe/properties/targets/enum").unwrap();
         assert_eq!(targets, &json!([["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]]));
         assert_eq!(schema.pointer("/$defs/TrainRecipe/properties/epochs/enum").unwrap(), &json!([0.5, 1.0, 0.25]));
+    }
+
+    /// Every string and list in the reply schema is bounded, so a model that loops inside one
+    /// cannot run a constrained reply into `max_tokens`; values under `enum` are left as given.
+    #[test]
+    fn the_schema_bounds_every_string_and_list_and_asks_for_at_most_max_proposals() {
+        let (space, start) = space();
+        let schema = reply_schema(&space, Some(&start), 2);
+        assert_eq!(schema.pointer("/properties/proposals/maxItems").unwrap(), 2);
+        assert_eq!(reply_schema(&space, Some(&start), 100).pointer("/properties/proposals/maxItems").unwrap(), 8);
+        assert_eq!(schema.pointer("/$defs/DataRecipe/properties/steps/maxItems").unwrap(), MAX_STEPS);
+        assert_eq!(schema.pointer("/$defs/Proposal/properties/rationale/maxLength").unwrap(), MAX_STRING_CHARS);
+        let grid = schema.pointer("/$defs/TrainRecipe/properties/learning_rate/enum").unwrap();
+        assert_eq!(grid, &json!([1e-4, 1.8e-4, 3.2e-4, 5.6e-4, 1e-3, 1.8e-3, 3.2e-3, 5.6e-3, 1e-2]));
+        fn unbounded(v: &serde_json::Value, at: String, found: &mut Vec<String>) {
+            let Some(map) = v.as_object() else { return };
+            let ty = |t: &str| match map.get("type") {
+                Some(serde_json::Value::String(s)) => s == t,
+                Some(serde_json::Value::Array(a)) => a.iter().any(|x| x == t),
+                _ => false,
+            };
+            let fixed = map.contains_key("enum") || map.contains_key("const");
+            if !fixed
+                && ((ty("string") && !map.contains_key("maxLength")) || (ty("array") && !map.contains_key("maxItems")))
+            {
+                found.push(at.clone());
+            }
+            for (k, child) in map {
+                match (k.as_str(), child) {
+                    ("enum" | "const" | "default", _) => {}
+                    (_, serde_json::Value::Array(items)) => {
+                        for (i, item) in items.iter().enumerate() {
+                            unbounded(item, format!("{at}/{k}/{i}"), found);
+                        }
+                    }
+                    _ => unbounded(child, format!("{at}/{k}"), found),
+                }
+            }
+        }
+        let mut found = Vec::new();
+        unbounded(&schema, String::new(), &mut found);
+        assert!(found.is_empty(), "unbounded: {found:?}");
+        let targets = schema.pointer("/$defs/TrainRecipe/properties/targets/enum/0").unwrap();
+        assert_eq!(targets, &json!(["q_proj", "v_proj"]), "enum values are not schemas");
     }
 }
