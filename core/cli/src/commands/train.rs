@@ -16,9 +16,10 @@ pub struct TrainCommand {
     /// Training records (JSON lines).
     #[arg(long)]
     data: PathBuf,
-    /// Training recipe (JSON, a TrainRecipe: see `trex-host schema TrainRecipe`); defaults apply to absent fields.
+    /// Training recipe: a JSON file, or the JSON itself (`--recipe '{"epochs": 0.5}'`), a
+    /// TrainRecipe (see `trex-host schema TrainRecipe`); defaults apply to absent fields.
     #[arg(long)]
-    recipe: Option<PathBuf>,
+    recipe: Option<String>,
     /// Output folder (adapter/, train_report.json, checkpoints).
     #[arg(long)]
     out: PathBuf,
@@ -42,9 +43,14 @@ impl TrainCommand {
     pub fn execute(self) -> Result<ExitCode> {
         let args = &self;
         let recipe: trex_sdk::types::TrainRecipe = match &args.recipe {
+            Some(inline) if inline.trim_start().starts_with('{') => {
+                serde_json::from_str(inline).context("--recipe: invalid recipe (see `trex-host schema TrainRecipe`)")?
+            }
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read recipe {}", p.display()))?;
-                serde_json::from_str(&text).with_context(|| format!("{}: invalid recipe", p.display()))?
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the recipe file {p} (--recipe takes a file or inline JSON)"))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{p}: invalid recipe (see `trex-host schema TrainRecipe`)"))?
             }
             None => Default::default(),
         };

@@ -248,4 +248,8 @@ fn train_then_generate_on_a_tiny_model() {
         .args(["train", "--model", "nope", "--data", "x", "--out", "y", "--recipe"])
         .arg(&recipe));
     assert!(!ok && err.contains("recipe.json") && err.contains("lora_rnk"), "{err}");
+    // The same recipe written inline is read as JSON, and refused the same way.
+    let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_trex-host"))
+        .args(["train", "--model", "nope", "--data", "x", "--out", "y", "--recipe", r#"{"lora_rnk": 4}"#]));
+    assert!(!ok && err.contains("--recipe") && err.contains("lora_rnk"), "{err}");
 }
