@@ -14,7 +14,8 @@ use super::{Global, host_config, open_host};
 /// files), and of every loaded plugin's config.
 #[derive(clap::Args, Debug)]
 pub struct SchemaCommand {
-    /// Only this schema (a type such as TrainRecipe, or a plugin name).
+    /// Only this schema (a type such as TrainRecipe, or a plugin name), printed alone, as a
+    /// JSON Schema document.
     name: Option<String>,
     /// Write one `<name>.schema.json` per schema into this folder instead of printing.
     #[arg(long)]
@@ -61,10 +62,15 @@ fn print_schemas(host: &PluginHost, only: Option<&str>, out: Option<&Path>) -> R
             eprintln!("wrote {} schemas to {}", all.len(), dir.display());
         }
         None => {
-            let map: serde_json::Map<String, serde_json::Value> = all.into_iter().collect();
+            // One schema asked for by name is printed alone, ready to save as a schema file;
+            // otherwise a map from name to schema.
+            let doc = match (only, &all[..]) {
+                (Some(_), [(_, schema)]) => schema.clone(),
+                _ => serde_json::Value::Object(all.into_iter().collect()),
+            };
             // A reader that stops early (`| head`) is not an error.
             use std::io::Write;
-            match writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&map)?) {
+            match writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&doc)?) {
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
                 _ => {}
             }

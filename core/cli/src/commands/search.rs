@@ -102,8 +102,15 @@ pub struct SearchCommand {
     #[arg(long)]
     json: bool,
     /// When the search ends, serve its best adapter over the OpenAI chat-completions protocol
-    /// (as `trex-host serve RUN_DIR` does), on HOST:PORT [default: 127.0.0.1:8000].
-    #[arg(long, value_name = "HOST:PORT", num_args = 0..=1, default_missing_value = super::serve::DEFAULT_BIND)]
+    /// (as `trex-host serve RUN_DIR` does), on 127.0.0.1:8000, or on the address given as
+    /// `--serve=HOST:PORT` (with `=`, so that `--serve TASK` still reads TASK as the task).
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = super::serve::DEFAULT_BIND
+    )]
     serve: Option<String>,
 }
 
@@ -363,5 +370,29 @@ impl ShowCommand {
             print!("{}", render_tree(&view));
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+
+    fn parsed(args: &[&str]) -> super::SearchCommand {
+        match Cli::try_parse_from(args).expect("the arguments parse").command {
+            Command::Search(s) => *s,
+            other => panic!("not a search: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serve_before_the_task_leaves_the_task_alone_and_an_address_needs_an_equals_sign() {
+        let s = parsed(&["trex-host", "search", "--serve", "examples/tasks/x"]);
+        assert_eq!(s.task, std::path::Path::new("examples/tasks/x"));
+        assert_eq!(s.serve.as_deref(), Some(super::super::serve::DEFAULT_BIND));
+        let s = parsed(&["trex-host", "search", "examples/tasks/x", "--serve=0.0.0.0:9000"]);
+        assert_eq!(s.serve.as_deref(), Some("0.0.0.0:9000"));
+        assert_eq!(parsed(&["trex-host", "search", "examples/tasks/x"]).serve, None);
     }
 }

@@ -47,8 +47,9 @@ impl TrainCommand {
                 serde_json::from_str(inline).context("--recipe: invalid recipe (see `trex-host schema TrainRecipe`)")?
             }
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read the recipe file {p} (--recipe takes a file or inline JSON)"))?;
+                let text = std::fs::read_to_string(p).with_context(|| {
+                    format!("cannot read the recipe file {p} (--recipe takes a file or inline JSON)")
+                })?;
                 serde_json::from_str(&text)
                     .with_context(|| format!("{p}: invalid recipe (see `trex-host schema TrainRecipe`)"))?
             }

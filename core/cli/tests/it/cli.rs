@@ -108,6 +108,10 @@ fn schema_dumps_shared_types_and_plugin_configs() {
     let (ok, _, _) = run(trex_host(&plugins).args(["schema", "--out"]).arg(&out_dir));
     assert!(ok);
     assert!(out_dir.join("TrainRecipe.schema.json").is_file());
+    // One schema by name comes alone, the same document as in the map.
+    let (ok, one, err) = run(trex_host(&plugins).args(["schema", "TrainRecipe"]));
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&one).unwrap(), v["TrainRecipe"]);
 }
 
 fn example_pipeline(dir: &Path, edit: impl Fn(String) -> String) -> std::path::PathBuf {
@@ -249,7 +253,16 @@ fn train_then_generate_on_a_tiny_model() {
         .arg(&recipe));
     assert!(!ok && err.contains("recipe.json") && err.contains("lora_rnk"), "{err}");
     // The same recipe written inline is read as JSON, and refused the same way.
-    let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_trex-host"))
-        .args(["train", "--model", "nope", "--data", "x", "--out", "y", "--recipe", r#"{"lora_rnk": 4}"#]));
+    let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_trex-host")).args([
+        "train",
+        "--model",
+        "nope",
+        "--data",
+        "x",
+        "--out",
+        "y",
+        "--recipe",
+        r#"{"lora_rnk": 4}"#,
+    ]));
     assert!(!ok && err.contains("--recipe") && err.contains("lora_rnk"), "{err}");
 }

@@ -390,7 +390,7 @@ fn search_with_serve_serves_the_best_adapter_when_it_ends() {
     let f = crate::search::fixture(40, crate::search::QUICK, "", trex_model::LlamaConfig::tiny());
     let run_dir = f.dir.path().join("run");
     let mut child = crate::search::trex_host(&f)
-        .args(["search", "--strategy", "greedy", "--nodes", "2", "--serve", "127.0.0.1:0", "--run-dir"])
+        .args(["search", "--strategy", "greedy", "--nodes", "2", "--serve=127.0.0.1:0", "--run-dir"])
         .arg(&run_dir)
         .arg(&f.task)
         .stdout(Stdio::piped())
