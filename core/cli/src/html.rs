@@ -188,6 +188,15 @@ fn budget_panel(v: &RunView) -> String {
             "test split",
             format!("base {:.3} → {:.3}, normalized gain {:+.3}", f.base_test, f.best_test, f.test_gain),
         ));
+        if let Some(bl) = &f.baselines {
+            rows.push((
+                "no-model baselines (validation / test)",
+                format!(
+                    "majority answer {:.3} / {:.3}, format only {:.3} / {:.3}",
+                    bl.majority_validation, bl.majority_test, bl.format_only_validation, bl.format_only_test
+                ),
+            ));
+        }
         if !f.rescored.is_empty() {
             let r: Vec<String> = f.rescored.iter().map(|(id, s)| format!("#{id} {s:.3}")).collect();
             rows.push(("whole validation, the best nodes", r.join(", ")));

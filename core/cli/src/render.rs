@@ -68,6 +68,9 @@ pub fn render_tree(view: &RunView) -> String {
             "test split: base {:.3}, best node #{} {:.3} (normalized gain {:+.3})\n",
             f.base_test, f.best, f.best_test, f.test_gain
         ));
+        if let Some(b) = &f.baselines {
+            out.push_str(&baselines_line(b, f.best_test));
+        }
     }
     if let Some(r) = &view.finished {
         out.push_str(&format!("stopped: {r}\n"));
@@ -89,10 +92,27 @@ pub fn render_summary(run_dir: &Path, s: &SearchSummary) -> String {
         "test (held out): base {:.3} → {:.3}, normalized gain {:+.3}\n",
         s.base_test, s.best_test, s.test_gain
     ));
+    if let Some(b) = &s.baselines {
+        out.push_str(&baselines_line(b, s.best_test));
+    }
     match &s.adapter {
         Some(a) => out.push_str(&format!("best adapter: {}\n", a.display())),
         None => out.push_str("no experiment beat the base model on validation; no adapter to use\n"),
     }
     out.push_str(&format!("tree: trex-host show {}\n", run_dir.display()));
     out
+}
+
+/// The no-model baselines, and whether the chosen node's test score beats them.
+fn baselines_line(b: &trex_lab::baseline::Baselines, best_test: f64) -> String {
+    let verdict = if best_test > b.majority_test.max(b.format_only_test) {
+        "the chosen node beats both on test"
+    } else {
+        "the chosen node does NOT beat them on test"
+    };
+    let answer: String = b.majority_answer.chars().take(40).collect();
+    format!(
+        "no-model baselines (validation / test): majority answer {answer:?} {:.3} / {:.3}, format only (a random training answer) {:.3} / {:.3}; {verdict}\n",
+        b.majority_validation, b.majority_test, b.format_only_validation, b.format_only_test
+    )
 }

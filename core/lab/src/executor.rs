@@ -16,6 +16,7 @@ use crate::cache::ExperimentCache;
 use crate::pipeline::read_jsonl;
 
 use crate::analysis::{Scored, bad_cases};
+use crate::baseline::{self, Baselines};
 use crate::observer::{NodeProgress, NodeReporter, SharedObserver, Silent, Stage};
 use crate::task::{PromptFormat, Task};
 use crate::tree::{Cost, NodeResult, StageSeconds, StepStats, TrainSummary};
@@ -415,6 +416,43 @@ impl Lab {
             let _ = cache.update(k, |e| *field(e) = Some(score));
         }
         Ok(score)
+    }
+
+    /// The no-model baselines ([`crate::baseline`]) on the validation split the search scores
+    /// and on the test split; `None` when no training record has an answer, or in a replay
+    /// (which scores nothing).
+    pub async fn baselines(&self) -> Result<Option<Baselines>, LabError> {
+        if self.cache.as_ref().is_some_and(|c| c.only) {
+            return Ok(None);
+        }
+        let answers = baseline::training_answers(&self.train_records);
+        let Some(majority) = baseline::majority(&answers) else { return Ok(None) };
+        let score = |records: &[EvalRecord], outputs: Vec<String>| {
+            let items: Vec<EvalItem> = records
+                .iter()
+                .zip(outputs)
+                .map(|(r, output)| EvalItem { id: r.id.clone(), example: r.value.clone(), output })
+                .collect();
+            let eval = &self.task.evaluator;
+            let env = self.call_env();
+            async move {
+                self.host
+                    .evaluate(&eval.plugin, &eval.config, &items, 64, &env)
+                    .await
+                    .map(|r| r.score)
+                    .map_err(|e| LabError::Run(format!("evaluator `{}` on a baseline: {e}", eval.plugin)))
+            }
+        };
+        let same = |records: &[EvalRecord]| vec![majority.clone(); records.len()];
+        // The seeds differ by split so that the two draws are independent.
+        Ok(Some(Baselines {
+            majority_validation: score(&self.validation, same(&self.validation)).await?,
+            majority_test: score(&self.test, same(&self.test)).await?,
+            format_only_validation: score(&self.validation, baseline::drawn(&answers, self.validation.len(), 1))
+                .await?,
+            format_only_test: score(&self.test, baseline::drawn(&answers, self.test.len(), 2)).await?,
+            majority_answer: majority,
+        }))
     }
 
     /// Whether the experiment cache holds `proposal` continued from a parent with key `parent`

@@ -149,6 +149,10 @@ pub struct FinalResult {
     /// scored a limited part of it), with those scores; the best of them is `best`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rescored: Vec<(u64, f64)>,
+    /// The no-model baselines on the same splits (absent in journals written before they were
+    /// scored, and in replays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baselines: Option<crate::baseline::Baselines>,
 }
 
 /// A journal line: the event and when it happened.

@@ -12,6 +12,7 @@
 
 pub mod abmcts;
 pub mod analysis;
+pub mod baseline;
 pub mod cache;
 pub mod error;
 pub mod executor;

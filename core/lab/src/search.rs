@@ -155,6 +155,8 @@ pub struct SearchSummary {
     pub best_test: f64,
     /// Normalized gain on the test split.
     pub test_gain: f64,
+    /// The no-model baselines (majority and format-only answers) on the same splits.
+    pub baselines: Option<crate::baseline::Baselines>,
     /// The best adapter's folder (none when the base model stayed best).
     pub adapter: Option<PathBuf>,
     /// Experiments run.
@@ -1068,8 +1070,8 @@ impl<'a> Search<'a> {
 
     async fn finalize(mut self, reason: String) -> Result<SearchSummary, LabError> {
         let lab = self.lab;
-        let (best, base_test, best_test) = match &self.state.final_result {
-            Some(f) => (self.state.tree.nodes[f.best as usize].clone(), f.base_test, f.best_test),
+        let (best, base_test, best_test, baselines) = match &self.state.final_result {
+            Some(f) => (self.state.tree.nodes[f.best as usize].clone(), f.base_test, f.best_test, f.baselines.clone()),
             None => {
                 lab.say(format!("search stopped: {reason}"));
                 let (best, rescored) = self.choose().await?;
@@ -1083,6 +1085,7 @@ impl<'a> Search<'a> {
                     _ => base_test,
                 };
                 let test_gain = executor::normalized_gain(best_test, base_test, lab.task.reference_score);
+                let baselines = lab.baselines().await?;
                 self.log(Event::Final(FinalResult {
                     best: best.id,
                     validation: best.score().unwrap_or(0.0),
@@ -1090,9 +1093,10 @@ impl<'a> Search<'a> {
                     best_test,
                     test_gain,
                     rescored,
+                    baselines: baselines.clone(),
                 }))?;
                 self.log(Event::Finished { reason: reason.clone() })?;
-                (best, base_test, best_test)
+                (best, base_test, best_test, baselines)
             }
         };
         let nodes = &self.state.tree.nodes;
@@ -1104,6 +1108,7 @@ impl<'a> Search<'a> {
             base_test,
             best_test,
             test_gain: executor::normalized_gain(best_test, base_test, lab.task.reference_score),
+            baselines,
             adapter: best.result().and_then(|r| r.adapter.as_ref()).map(|a| lab.run_dir.join(a)),
             nodes: nodes.len().saturating_sub(1),
             failed: nodes.iter().filter(|n| n.status() == NodeStatus::Failed).count(),

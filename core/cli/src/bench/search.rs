@@ -33,6 +33,10 @@ pub struct BenchRun {
     pub failed: usize,
     /// Search seconds.
     pub seconds: f64,
+    /// The majority answer's test score (absent for runs finished before baselines were scored).
+    pub majority_test: Option<f64>,
+    /// The format-only answer's test score.
+    pub format_only_test: Option<f64>,
 }
 
 /// Run (or resume, or reuse) one search per strategy and seed under `out`, each in its own run
@@ -143,7 +147,23 @@ fn bench_run(run_dir: &Path, label: &str, seed: u64) -> Result<BenchRun> {
         nodes: v.nodes.len().saturating_sub(1),
         failed: v.nodes.iter().filter(|n| n.status() == NodeStatus::Failed).count(),
         seconds: v.seconds,
+        majority_test: f.baselines.as_ref().map(|b| b.majority_test),
+        format_only_test: f.baselines.as_ref().map(|b| b.format_only_test),
     })
+}
+
+/// The mean majority and format-only test scores of `runs` (the runs that have them), as a
+/// table cell, with `below` marked when `best_test` does not beat the higher of the two.
+pub fn baselines_cell(runs: &[&BenchRun], best_test: f64) -> String {
+    let mean = |f: fn(&BenchRun) -> Option<f64>| {
+        let xs: Vec<f64> = runs.iter().filter_map(|r| f(r)).collect();
+        (!xs.is_empty()).then(|| mean_sd(&xs).0)
+    };
+    match (mean(|r| r.majority_test), mean(|r| r.format_only_test)) {
+        (Some(m), Some(f)) if best_test > m.max(f) => format!("{m:.3} / {f:.3}"),
+        (Some(m), Some(f)) => format!("{m:.3} / {f:.3} **(not beaten)**"),
+        _ => "not scored".into(),
+    }
 }
 
 /// Mean and sample standard deviation (0 for a single value).
@@ -157,7 +177,7 @@ pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
 /// The Markdown table of a benchmark: one row per strategy, mean ± standard deviation over seeds.
 pub fn bench_table(runs: &[BenchRun]) -> String {
     let mut out = String::from(
-        "| strategy | seeds | validation gain | test gain | best validation score | best test score | experiments (failed) | seconds |\n|---|---|---|---|---|---|---|---|\n",
+        "| strategy | seeds | validation gain | test gain | best validation score | best test score | majority / format-only test | experiments (failed) | seconds |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut strategies: Vec<&str> = runs.iter().map(|r| r.strategy.as_str()).collect();
     strategies.dedup();
@@ -172,8 +192,9 @@ pub fn bench_table(runs: &[BenchRun]) -> String {
         let nodes: usize = rs.iter().map(|r| r.nodes).sum();
         let failed: usize = rs.iter().map(|r| r.failed).sum();
         out.push_str(&format!(
-            "| {s} | {} | {vg:+.3} ± {vs:.3} | {tg:+.3} ± {ts:.3} | {bv:.3} | {bt:.3} | {nodes} ({failed}) | {sec:.0} |\n",
-            rs.len()
+            "| {s} | {} | {vg:+.3} ± {vs:.3} | {tg:+.3} ± {ts:.3} | {bv:.3} | {bt:.3} | {} | {nodes} ({failed}) | {sec:.0} |\n",
+            rs.len(),
+            baselines_cell(&rs, bt)
         ));
     }
     out

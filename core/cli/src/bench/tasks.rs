@@ -109,7 +109,7 @@ fn groups(runs: &[SuiteRun]) -> Vec<(String, String, Vec<&SuiteRun>)> {
 /// the best node), so overfitting to validation shows.
 pub fn table(runs: &[SuiteRun]) -> String {
     let mut t = String::from(
-        "| task | strategy | seeds | base val → best val | val gain | base test → best test | test gain | experiments (failed) | train tokens | minutes |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| task | strategy | seeds | base val → best val | val gain | base test → best test | test gain | majority / format-only test | experiments (failed) | train tokens | minutes |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (task, strategy, rs) in groups(runs) {
         let col = |f: &dyn Fn(&SuiteRun) -> f64| mean_sd(&rs.iter().map(|r| f(r)).collect::<Vec<_>>());
@@ -125,8 +125,9 @@ pub fn table(runs: &[SuiteRun]) -> String {
         let failed: usize = rs.iter().map(|r| r.run.failed).sum();
         let _ = writeln!(
             t,
-            "| {task} | {strategy} | {} | {bv:.3} → {v:.3} | {vg:+.3} ± {vgs:.3} | {bt:.3} → {te:.3} | {tg:+.3} ± {tgs:.3} | {nodes} ({failed}) | {tok:.0} | {:.1} |",
+            "| {task} | {strategy} | {} | {bv:.3} → {v:.3} | {vg:+.3} ± {vgs:.3} | {bt:.3} → {te:.3} | {tg:+.3} ± {tgs:.3} | {} | {nodes} ({failed}) | {tok:.0} | {:.1} |",
             rs.len(),
+            super::search::baselines_cell(&rs.iter().map(|r| &r.run).collect::<Vec<_>>(), te),
             sec / 60.0
         );
     }

@@ -147,6 +147,12 @@ fn count(events: &[Event], f: impl Fn(&Event) -> bool) -> usize {
 async fn every_strategy_runs_a_search_end_to_end() {
     trex_tests::build_plugins();
     let f = fixture(40, QUICK, "", trex_model::LlamaConfig::tiny());
+    // Two more copies of the record answered `w32` make it the majority answer: it is the answer
+    // of one validation record (v0) in 8, and of no test record.
+    let train = f.task.parent().unwrap().join("data/train.jsonl");
+    let mut text = std::fs::read_to_string(&train).unwrap();
+    text.push_str(&"{\"prompt\":\"w12\",\"response\":\"w32\"}\n".repeat(2));
+    std::fs::write(&train, text).unwrap();
     for strategy in [Strategy::Mcts, Strategy::AbMcts, Strategy::Greedy, Strategy::Sequential, Strategy::Random] {
         let name = strategy.as_str();
         let started = std::time::Instant::now();
@@ -163,6 +169,12 @@ async fn every_strategy_runs_a_search_end_to_end() {
         assert!(summary.reason.contains("node budget"), "{name}: {}", summary.reason);
         let v = view(&run_dir).unwrap();
         assert!(v.final_result.is_some(), "{name}: the test split is scored at the end");
+        let b = summary.baselines.clone().unwrap_or_else(|| panic!("{name}: no baselines"));
+        assert_eq!(v.final_result.as_ref().unwrap().baselines.as_ref(), Some(&b), "{name}: journaled");
+        assert_eq!((b.majority_answer.as_str(), b.majority_validation, b.majority_test), ("w32", 0.125, 0.0), "{name}");
+        for s in [b.format_only_validation, b.format_only_test] {
+            assert!((0.0..=1.0).contains(&s) && (s * 8.0).fract() == 0.0, "{name}: {s}");
+        }
         assert!(v.nodes.iter().all(|n| n.status() == NodeStatus::Done), "{name}");
         let ev = events(&run_dir);
         for id in 0..4u64 {
@@ -196,6 +208,7 @@ async fn every_strategy_runs_a_search_end_to_end() {
         }
         let text = trex_cli::render::render_tree(&v);
         assert!(text.contains("#0 ") && text.contains("#3 ") && text.contains("test split"), "{text}");
+        assert!(text.contains("majority answer \"w32\" 0.125 / 0.000"), "{text}");
     }
 }
 
@@ -693,6 +706,12 @@ fn bench_tasks_tabulates_and_plots_every_task_and_strategy_and_reuses_finished_r
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("<polyline").count(), 4, "{svg}");
     assert!(svg.contains(">tiny-two<") && svg.contains(">sequential<"), "{svg}");
+    // The no-model baselines sit beside the scores: every answer is seen once in training, so
+    // the majority answer is the first in text order, `w30`, which no held-out record has.
+    assert!(stdout.contains("majority / format-only test"), "{stdout}");
+    for line in stdout.lines().filter(|l| l.starts_with("| tiny")) {
+        assert!(line.contains("| 0.000 / "), "{line}");
+    }
     assert_eq!(std::fs::read_to_string(out.join("table.md")).unwrap(), stdout);
     // A second call finds every run finished and runs nothing.
     let journal = std::fs::read_to_string(out.join("tiny-two/greedy-s0/journal.jsonl")).unwrap();
