@@ -33,6 +33,9 @@ pub struct BenchRun {
     pub failed: usize,
     /// Search seconds.
     pub seconds: f64,
+    /// Tokens trained on, all experiments together (what they cost when first run, even if
+    /// this run found them in the experiment cache).
+    pub train_tokens: u64,
     /// The majority answer's test score (absent for runs finished before baselines were scored).
     pub majority_test: Option<f64>,
     /// The format-only answer's test score.
@@ -147,6 +150,12 @@ fn bench_run(run_dir: &Path, label: &str, seed: u64) -> Result<BenchRun> {
         nodes: v.nodes.len().saturating_sub(1),
         failed: v.nodes.iter().filter(|n| n.status() == NodeStatus::Failed).count(),
         seconds: v.seconds,
+        train_tokens: v
+            .nodes
+            .iter()
+            .filter_map(|n| n.result())
+            .map(|r| r.train.as_ref().map_or(r.cost.train_tokens, |t| t.tokens))
+            .sum(),
         majority_test: f.baselines.as_ref().map(|b| b.majority_test),
         format_only_test: f.baselines.as_ref().map(|b| b.format_only_test),
     })
@@ -177,7 +186,7 @@ pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
 /// The Markdown table of a benchmark: one row per strategy, mean ± standard deviation over seeds.
 pub fn bench_table(runs: &[BenchRun]) -> String {
     let mut out = String::from(
-        "| strategy | seeds | validation gain | test gain | best validation score | best test score | majority / format-only test | experiments (failed) | seconds |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| strategy | seeds | validation gain | test gain | best validation score | best test score | majority / format-only test | experiments (failed) | train tokens | seconds |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut strategies: Vec<&str> = runs.iter().map(|r| r.strategy.as_str()).collect();
     strategies.dedup();
@@ -189,10 +198,11 @@ pub fn bench_table(runs: &[BenchRun]) -> String {
         let (bv, _) = col(|r| r.best_validation);
         let (bt, _) = col(|r| r.best_test);
         let (sec, _) = col(|r| r.seconds);
+        let (tok, _) = col(|r| r.train_tokens as f64);
         let nodes: usize = rs.iter().map(|r| r.nodes).sum();
         let failed: usize = rs.iter().map(|r| r.failed).sum();
         out.push_str(&format!(
-            "| {s} | {} | {vg:+.3} ± {vs:.3} | {tg:+.3} ± {ts:.3} | {bv:.3} | {bt:.3} | {} | {nodes} ({failed}) | {sec:.0} |\n",
+            "| {s} | {} | {vg:+.3} ± {vs:.3} | {tg:+.3} ± {ts:.3} | {bv:.3} | {bt:.3} | {} | {nodes} ({failed}) | {tok:.0} | {sec:.0} |\n",
             rs.len(),
             baselines_cell(&rs, bt)
         ));

@@ -26,9 +26,6 @@ pub struct SuiteRun {
     pub base_validation: f64,
     /// The base model's test score.
     pub base_test: f64,
-    /// Tokens trained on, all experiments together (what they cost when first run, even if
-    /// this run found them in the experiment cache).
-    pub train_tokens: u64,
     /// Best validation score so far after the base model (index 0) and each experiment, in the
     /// order they were created.
     pub curve: Vec<f64>,
@@ -43,16 +40,13 @@ fn suite_run(task: &str, run: BenchRun) -> Result<SuiteRun> {
     let base_validation = nodes.first().and_then(|n| n.result()).map_or(0.0, |r| r.score);
     let mut best = f64::NEG_INFINITY;
     let mut curve = Vec::with_capacity(nodes.len());
-    let mut train_tokens = 0;
     for n in &nodes {
         if let Some(r) = n.result() {
             best = best.max(r.score);
-            // What the experiment cost to train, even when this run found it in the cache.
-            train_tokens += r.train.as_ref().map_or(r.cost.train_tokens, |t| t.tokens);
         }
         curve.push(if best.is_finite() { best } else { 0.0 });
     }
-    Ok(SuiteRun { task: task.to_string(), base_validation, base_test, train_tokens, curve, run })
+    Ok(SuiteRun { task: task.to_string(), base_validation, base_test, curve, run })
 }
 
 /// Run the suite: every task in `tasks` under `base`'s settings, results under `out/<task>/`,
@@ -119,7 +113,7 @@ pub fn table(runs: &[SuiteRun]) -> String {
         let (bt, _) = col(&|r| r.base_test);
         let (te, _) = col(&|r| r.run.best_test);
         let (tg, tgs) = col(&|r| r.run.test_gain);
-        let (tok, _) = col(&|r| r.train_tokens as f64);
+        let (tok, _) = col(&|r| r.run.train_tokens as f64);
         let (sec, _) = col(&|r| r.run.seconds);
         let nodes: usize = rs.iter().map(|r| r.run.nodes).sum();
         let failed: usize = rs.iter().map(|r| r.run.failed).sum();
