@@ -353,7 +353,12 @@ pub enum FailureKind {
     Recipe,
     /// A data-tool or evaluator plugin failed.
     Plugin,
-    /// Anything else (files, devices, the host).
+    /// The host stopped its training early: its training loss was clearly worse than its
+    /// siblings' at the same step (only in searches that ask for early stopping).
+    Stopped,
+    /// Anything else (files, devices, the host), and any kind a newer host names that this
+    /// plugin does not know.
+    #[serde(other)]
     Other,
 }
 
@@ -517,6 +522,13 @@ pub fn all_schemas() -> BTreeMap<&'static str, serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_kind_a_plugin_does_not_know_reads_as_other() {
+        let kinds: Vec<FailureKind> = serde_json::from_str(r#"["stopped", "diverged", "out-of-luck"]"#).unwrap();
+        assert_eq!(kinds, vec![FailureKind::Stopped, FailureKind::Diverged, FailureKind::Other]);
+        assert_eq!(serde_json::to_string(&FailureKind::Stopped).unwrap(), r#""stopped""#);
+    }
 
     /// Every sub-schema says what it is (a type, a reference, a choice or a constant): servers
     /// that compile the reply schema into a decoding grammar (llama.cpp) give up on an open one

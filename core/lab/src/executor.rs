@@ -3,6 +3,7 @@
 //! generation on the validation split → the evaluator plugin → bad-case analysis; the adapter
 //! and the per-example evaluation are stored in the node's folder.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -703,13 +704,16 @@ impl Lab {
         })
     }
 
-    /// Run one experiment. On failure, the error and what the node cost so far.
+    /// Run one experiment. On failure, the error and what the node cost so far. With
+    /// `early_stop`, training stops when its loss is clearly worse than the siblings' there,
+    /// and the node fails as [`FailureKind::Stopped`] (a cached result is served whole).
     pub async fn run_node(
         &self,
         id: u64,
         proposal: &Proposal,
         parent: Option<ParentRef>,
         base_score: f64,
+        early_stop: Option<crate::early_stop::EarlyStop>,
     ) -> Result<NodeResult, NodeFailure> {
         let key = self.experiment_key(proposal, parent.as_ref().and_then(|p| p.key.as_deref()));
         if let Some(cached) = self.cached_outcome(&key, Some(base_score)) {
@@ -732,7 +736,7 @@ impl Lab {
         if self.cache.as_ref().is_some_and(|c| c.only) {
             return Err(NodeFailure::new(FailureKind::Other, not_in_table(), Cost::default()));
         }
-        let outcome = self.train_and_score(id, proposal, parent, base_score, &key).await;
+        let outcome = self.train_and_score(id, proposal, parent, base_score, &key, early_stop).await;
         // A recipe that diverges or is refused does so every time: keep that too.
         if let (Err(f), Some(cache)) = (&outcome, &self.cache)
             && matches!(f.kind, FailureKind::Diverged | FailureKind::Recipe)
@@ -760,6 +764,7 @@ impl Lab {
         parent: Option<ParentRef>,
         base_score: f64,
         key: &str,
+        early_stop: Option<crate::early_stop::EarlyStop>,
     ) -> Result<NodeResult, NodeFailure> {
         let started = Instant::now();
         let reporter = NodeReporter::new(self.observer.clone(), id);
@@ -806,16 +811,21 @@ impl Lab {
         let (observer, node) = reporter.handle();
         let n_examples = tokenized.len() as u64;
         let trained = tokio::task::spawn_blocking(move || {
+            let mut losses = Vec::new();
+            let mut stopped = None;
             let r = train::train_from(device, &model, &mut adapter, &tokenized, &recipe, epoch_offset, None, |s| {
                 let detail = format!("loss {:.3}", s.loss);
                 let p = NodeProgress { stage: Stage::Train, done: s.step as u64, total: s.total_steps as u64, detail };
                 observer.progress(node, &p);
+                losses.push(s.loss);
+                stopped = early_stop.as_ref().and_then(|e| e.verdict(&losses, s.total_steps));
+                if stopped.is_some() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
             });
-            r.map(|r| (adapter, r))
+            r.map(|r| (adapter, r, stopped))
         })
         .await
         .map_err(|e| fail(FailureKind::Other, format!("training panicked: {e}").into(), 0))?;
-        let (adapter, report) = trained.map_err(|e| {
+        let (adapter, report, stopped) = trained.map_err(|e| {
             let kind = match e {
                 train::TrainError::Diverged { .. } => FailureKind::Diverged,
                 train::TrainError::Recipe(_) | train::TrainError::Data(_) => FailureKind::Recipe,
@@ -823,6 +833,10 @@ impl Lab {
             };
             fail(kind, format!("training: {e}").into(), 0)
         })?;
+        if let Some(why) = stopped {
+            // Not cached: the verdict depends on the siblings, not on the experiment alone.
+            return Err(fail(FailureKind::Stopped, why.into(), report.tokens as u64));
+        }
         let adapter_dir = self.node_dir(id).join("adapter");
         train::peft::save_adapter(&adapter_dir, &adapter, &self.model_source).map_err(|e| {
             let error = StepError { message: format!("saving the adapter: {e}"), out_of_space: e.out_of_space() };

@@ -14,6 +14,7 @@ pub mod abmcts;
 pub mod analysis;
 pub mod baseline;
 pub mod cache;
+pub mod early_stop;
 pub mod error;
 pub mod executor;
 pub mod journal;

@@ -14,6 +14,7 @@ use trex_sdk::rng::SplitMix64;
 use trex_sdk::types::{FailureKind, Outcome, PluginKind, Proposal, experiment_key};
 
 use crate::LabError;
+use crate::early_stop::EarlyStop;
 use crate::executor::{self, ExecutorKind, Lab, NodeFailure, ParentRef, describe};
 use crate::journal::{self, Event, FinalResult, Journal, JournalError};
 use crate::memory::{self, MemoryParams};
@@ -65,6 +66,10 @@ pub struct Settings {
     /// Where nodes run (absent in journals of local runs and of runs from before it existed).
     #[serde(default, skip_serializing_if = "ExecutorKind::is_local")]
     pub executor: ExecutorKind,
+    /// Stop an experiment's training when its loss is clearly worse than its finished
+    /// siblings' at the same step (see [`crate::early_stop`]); the node fails as `stopped`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub early_stop: bool,
 }
 
 fn three_usize() -> usize {
@@ -130,6 +135,7 @@ impl Default for Settings {
             training_seed: None,
             rescore_top: 3,
             executor: ExecutorKind::Local,
+            early_stop: false,
         }
     }
 }
@@ -780,6 +786,7 @@ impl<'a> Search<'a> {
             let epochs_done = r.train.as_ref().map_or(0.0, |t| t.epoch_offset) + own;
             Some(ParentRef { adapter, key: r.key.clone(), epochs_done })
         });
+        let stop = if self.settings.early_stop { EarlyStop::for_node(&self.state.tree, id) } else { None };
         match (proposal, base) {
             (Some(p), Some(base)) => {
                 lab.say(format!("node {id} (from {}): {}", node.parent.unwrap_or(0), describe(&p)));
@@ -789,8 +796,8 @@ impl<'a> Search<'a> {
                 let parent_key = parent.as_ref().and_then(|r| r.key.as_deref());
                 // What the experiment cache holds is served here; the rest goes to the executor.
                 match self.cluster.clone().filter(|_| !lab.holds(&p, parent_key)) {
-                    Some(cluster) => self.submit(&cluster, id, p, parent, base),
-                    None => Ok(spawn_node(id, async move { lab.run_node(id, &p, parent, base).await })),
+                    Some(cluster) => self.submit(&cluster, id, p, parent, base, stop),
+                    None => Ok(spawn_node(id, async move { lab.run_node(id, &p, parent, base, stop).await })),
                 }
             }
             _ => {
@@ -808,6 +815,7 @@ impl<'a> Search<'a> {
         proposal: Proposal,
         parent: Option<ParentRef>,
         base_score: f64,
+        early_stop: Option<EarlyStop>,
     ) -> Result<NodeFuture<'a>, LabError> {
         let lab = &self.shared;
         let run_dir =
@@ -830,6 +838,7 @@ impl<'a> Search<'a> {
             grant: config.grant,
             experiment_cache: lab.cache.as_ref().map(|c| absolute(&c.dir)),
             device: lab.device,
+            early_stop,
         };
         let path = crate::worker::write_spec(&spec)?;
         let dir = path.parent().expect("a spec is in its node's folder").to_path_buf();

@@ -56,6 +56,9 @@ pub struct NodeSpec {
     pub experiment_cache: Option<PathBuf>,
     /// Where the node trains.
     pub device: trex_model::train::ComputeDevice,
+    /// What its training is measured against, when the search stops clearly worse runs early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stop: Option<crate::early_stop::EarlyStop>,
 }
 
 /// What a worker wrote: the node's result or its failure.
@@ -196,7 +199,8 @@ pub async fn run(spec: &NodeSpec, observer: SharedObserver) -> Result<Outcome, L
         )));
     }
     let setup_seconds = unix_now() - started_unix;
-    let outcome = lab.run_node(spec.node, &spec.proposal, spec.parent.clone(), spec.base_score).await;
+    let outcome =
+        lab.run_node(spec.node, &spec.proposal, spec.parent.clone(), spec.base_score, spec.early_stop.clone()).await;
     let (result, failure) = match outcome {
         Ok(r) => (Some(Box::new(r)), None),
         Err(f) => {

@@ -94,6 +94,12 @@ pub struct SearchCommand {
     /// Where nodes train: `cpu` or `cuda` (the first NVIDIA GPU).
     #[arg(long, value_parser = super::device(), default_value = "cpu")]
     device: ComputeDevice,
+    /// Stop an experiment's training when its loss is clearly worse than its finished
+    /// siblings' at the same step (25% and 0.1 nats above the best of them, smoothed, after a
+    /// quarter of its steps); it saves the rest of its training and its evaluation, and the node
+    /// fails as `stopped`.
+    #[arg(long)]
+    early_stop: bool,
     #[command(flatten)]
     cache: CacheArgs,
     #[command(flatten)]
@@ -240,6 +246,7 @@ impl SearchCommand {
             memory: MemoryParams { token_budget: self.context_tokens, ..Default::default() },
             ablations: self.ablate.clone(),
             device: self.device,
+            early_stop: self.early_stop,
             ..Default::default()
         }
     }

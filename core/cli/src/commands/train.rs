@@ -106,6 +106,7 @@ impl TrainCommand {
                 s.lr,
                 s.tokens as f64 / s.elapsed.max(1e-9)
             ));
+            std::ops::ControlFlow::Continue(())
         })?;
         bar.finish();
         let dir = train::adapter_dir(&args.out);

@@ -1008,3 +1008,29 @@ fn proposals_outside_the_search_space_are_refused_naming_the_field_and_the_allow
     assert!(rejected[0].contains("epochs 3 is not one of [1.0, 2.0, 4.0, 40.0]"), "{}", rejected[0]);
     assert_eq!(count(&events(&run_dir), |e| matches!(e, Event::Done { node: 1, .. })), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_stopping_stops_a_run_clearly_worse_than_its_sibling_and_spares_its_evaluation() {
+    use trex_lab::early_stop::{EarlyStop, Yardstick};
+    use trex_sdk::types::FailureKind;
+    trex_tests::build_plugins();
+    // 40 examples in batches of 4 for 2 epochs: 20 steps.
+    let f = fixture(40, QUICK, "", trex_model::LlamaConfig::tiny());
+    let req = request(&f, Strategy::Mcts, "lab");
+    let run_dir = f.dir.path().join("lab");
+    let (lab, ..) = trex_lab::run::open_lab(&req, run_dir.clone()).await.unwrap();
+    let sibling =
+        |loss: f32| Some(EarlyStop { siblings: vec![Yardstick { node: 1, steps: 20, curve: vec![loss; 20] }] });
+    let failure = lab.run_node(2, &req.task.start, None, 0.0, sibling(0.0)).await.unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Stopped, "{}", failure.error);
+    assert!(failure.error.contains("step 5 of 20") && failure.error.contains("#1"), "{}", failure.error);
+    assert!(failure.cost.train_tokens > 0, "what it trained is counted: {:?}", failure.cost);
+    assert!(!run_dir.join("nodes/2/adapter").exists(), "a stopped run keeps no adapter");
+    assert!(!run_dir.join("nodes/2/evaluation.jsonl").exists(), "and is not evaluated");
+    // Against a sibling that did far worse, the same experiment trains to the end.
+    let done = lab.run_node(3, &req.task.start, None, 0.0, sibling(100.0)).await.unwrap();
+    let train = done.train.as_ref().unwrap();
+    assert_eq!(train.steps, 20);
+    assert!(train.tokens > 3 * failure.cost.train_tokens, "{} against {}", train.tokens, failure.cost.train_tokens);
+    assert!(run_dir.join("nodes/3/evaluation.jsonl").is_file());
+}

@@ -7,6 +7,7 @@ pub mod cuda;
 pub mod data;
 pub mod peft;
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -69,8 +70,11 @@ pub struct StepReport {
 /// What a training run did.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainReport {
-    /// Optimizer steps.
+    /// Optimizer steps taken.
     pub steps: usize,
+    /// Optimizer steps the recipe asked for: more than `steps` when the caller stopped the run
+    /// early (its `on_step` returned [`ControlFlow::Break`]).
+    pub planned_steps: usize,
     /// Mean loss of the first step.
     pub first_loss: f32,
     /// Mean loss of the last step.
@@ -415,6 +419,8 @@ fn global_norm(grads: &LoraAdapter<f32>) -> f64 {
 }
 
 /// Train `adapter` (fresh or continued from a parent) on `examples` with `recipe`, on `device`.
+/// `on_step` sees every optimizer step; returning [`ControlFlow::Break`] stops the run there,
+/// with the adapter as that step left it (and no further checkpoint).
 pub fn train(
     device: ComputeDevice,
     model: &Llama<f32>,
@@ -422,7 +428,7 @@ pub fn train(
     examples: &[TokenizedExample],
     recipe: &TrainRecipe,
     checkpoints: Option<&Checkpointing>,
-    on_step: impl FnMut(&StepReport),
+    on_step: impl FnMut(&StepReport) -> ControlFlow<()>,
 ) -> Result<TrainReport, TrainError> {
     train_from(device, model, adapter, examples, recipe, 0.0, checkpoints, on_step)
 }
@@ -439,7 +445,7 @@ pub fn train_from(
     recipe: &TrainRecipe,
     start_epoch: f32,
     checkpoints: Option<&Checkpointing>,
-    mut on_step: impl FnMut(&StepReport),
+    mut on_step: impl FnMut(&StepReport) -> ControlFlow<()>,
 ) -> Result<TrainReport, TrainError> {
     check_recipe(recipe)?;
     if device == ComputeDevice::Cpu {
@@ -499,7 +505,7 @@ pub fn train_from(
         };
         engine.update(lr, recipe.weight_decay, clip)?;
         losses.push(loss);
-        on_step(&StepReport {
+        let flow = on_step(&StepReport {
             step: step + 1,
             total_steps,
             loss,
@@ -508,6 +514,9 @@ pub fn train_from(
             tokens,
             elapsed: started.elapsed().as_secs_f64(),
         });
+        if flow.is_break() {
+            break;
+        }
         if let Some(cp) = checkpoints
             && cp.every > 0
             && (step + 1) % cp.every == 0
@@ -520,7 +529,8 @@ pub fn train_from(
     engine.read_adapter(adapter)?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(TrainReport {
-        steps: total_steps,
+        steps: losses.len(),
+        planned_steps: total_steps,
         first_loss: losses.first().copied().unwrap_or(f32::NAN),
         final_loss: losses.last().copied().unwrap_or(f32::NAN),
         tokens,

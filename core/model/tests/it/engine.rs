@@ -1,6 +1,7 @@
 //! The training engine end to end on tiny random models: memorizing a dataset, reproducibility,
 //! adapters surviving a save/load round trip, Hugging Face directories, and bad input.
 
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use trex_model::train::{self, ComputeDevice, TokenizedExample, peft};
@@ -62,7 +63,9 @@ fn tiny_model_memorizes_a_small_dataset() {
     let model = tiny_model();
     let r = recipe();
     let mut adapter = LoraAdapter::new(&model.config, 8, 16.0, 0.0, &r.targets, r.seed);
-    let report = train::train(ComputeDevice::Cpu, &model, &mut adapter, &dataset(), &r, None, |_| {}).unwrap();
+    let report =
+        train::train(ComputeDevice::Cpu, &model, &mut adapter, &dataset(), &r, None, |_| ControlFlow::Continue(()))
+            .unwrap();
     assert!(report.first_loss > 3.0, "starts far from the data: {}", report.first_loss);
     // Threshold: mean completion-token loss below 0.05 nats after 120 steps.
     assert!(
@@ -89,7 +92,8 @@ fn training_is_reproducible_with_a_seed() {
         let mut r = r.clone();
         r.seed = seed;
         let mut a = LoraAdapter::new(&model.config, 8, 16.0, 0.1, &r.targets, seed);
-        let rep = train::train(ComputeDevice::Cpu, &model, &mut a, &dataset(), &r, None, |_| {}).unwrap();
+        let rep = train::train(ComputeDevice::Cpu, &model, &mut a, &dataset(), &r, None, |_| ControlFlow::Continue(()))
+            .unwrap();
         (a, rep.losses)
     };
     let (a1, l1) = run(3);
@@ -144,7 +148,7 @@ fn hugging_face_directory_round_trip_and_training_from_jsonl() {
         &tokenized,
         &TrainRecipe { epochs: 2.0, ..TrainRecipe::default() },
         None,
-        |_| {},
+        |_| ControlFlow::Continue(()),
     )
     .unwrap();
     assert_eq!(report.steps, 2);
@@ -363,20 +367,52 @@ fn checkpoints_are_written_and_training_continues_from_a_parent() {
     let dir = tempfile::tempdir().unwrap();
     let cp = train::Checkpointing { dir: dir.path().to_path_buf(), every: 15, base_model: "tiny".into() };
     let mut parent = LoraAdapter::new(&model.config, 8, 16.0, 0.0, &r.targets, r.seed);
-    let first = train::train(ComputeDevice::Cpu, &model, &mut parent, &dataset(), &r, Some(&cp), |_| {}).unwrap();
+    let first =
+        train::train(ComputeDevice::Cpu, &model, &mut parent, &dataset(), &r, Some(&cp), |_| ControlFlow::Continue(()))
+            .unwrap();
     assert_eq!(first.steps, 40);
     assert!(!dir.path().join("checkpoint-40").exists(), "the final adapter is the caller's to save");
     for step in [15, 30] {
         assert!(dir.path().join(format!("checkpoint-{step}/adapter_model.safetensors")).is_file(), "checkpoint {step}");
     }
     let mut child = peft::load_adapter(&dir.path().join("checkpoint-30"), &model.config).unwrap();
-    let cont = train::train(ComputeDevice::Cpu, &model, &mut child, &dataset(), &r, None, |_| {}).unwrap();
+    let cont =
+        train::train(ComputeDevice::Cpu, &model, &mut child, &dataset(), &r, None, |_| ControlFlow::Continue(()))
+            .unwrap();
     assert!(
         cont.first_loss < first.first_loss / 2.0,
         "the child starts where the parent got to: {} vs {}",
         cont.first_loss,
         first.first_loss
     );
+}
+
+#[test]
+fn a_run_its_caller_stops_ends_at_that_step_with_the_adapter_that_step_left() {
+    let model = tiny_model();
+    let mut r = recipe();
+    r.epochs = 5.0;
+    let run = |stop_after: usize| {
+        let mut a = LoraAdapter::new(&model.config, 8, 16.0, 0.0, &r.targets, r.seed);
+        let mut seen = Vec::new();
+        let report = train::train(ComputeDevice::Cpu, &model, &mut a, &dataset(), &r, None, |s| {
+            seen.push((s.step, s.total_steps));
+            if s.step == stop_after { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })
+        .unwrap();
+        (a, report, seen)
+    };
+    let (full, whole, _) = run(usize::MAX);
+    let (stopped, part, seen) = run(3);
+    assert_eq!((whole.steps, whole.planned_steps), (10, 10));
+    assert_eq!((part.steps, part.planned_steps, part.losses.len()), (3, 10, 3), "{part:?}");
+    assert_eq!(seen, vec![(1, 10), (2, 10), (3, 10)], "no step runs after the break");
+    assert_eq!(&whole.losses[..3], &part.losses[..], "the same first steps");
+    assert!(part.tokens < whole.tokens);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    full.for_each(|x| a.extend_from_slice(x));
+    stopped.for_each(|x| b.extend_from_slice(x));
+    assert_ne!(a, b, "the stopped adapter is the one its third step left, not the finished one");
 }
 
 #[test]
@@ -391,7 +427,11 @@ fn a_continued_run_trains_on_the_batches_that_come_next_in_the_stream() {
         let mut r = r.clone();
         r.epochs = epochs;
         let mut a = LoraAdapter::new(&model.config, 8, 16.0, 0.0, &r.targets, r.seed);
-        train::train_from(ComputeDevice::Cpu, &model, &mut a, &dataset(), &r, start_epoch, None, |_| {}).unwrap().losses
+        train::train_from(ComputeDevice::Cpu, &model, &mut a, &dataset(), &r, start_epoch, None, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .losses
     };
     let two_epochs = losses(2.0, 0.0);
     let first = losses(1.0, 0.0);
