@@ -5,8 +5,10 @@
 //! Siblings are the other children of the node's parent that trained the same way: fresh
 //! against fresh, continued against continued, and with the same examples per optimizer step,
 //! so that "the same step" means the same amount of data seen. The yardstick at a step is the
-//! lowest sibling loss there, read from the siblings' kept loss curves and smoothed over the
-//! same window of steps as the running experiment's own loss.
+//! lowest sibling loss there, read from the siblings' kept loss curves and averaged over the
+//! same window of steps as the running experiment's own loss: the last half of its steps so
+//! far. One batch's loss differs from the next by as much as the gap between two recipes, so a
+//! gap counts only where it is also twice the standard error of the two means.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,8 +20,10 @@ pub const MIN_SHARE: f64 = 0.25;
 pub const MIN_STEPS: usize = 4;
 /// "Clearly worse": this much above the yardstick, relatively ...
 pub const MARGIN: f32 = 0.25;
-/// ... and at least this much in absolute terms (nats per target token).
+/// ... and at least this much in absolute terms (nats per target token) ...
 pub const MIN_GAP: f32 = 0.1;
+/// ... and this many standard errors of the difference of the two windows' means.
+pub const NOISE: f32 = 2.0;
 
 /// A finished sibling's training-loss curve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,14 +37,23 @@ pub struct Yardstick {
 }
 
 impl Yardstick {
-    /// Its mean loss over the 1-based steps `from..=to` (`None` past its last step).
-    fn mean(&self, from: usize, to: usize) -> Option<f32> {
+    /// Its losses at the 1-based steps `from..=to`, as its kept curve holds them (`None` past
+    /// its last step).
+    fn window(&self, from: usize, to: usize) -> Option<Vec<f32>> {
         if self.curve.is_empty() || self.steps == 0 || to as u64 > self.steps || from == 0 || from > to {
             return None;
         }
         let point = |step: usize| self.curve[((step - 1) as u64 * self.curve.len() as u64 / self.steps) as usize];
-        Some((from..=to).map(point).sum::<f32>() / (to - from + 1) as f32)
+        Some((from..=to).map(point).collect())
     }
+}
+
+/// Mean and variance of `xs` (not empty).
+fn mean_var(xs: &[f32]) -> (f32, f32) {
+    let n = xs.len() as f32;
+    let mean = xs.iter().sum::<f32>() / n;
+    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / (n - 1.0) } else { 0.0 };
+    (mean, var)
 }
 
 /// What a running experiment is measured against.
@@ -83,19 +96,23 @@ impl EarlyStop {
         if step < earliest || step >= total {
             return None;
         }
-        // The same smoothing as a kept curve of `total` steps, and never less than 4 steps.
-        let window = (total / crate::tree::LOSS_CURVE_POINTS).max(4).min(step);
+        // Per-step losses swing with each batch's examples: compare the means of the last half
+        // of the steps so far (at least 4), and only where the gap is well outside that noise.
+        let window = (step / 2).max(4).min(step);
         let from = step + 1 - window;
-        let own = losses[from - 1..].iter().sum::<f32>() / window as f32;
+        let (own, own_var) = mean_var(&losses[from - 1..]);
         if !own.is_finite() {
             return None;
         }
-        let (best, node) = self
+        let (best, best_var, node) = self
             .siblings
             .iter()
-            .filter_map(|y| y.mean(from, step).map(|m| (m, y.node)))
+            .filter_map(|y| y.window(from, step).map(|w| (mean_var(&w), y.node)))
+            .map(|((m, v), node)| (m, v, node))
             .min_by(|a, b| a.0.total_cmp(&b.0))?;
-        (own > best * (1.0 + MARGIN) && own - best > MIN_GAP).then(|| {
+        let noise = NOISE * ((own_var + best_var) / window as f32).sqrt();
+        let gap = own - best;
+        (own > best * (1.0 + MARGIN) && gap > MIN_GAP && gap > noise).then(|| {
             format!(
                 "stopped early at step {step} of {total}: its training loss ({own:.3}, mean of steps {from}-{step}) is clearly worse than sibling #{node}'s at the same steps ({best:.3})"
             )
@@ -211,13 +228,24 @@ mod tests {
     }
 
     #[test]
-    fn the_loss_is_smoothed_over_the_last_steps() {
-        let s = stop(vec![1.0; 40]);
-        let mut losses = vec![1.0f32; 12];
-        losses[11] = 2.5;
-        // Mean of the last 4 steps: 1.375, above 1.25 and by more than 0.1: that stops it.
-        assert!(s.verdict(&losses, 40).is_some());
-        losses[11] = 1.8;
-        assert_eq!(s.verdict(&losses, 40), None, "mean 1.2");
+    fn a_gap_within_the_noise_of_single_batches_goes_on() {
+        // Two runs of the same training recipe on the default task (the second with one more
+        // data step that changes almost nothing), seed 0: one batch's loss swings by as much as
+        // 1.0 against the next. Their last four steps at step 15 differ by 0.5, which stopped
+        // the second run under a 4-step window; they went on to score 0.067 and 0.083.
+        let first = vec![
+            3.869, 3.168, 3.082, 2.380, 2.317, 1.850, 2.069, 2.024, 2.042, 1.827, 1.874, 1.051, 0.885, 1.480, 0.917,
+            0.859, 1.133, 0.904, 1.875, 0.939, 1.163, 1.869,
+        ];
+        let second =
+            [3.587, 3.300, 2.762, 2.978, 2.213, 1.363, 1.691, 1.966, 1.858, 1.050, 1.066, 1.133, 1.961, 1.456, 1.814];
+        let s = EarlyStop { siblings: vec![Yardstick { node: 1, steps: 22, curve: first.clone() }] };
+        for step in 6..=second.len() {
+            assert_eq!(s.verdict(&second[..step], 22), None, "step {step}");
+        }
+        // The same run a clear 0.8 nats worse at every step is stopped.
+        let worse: Vec<f32> = first.iter().map(|x| x + 0.8).collect();
+        let why = s.verdict(&worse[..8], 22).expect("0.8 nats worse at every step");
+        assert!(why.contains("step 8 of 22") && why.contains("steps 5-8"), "{why}");
     }
 }

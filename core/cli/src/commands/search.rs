@@ -95,9 +95,9 @@ pub struct SearchCommand {
     #[arg(long, value_parser = super::device(), default_value = "cpu")]
     device: ComputeDevice,
     /// Stop an experiment's training when its loss is clearly worse than its finished
-    /// siblings' at the same step (25% and 0.1 nats above the best of them, smoothed, after a
-    /// quarter of its steps); it saves the rest of its training and its evaluation, and the node
-    /// fails as `stopped`.
+    /// siblings' at the same steps (25%, 0.1 nats and two standard errors above the best of
+    /// them, over the last half of its steps, after a quarter of them); it saves the rest of its
+    /// training and its evaluation, and the node fails as `stopped`.
     #[arg(long)]
     early_stop: bool,
     #[command(flatten)]
