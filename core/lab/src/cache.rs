@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use trex_model::files::{copy_dir, temporary_prefix, write_atomically};
+
 use crate::tree::NodeResult;
 
 /// Where cached experiments live, and how a search uses them.
@@ -200,84 +202,6 @@ pub struct CacheError {
     pub message: String,
 }
 
-/// Write `bytes` to `path` under a temporary name in the same folder, then rename it into
-/// place, so a reader sees the whole file or the one before it, never half of one.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_via_temporary(path, bytes, false)
-}
-
-/// [`write_atomically`], with the file's contents flushed to the disk before it is renamed into
-/// place, for a file another process (or the same one after a crash) must find whole.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_via_temporary(path, bytes, true)
-}
-
-fn write_via_temporary(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(&temporary_prefix()).tempfile_in(dir)?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    if sync {
-        tmp.as_file().sync_all()?;
-    }
-    tmp.persist(path).map(drop).map_err(|e| e.error)
-}
-
-/// The name every temporary file or folder of this process starts with:
-/// `.tmp-<host>-<pid>-`, so a later session can tell a writer that died (killed mid-write)
-/// from one still writing, in this process or another (a Slurm job, a second run).
-fn temporary_prefix() -> String {
-    format!(".tmp-{}-{}-", host_name().unwrap_or_default(), std::process::id())
-}
-
-fn host_name() -> Option<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
-    // `-` separates the parts of a temporary's name.
-    Some(name.trim().replace('-', "_")).filter(|n| !n.is_empty())
-}
-
-/// Remove, under `dir` (recursively), the temporary files and folders whose writer was a
-/// process of this machine that no longer runs: what a kill in the middle of a write leaves.
-/// A temporary of a live process, or of another machine, is left alone. Returns how many were
-/// removed. Errors are ignored: a temporary that stays is harmless, only untidy.
-pub fn sweep_stale_temporaries(dir: &Path) -> usize {
-    let Some(host) = host_name() else { return 0 };
-    let mut removed = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-        let writer = name
-            .strip_prefix(".tmp-")
-            .and_then(|rest| rest.split_once('-'))
-            .filter(|(h, _)| *h == host)
-            .and_then(|(_, rest)| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok());
-        match writer {
-            Some(pid) if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() => {
-                let gone = if is_dir { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
-                removed += usize::from(gone.is_ok());
-            }
-            Some(_) => {}
-            None if is_dir => removed += sweep_stale_temporaries(&e.path()),
-            None => {}
-        }
-    }
-    removed
-}
-
-/// Copy the folder `from` (recursively) to `to`.
-pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()))?;
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name()))?;
-        }
-    }
-    Ok(())
-}
-
 /// SHA-256 over length-prefixed parts, hex.
 pub fn hash(parts: &[&[u8]]) -> String {
     use sha2::{Digest, Sha256};
@@ -313,48 +237,3 @@ pub fn hash_model(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_sweep_removes_only_temporaries_of_dead_writers_on_this_machine() {
-        let dir = tempfile::tempdir().unwrap();
-        let sub = dir.path().join("ab").join("entry");
-        std::fs::create_dir_all(&sub).unwrap();
-        let host = host_name().expect("a Linux host has a name");
-        // No process has this id (above the kernel's pid_max).
-        let dead = format!(".tmp-{host}-4294967295-x");
-        let mine = format!("{}x", temporary_prefix());
-        let elsewhere = ".tmp-another_host-4294967295-x".to_string();
-        for name in [&dead, &mine, &elsewhere] {
-            std::fs::write(dir.path().join(name), "half").unwrap();
-            std::fs::write(sub.join(name), "half").unwrap();
-        }
-        std::fs::create_dir(dir.path().join(format!(".tmp-{host}-4294967295-dir"))).unwrap();
-        std::fs::write(dir.path().join(format!(".tmp-{host}-4294967295-dir/entry.json")), "{}").unwrap();
-        std::fs::write(sub.join("result.json"), "{}").unwrap();
-
-        assert_eq!(sweep_stale_temporaries(dir.path()), 3);
-        let mut left: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .chain(std::fs::read_dir(&sub).unwrap())
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        let mut want = vec![mine.clone(), mine, elsewhere.clone(), elsewhere, "ab".into(), "result.json".into()];
-        want.sort();
-        assert_eq!(left, want);
-    }
-
-    #[test]
-    fn a_write_leaves_no_temporary_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.json");
-        write_durably(&path, b"{}").unwrap();
-        write_atomically(&path, b"[]").unwrap();
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("x.json")]);
-        assert_eq!(std::fs::read(&path).unwrap(), b"[]");
-    }
-}

@@ -130,21 +130,34 @@ fn hex_sha256(parts: &[&[u8]]) -> String {
     hex::encode(h.finalize())
 }
 
-/// A one-line description of an experiment, for lessons and progress lines.
+/// A one-line description of an experiment, for lessons and progress lines: learning rate,
+/// rank (and alpha when it is not twice the rank), targets, epochs, batch (times the gradient
+/// accumulation), sequence length, and dropout and weight decay when set, then the data steps.
 pub fn describe(p: &Proposal) -> String {
     let r = &p.train_recipe;
     let targets: Vec<&str> = r.targets.iter().map(|t| t.module_name().trim_end_matches("_proj")).collect();
     let steps: Vec<&str> = p.data_recipe.steps.iter().map(|s| s.plugin.as_str()).collect();
-    format!(
-        "lr {:.1e} r{} [{}] {} ep{}{} | data: {}",
-        r.learning_rate,
-        r.lora_rank,
-        targets.join(","),
-        r.epochs,
-        if r.continue_from_parent { " (continued)" } else { "" },
-        if r.lora_dropout > 0.0 { format!(" drop {}", r.lora_dropout) } else { String::new() },
-        if steps.is_empty() { "raw".into() } else { steps.join("→") }
-    )
+    let mut line = format!("lr {:.1e} r{}", r.learning_rate, r.lora_rank);
+    if r.lora_alpha != 2.0 * r.lora_rank as f32 {
+        line.push_str(&format!(" α{}", r.lora_alpha));
+    }
+    line.push_str(&format!(" [{}] {} ep", targets.join(","), r.epochs));
+    if r.continue_from_parent {
+        line.push_str(" (continued)");
+    }
+    line.push_str(&format!(" b{}", r.batch_size));
+    if r.grad_accumulation > 1 {
+        line.push_str(&format!("×{}", r.grad_accumulation));
+    }
+    line.push_str(&format!(" len {}", r.max_seq_len));
+    if r.lora_dropout > 0.0 {
+        line.push_str(&format!(" drop {}", r.lora_dropout));
+    }
+    if r.weight_decay > 0.0 {
+        line.push_str(&format!(" wd {}", r.weight_decay));
+    }
+    let data = if steps.is_empty() { "raw".into() } else { steps.join("→") };
+    format!("{line} | data: {data}")
 }
 
 /// Why a node failed, and what it cost before it did.
@@ -565,7 +578,7 @@ impl Lab {
         }
         std::fs::create_dir_all(&dir).map_err(|e| StepError::io(&dir, &e))?;
         let write = |path: &Path, text: String| -> Result<(), StepError> {
-            crate::cache::write_atomically(path, text.as_bytes()).map_err(|e| StepError::io(path, &e))
+            trex_model::files::write_atomically(path, text.as_bytes()).map_err(|e| StepError::io(path, &e))
         };
         write(&data_path, records.iter().map(|r| format!("{r}\n")).collect())?;
         write(&stats_path, serde_json::to_string(&stats).expect("stats serialize"))?;
@@ -687,7 +700,7 @@ impl Lab {
             lines.push('\n');
         }
         let path = dir.join("evaluation.jsonl");
-        std::fs::write(&path, lines).map_err(|e| StepError::io(&path, &e))?;
+        trex_model::files::write_atomically(&path, lines.as_bytes()).map_err(|e| StepError::io(&path, &e))?;
         let score = scoring.report.score;
         Ok(NodeResult {
             score,
@@ -722,12 +735,17 @@ impl Lab {
             // the cache in place.
             if let Some(a) = r.adapter.clone().filter(|_| !self.cache.as_ref().is_some_and(|c| c.only)) {
                 let dir = self.node_dir(id).join("adapter");
-                crate::cache::copy_dir(Path::new(&a), &dir).map_err(|e| {
+                let failed = |e: std::io::Error| {
                     let error = StepError {
                         message: format!("cannot copy the cached adapter {a}: {e}"),
                         out_of_space: trex_model::out_of_space(&e),
                     };
                     error.into_failure(FailureKind::Other, Cost::default())
+                };
+                // Copied whole or not at all, as a trained adapter is written.
+                let from = Path::new(&a);
+                trex_model::files::write_folder_atomically(&dir, |_, e| failed(e), |tmp| {
+                    trex_model::files::copy_dir(from, tmp).map_err(failed)
                 })?;
                 r.adapter = Some(format!("nodes/{id}/adapter"));
             }
@@ -926,4 +944,42 @@ fn not_in_table() -> String {
 pub fn normalized_gain(score: f64, base: f64, reference: f64) -> f64 {
     let span = reference - base;
     if span > 1e-9 { (score - base) / span } else { score - base }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trex_sdk::types::TrainRecipe;
+
+    fn proposal(recipe: TrainRecipe) -> Proposal {
+        Proposal { data_recipe: DataRecipe { steps: vec![] }, train_recipe: recipe, rationale: String::new() }
+    }
+
+    #[test]
+    fn the_one_line_description_tells_apart_experiments_that_differ_in_batch_or_length() {
+        let base = TrainRecipe::default();
+        assert_eq!(describe(&proposal(base.clone())), "lr 2.0e-4 r8 [q,v] 1 ep b4 len 256 | data: raw");
+        let lines: Vec<String> = [
+            TrainRecipe { batch_size: 8, ..base.clone() },
+            TrainRecipe { max_seq_len: 96, ..base.clone() },
+            TrainRecipe { grad_accumulation: 2, ..base.clone() },
+            TrainRecipe { lora_alpha: 32.0, ..base.clone() },
+            TrainRecipe { weight_decay: 0.01, ..base.clone() },
+            TrainRecipe { continue_from_parent: true, ..base.clone() },
+        ]
+        .into_iter()
+        .map(|r| describe(&proposal(r)))
+        .collect();
+        assert_eq!(
+            lines,
+            [
+                "lr 2.0e-4 r8 [q,v] 1 ep b8 len 256 | data: raw",
+                "lr 2.0e-4 r8 [q,v] 1 ep b4 len 96 | data: raw",
+                "lr 2.0e-4 r8 [q,v] 1 ep b4×2 len 256 | data: raw",
+                "lr 2.0e-4 r8 α32 [q,v] 1 ep b4 len 256 | data: raw",
+                "lr 2.0e-4 r8 [q,v] 1 ep b4 len 256 wd 0.01 | data: raw",
+                "lr 2.0e-4 r8 [q,v] 1 ep (continued) b4 len 256 | data: raw",
+            ]
+        );
+    }
 }

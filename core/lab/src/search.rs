@@ -491,9 +491,9 @@ impl<'a> Search<'a> {
         llm: Option<Arc<trex_plugin_host::llm::OpenAiClient>>,
     ) -> Result<Search<'a>, LabError> {
         // What an earlier session killed mid-write left behind (data, results, cache entries).
-        crate::cache::sweep_stale_temporaries(&lab.run_dir);
+        trex_model::files::sweep_stale_temporaries(&lab.run_dir);
         if let Some(cache) = &lab.cache {
-            crate::cache::sweep_stale_temporaries(&cache.dir);
+            trex_model::files::sweep_stale_temporaries(&cache.dir);
         }
         let task = &lab.task;
         let mut brief = task.brief(settings.seed);

@@ -149,7 +149,7 @@ pub fn write_spec(spec: &NodeSpec) -> Result<PathBuf, LabError> {
     std::fs::create_dir_all(&dir).map_err(|e| LabError::Run(format!("{}: {e}", dir.display())))?;
     let path = spec_path(&dir);
     let text = serde_json::to_string_pretty(spec).expect("specs serialize");
-    crate::cache::write_durably(&path, text.as_bytes())
+    trex_model::files::write_durably(&path, text.as_bytes())
         .map_err(|e| LabError::Run(format!("{}: {e}", path.display())))?;
     Ok(path)
 }
@@ -220,7 +220,7 @@ pub async fn run(spec: &NodeSpec, observer: SharedObserver) -> Result<Outcome, L
     };
     let path = outcome_path(&lab.node_dir(spec.node));
     let text = serde_json::to_string_pretty(&outcome).expect("outcomes serialize");
-    crate::cache::write_durably(&path, text.as_bytes())
+    trex_model::files::write_durably(&path, text.as_bytes())
         .map_err(|e| LabError::Run(format!("{}: {e}", path.display())))?;
     Ok(outcome)
 }
@@ -230,7 +230,7 @@ mod tests {
     use super::*;
 
     fn back_again(path: &Path, o: &Outcome) -> Outcome {
-        crate::cache::write_durably(path, serde_json::to_string(o).unwrap().as_bytes()).unwrap();
+        trex_model::files::write_durably(path, serde_json::to_string(o).unwrap().as_bytes()).unwrap();
         read_outcome(path).unwrap()
     }
 
@@ -253,7 +253,7 @@ mod tests {
             setup_seconds: 0.5,
             finished_unix: 2.0,
         };
-        crate::cache::write_durably(&path, serde_json::to_string(&failed).unwrap().as_bytes()).unwrap();
+        trex_model::files::write_durably(&path, serde_json::to_string(&failed).unwrap().as_bytes()).unwrap();
         let back = read_outcome(&path).unwrap();
         assert_eq!(back, failed);
         let f = back.into_result().unwrap_err();

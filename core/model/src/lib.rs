@@ -1,11 +1,13 @@
 //! trex's training engine: Llama-family decoders (Llama, SmolLM/SmolLM2, Qwen2-style with q/k/v
 //! bias) with their configuration, weights, loading from GGUF files and Hugging Face
 //! directories and the tokenizer ([`Tokenizer`]); LoRA adapters; the trainer ([`train`]: CPU and
-//! CUDA engines); generation ([`generate`]); and FLOP counts ([`flops`]).
+//! CUDA engines); generation ([`generate`]); FLOP counts ([`flops`]); and writes that a kill cannot tear
+//! ([`files`]).
 //!
 //! Architecture Invariant: nothing here depends on wasmtime, tokio or clap, and nothing prints;
 //! callers get typed errors and progress callbacks.
 
+pub mod files;
 pub mod flops;
 pub mod generate;
 pub mod gguf;

@@ -48,7 +48,7 @@ impl ReportCommand {
             _ => PathBuf::from("report.html"),
         });
         let page = html::render(&runs);
-        trex_lab::cache::write_atomically(&out, page.as_bytes())
+        trex_model::files::write_atomically(&out, page.as_bytes())
             .with_context(|| format!("cannot write {}", out.display()))?;
         // A report is for sharing: readable by others, like any file the user writes.
         #[cfg(unix)]

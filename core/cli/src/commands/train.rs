@@ -112,7 +112,8 @@ impl TrainCommand {
         let dir = train::adapter_dir(&args.out);
         train::peft::save_adapter(&dir, &adapter, &base.source.display().to_string())?;
         let report_path = args.out.join("train_report.json");
-        std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)?;
+        trex_model::files::write_atomically(&report_path, serde_json::to_string_pretty(&report)?.as_bytes())
+            .with_context(|| format!("cannot write {}", report_path.display()))?;
         println!(
             "trained {} steps in {:.1} s ({:.0} tokens/s); loss {:.4} -> {:.4}",
             report.steps, report.seconds, report.tokens_per_second, report.first_loss, report.final_loss

@@ -3,6 +3,8 @@
 //! run grows, with no finished node lost or finished twice and nothing half-written left in the
 //! run folder. `TREX_DRILL_KILLS` sets the number of kills (default 5, as in CI);
 //! `cargo xtask crash-drill --kills N` runs it with more and prints where the kills landed.
+//! Every fifth kill lands in the middle of an adapter's write (held open by
+//! `TREX_TEST_HOLD_WRITES_MS`; see `trex_model::files`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use trex_lab::journal::{Event, Journal};
 use trex_lab::run::view;
 use trex_sdk::rng::SplitMix64;
 
-use crate::runs::{adapters, assert_finished_at_most_once, assert_same_tree, count};
+use crate::runs::{adapters, assert_every_adapter_loads, assert_finished_at_most_once, assert_same_tree, count};
 use crate::search::{events, fixture, output, slow_config, trex_host};
 
 /// Where in a run a kill landed, read from the journal and the node folders at the moment of the kill.
@@ -32,7 +34,9 @@ fn stage(run_dir: &Path) -> &'static str {
         Some(0) => "scoring the base model",
         Some(id) => {
             let dir = run_dir.join(format!("nodes/{id}"));
-            if dir.join("evaluation.jsonl").is_file() {
+            if writing_a_folder(&dir) {
+                "writing the adapter"
+            } else if dir.join("evaluation.jsonl").is_file() {
                 "after evaluation, before the journal"
             } else if dir.join("adapter/adapter_model.safetensors").is_file() {
                 "generation or evaluation"
@@ -43,6 +47,19 @@ fn stage(run_dir: &Path) -> &'static str {
         None if ev.iter().any(|e| matches!(e, Event::Final(_))) => "after the final scoring",
         None => "between nodes",
     }
+}
+
+/// Whether a folder is being written in `dir` under a temporary name (an adapter, before the
+/// rename that puts it in place).
+fn writing_a_folder(dir: &Path) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+        e.file_name().to_string_lossy().starts_with(".tmp") && e.file_type().is_ok_and(|t| t.is_dir())
+    })
+}
+
+/// Whether any node of the run is writing a folder (see [`writing_a_folder`]).
+fn writing_an_adapter(run_dir: &Path) -> bool {
+    std::fs::read_dir(run_dir.join("nodes")).into_iter().flatten().flatten().any(|n| writing_a_folder(&n.path()))
 }
 
 /// Every file whose name marks it as written under a temporary name (left by a kill mid-write).
@@ -84,8 +101,11 @@ fn a_search_killed_again_and_again_and_resumed_grows_the_tree_of_an_uninterrupte
     let span = (1.5 * (node_ms + 1000.0)) as u64;
 
     let run_dir = f.dir.path().join("drilled");
-    let spawn =
-        |c: &mut std::process::Command| -> Child { c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap() };
+    // Every adapter the drilled sessions write is held complete under its temporary name for a
+    // moment before it is renamed into place, so that a kill can land in the middle of the write.
+    let spawn = |c: &mut std::process::Command| -> Child {
+        c.env("TREX_TEST_HOLD_WRITES_MS", "300").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+    };
     let mut child = spawn(&mut search(&run_dir, true));
     let mut rng = SplitMix64(0x5EED);
     let mut landed: BTreeMap<&'static str, usize> = BTreeMap::new();
@@ -95,8 +115,8 @@ fn a_search_killed_again_and_again_and_resumed_grows_the_tree_of_an_uninterrupte
         // Each kill waits for a moment of its own kind, in turn: a random time into the session,
         // a node's adapter just written (generation and evaluation follow), a node just
         // journaled as finished (the next proposal follows), a node just started (its data
-        // recipe runs).
-        let kind = done % 4;
+        // recipe runs), a node's adapter in the middle of its write.
+        let kind = done % 5;
         let counts = || {
             let done = count(&run_dir, |e| matches!(e, Event::Done { .. }));
             (done, adapters(&run_dir), count(&run_dir, |e| matches!(e, Event::Started { .. })))
@@ -115,7 +135,8 @@ fn a_search_killed_again_and_again_and_resumed_grows_the_tree_of_an_uninterrupte
                 0 => started.elapsed() >= delay,
                 1 => now.1 > before.1,
                 2 => now.0 > before.0,
-                _ => now.2 > before.2,
+                3 => now.2 > before.2,
+                _ => writing_an_adapter(&run_dir),
             };
             // A moment that does not come within a node and a half is replaced by a random one.
             if hit || started.elapsed() >= delay + Duration::from_millis(span) {
@@ -133,6 +154,7 @@ fn a_search_killed_again_and_again_and_resumed_grows_the_tree_of_an_uninterrupte
         // After every kill the run folder reads as a run, with no node finished twice.
         if Journal::path_in(&run_dir).is_file() {
             assert_finished_at_most_once(&run_dir, &format!("after kill {done}"));
+            assert_every_adapter_loads(&run_dir, &config, &format!("after kill {done}"));
             child = spawn(trex_host(&f).arg("resume").arg(&run_dir));
             resumes += 1;
         } else {

@@ -28,6 +28,18 @@ pub fn adapters(run_dir: &Path) -> usize {
         .count()
 }
 
+/// Every adapter folder in the run's node folders loads, finished node or not: none is half
+/// written.
+pub fn assert_every_adapter_loads(run_dir: &Path, config: &LlamaConfig, when: &str) {
+    for e in std::fs::read_dir(run_dir.join("nodes")).into_iter().flatten().flatten() {
+        let adapter = e.path().join("adapter");
+        if adapter.exists() {
+            trex_model::train::peft::load_adapter(&adapter, config)
+                .unwrap_or_else(|err| panic!("{when}: {} does not load: {err}", adapter.display()));
+        }
+    }
+}
+
 /// The run folder reads as a run, and no node in it finished twice.
 pub fn assert_finished_at_most_once(run_dir: &Path, when: &str) {
     let v = view(run_dir).unwrap_or_else(|e| panic!("{when}: {e}"));

@@ -58,10 +58,18 @@ fn target_from_name(name: &str) -> Option<LoraTarget> {
     LoraTarget::ALL.into_iter().find(|t| t.module_name() == name)
 }
 
-/// Write `adapter` to `dir` in PEFT layout.
+/// Write `adapter` to `dir` in PEFT layout. The folder is written whole under a temporary name
+/// and renamed into place ([`crate::files::write_folder_atomically`]), so a kill in the middle
+/// leaves the folder that was there before, or none, never half an adapter.
 pub fn save_adapter(dir: &Path, adapter: &LoraAdapter<f32>, base_model: &str) -> Result<(), AdapterError> {
     let io = |path: &Path, source: std::io::Error| AdapterError::Write { path: path.into(), source };
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    // Errors name each file by the name it is written for, not by its temporary one.
+    crate::files::write_folder_atomically(dir, io, |tmp| write_adapter_files(tmp, dir, adapter, base_model))
+}
+
+/// The files of a PEFT adapter, written into `tmp`; errors name them as they will be in `dir`.
+fn write_adapter_files(tmp: &Path, dir: &Path, adapter: &LoraAdapter<f32>, base_model: &str) -> Result<(), AdapterError> {
+    let io = |name: &str, source: std::io::Error| AdapterError::Write { path: dir.join(name), source };
     let config = serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -78,8 +86,8 @@ pub fn save_adapter(dir: &Path, adapter: &LoraAdapter<f32>, base_model: &str) ->
         "use_rslora": false,
         "use_dora": false,
     });
-    let cfg_path = dir.join("adapter_config.json");
-    std::fs::write(&cfg_path, serde_json::to_string_pretty(&config).expect("json")).map_err(|e| io(&cfg_path, e))?;
+    let cfg_name = "adapter_config.json";
+    std::fs::write(tmp.join(cfg_name), serde_json::to_string_pretty(&config).expect("json")).map_err(|e| io(cfg_name, e))?;
     let mut tensors: Vec<(String, &[f32], Vec<usize>)> = Vec::new();
     for (l, layer) in adapter.layers.iter().enumerate() {
         for &t in &adapter.targets {
@@ -90,8 +98,8 @@ pub fn save_adapter(dir: &Path, adapter: &LoraAdapter<f32>, base_model: &str) ->
             tensors.push((format!("{}.lora_B.weight", module_path(l, t)), &pair.b, vec![out, r]));
         }
     }
-    let path = dir.join("adapter_model.safetensors");
-    crate::hf::write_safetensors(&path, &tensors).map_err(|e| io(&path, e))
+    let name = "adapter_model.safetensors";
+    crate::hf::write_safetensors(&tmp.join(name), &tensors).map_err(|e| io(name, e))
 }
 
 /// Read a PEFT adapter for a model of shape `config`.
