@@ -236,4 +236,3 @@ pub fn hash_model(path: &Path) -> std::io::Result<String> {
     }
     Ok(hex::encode(h.finalize()))
 }
-

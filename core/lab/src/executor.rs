@@ -744,9 +744,11 @@ impl Lab {
                 };
                 // Copied whole or not at all, as a trained adapter is written.
                 let from = Path::new(&a);
-                trex_model::files::write_folder_atomically(&dir, |_, e| failed(e), |tmp| {
-                    trex_model::files::copy_dir(from, tmp).map_err(failed)
-                })?;
+                trex_model::files::write_folder_atomically(
+                    &dir,
+                    |_, e| failed(e),
+                    |tmp| trex_model::files::copy_dir(from, tmp).map_err(failed),
+                )?;
                 r.adapter = Some(format!("nodes/{id}/adapter"));
             }
             return Ok(r);
@@ -853,7 +855,9 @@ impl Lab {
         })?;
         if let Some(why) = stopped {
             // Not cached: the verdict depends on the siblings, not on the experiment alone.
-            return Err(fail(FailureKind::Stopped, why.into(), report.tokens as u64));
+            let mut failure = fail(FailureKind::Stopped, why.into(), report.tokens as u64);
+            failure.cost.share = Some(report.steps as f32 / report.planned_steps.max(1) as f32);
+            return Err(failure);
         }
         let adapter_dir = self.node_dir(id).join("adapter");
         train::peft::save_adapter(&adapter_dir, &adapter, &self.model_source).map_err(|e| {

@@ -552,11 +552,18 @@ impl<'a> Search<'a> {
     /// Why no further node may start, if a budget says so.
     fn spent(&self, in_flight: usize) -> Option<String> {
         let b = &self.settings.budget;
-        let created = self.state.tree.nodes.len().saturating_sub(1) as u64;
+        let charged = self.state.tree.experiments_charged();
         if let Some(n) = b.nodes
-            && created >= n
+            && charged > n as f64 - 1e-9
         {
-            return Some(format!("node budget spent ({n} experiments)"));
+            let created = self.state.tree.nodes.len().saturating_sub(1);
+            return Some(if created as f64 > charged + 1e-9 {
+                format!(
+                    "node budget spent ({n} experiments; {created} nodes, the ones stopped early charged by their share)"
+                )
+            } else {
+                format!("node budget spent ({n} experiments)")
+            });
         }
         if let Some(m) = b.wall_minutes {
             let limit = m * 60.0;
@@ -588,7 +595,7 @@ impl<'a> Search<'a> {
         let b = &self.settings.budget;
         let mut p: f64 = 0.0;
         if let Some(n) = b.nodes {
-            p = p.max(self.state.tree.nodes.len().saturating_sub(1) as f64 / n.max(1) as f64);
+            p = p.max(self.state.tree.experiments_charged() / n.max(1) as f64);
         }
         if let Some(m) = b.wall_minutes {
             p = p.max(self.now() / (m * 60.0).max(1e-9));
@@ -603,7 +610,7 @@ impl<'a> Search<'a> {
         let mut notes = BTreeMap::new();
         let b = &self.settings.budget;
         if let Some(n) = b.nodes {
-            notes.insert("nodes_left".into(), n.saturating_sub(self.state.tree.nodes.len() as u64 - 1) as f64);
+            notes.insert("nodes_left".into(), (n as f64 - self.state.tree.experiments_charged()).max(0.0).ceil());
         }
         if let Some(m) = b.wall_minutes {
             notes.insert("seconds_left".into(), (m * 60.0 - self.now()).max(0.0).round());

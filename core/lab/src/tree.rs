@@ -86,6 +86,18 @@ pub struct Cost {
     /// The seconds around a node that ran as a Slurm job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<Box<JobSeconds>>,
+    /// The share of its planned training steps a node ran when it was stopped early (absent:
+    /// a whole experiment). A node budget charges a stopped node this share of one experiment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<f32>,
+}
+
+impl Cost {
+    /// How much of a node budget this node spends: its [`share`](Cost::share), else one. Never
+    /// less than a tenth, so that a node budget always runs out.
+    pub fn budget_charge(&self) -> f64 {
+        self.share.map_or(1.0, |s| if s.is_nan() { 1.0 } else { f64::from(s.clamp(0.1, 1.0)) })
+    }
 }
 
 /// Where the seconds around a Slurm job went, beyond the node's own stages.
@@ -415,6 +427,13 @@ pub struct Tree {
 }
 
 impl Tree {
+    /// The experiments a node budget has been charged: one for every node but the base model,
+    /// and for a node stopped early only the share of its training it ran (so that stopping a
+    /// bad run early buys part of another). A node still running counts as a whole one.
+    pub fn experiments_charged(&self) -> f64 {
+        self.nodes.iter().skip(1).map(|n| n.cost().budget_charge()).sum()
+    }
+
     /// Children of `id`, in creation order.
     pub fn children(&self, id: u64) -> impl Iterator<Item = &Node> {
         self.nodes.iter().filter(move |n| n.parent == Some(id))
@@ -600,6 +619,33 @@ mod tests {
             NodeStatus::Running => NodeState::Running,
         };
         Node { state, ..Node::pending(id, parent, None, 0) }
+    }
+
+    #[test]
+    fn a_node_budget_charges_a_stopped_node_by_the_share_of_its_training_it_ran() {
+        let stopped = |id: u64, share: Option<f32>| Node {
+            state: NodeState::Failed {
+                error: "stopped early".into(),
+                kind: Some(FailureKind::Stopped),
+                cost: Cost { share, ..Cost::default() },
+            },
+            ..Node::pending(id, Some(0), None, 0)
+        };
+        let tree = Tree {
+            nodes: vec![
+                node(0, None, NodeStatus::Done, 0.0),
+                node(1, Some(0), NodeStatus::Done, 0.8),
+                stopped(2, Some(0.25)),
+                node(3, Some(1), NodeStatus::Failed, 0.0),
+                node(4, Some(1), NodeStatus::Running, 0.0),
+                // A share from a damaged journal charges no more than one and no less than a tenth.
+                stopped(5, Some(7.0)),
+                stopped(6, Some(-1.0)),
+            ],
+        };
+        // The base model is free; a failed or running node is a whole experiment.
+        let charged = tree.experiments_charged();
+        assert!((charged - (1.0 + 0.25 + 1.0 + 1.0 + 1.0 + 0.1)).abs() < 1e-6, "{charged}");
     }
 
     #[test]

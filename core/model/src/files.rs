@@ -47,7 +47,8 @@ pub fn write_folder_atomically<E>(
 ) -> Result<(), E> {
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
-    let work = tempfile::Builder::new().prefix(&temporary_prefix()).tempdir_in(parent).map_err(|e| io_error(parent, e))?;
+    let work =
+        tempfile::Builder::new().prefix(&temporary_prefix()).tempdir_in(parent).map_err(|e| io_error(parent, e))?;
     fill(work.path())?;
     if let Some(ms) = hold_writes_ms() {
         std::thread::sleep(std::time::Duration::from_millis(ms));

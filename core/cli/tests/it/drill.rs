@@ -52,9 +52,11 @@ fn stage(run_dir: &Path) -> &'static str {
 /// Whether a folder is being written in `dir` under a temporary name (an adapter, before the
 /// rename that puts it in place).
 fn writing_a_folder(dir: &Path) -> bool {
-    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
-        e.file_name().to_string_lossy().starts_with(".tmp") && e.file_type().is_ok_and(|t| t.is_dir())
-    })
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(".tmp") && e.file_type().is_ok_and(|t| t.is_dir()))
 }
 
 /// Whether any node of the run is writing a folder (see [`writing_a_folder`]).

@@ -1025,12 +1025,14 @@ async fn early_stopping_stops_a_run_clearly_worse_than_its_sibling_and_spares_it
     assert_eq!(failure.kind, FailureKind::Stopped, "{}", failure.error);
     assert!(failure.error.contains("step 5 of 20") && failure.error.contains("#1"), "{}", failure.error);
     assert!(failure.cost.train_tokens > 0, "what it trained is counted: {:?}", failure.cost);
+    assert_eq!(failure.cost.share, Some(0.25), "a node budget charges it a quarter of an experiment");
     assert!(!run_dir.join("nodes/2/adapter").exists(), "a stopped run keeps no adapter");
     assert!(!run_dir.join("nodes/2/evaluation.jsonl").exists(), "and is not evaluated");
     // Against a sibling that did far worse, the same experiment trains to the end.
     let done = lab.run_node(3, &req.task.start, None, 0.0, sibling(100.0)).await.unwrap();
     let train = done.train.as_ref().unwrap();
     assert_eq!(train.steps, 20);
+    assert_eq!(done.cost.share, None, "a whole experiment");
     assert!(train.tokens > 3 * failure.cost.train_tokens, "{} against {}", train.tokens, failure.cost.train_tokens);
     assert!(run_dir.join("nodes/3/evaluation.jsonl").is_file());
 }

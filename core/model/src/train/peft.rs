@@ -68,7 +68,12 @@ pub fn save_adapter(dir: &Path, adapter: &LoraAdapter<f32>, base_model: &str) ->
 }
 
 /// The files of a PEFT adapter, written into `tmp`; errors name them as they will be in `dir`.
-fn write_adapter_files(tmp: &Path, dir: &Path, adapter: &LoraAdapter<f32>, base_model: &str) -> Result<(), AdapterError> {
+fn write_adapter_files(
+    tmp: &Path,
+    dir: &Path,
+    adapter: &LoraAdapter<f32>,
+    base_model: &str,
+) -> Result<(), AdapterError> {
     let io = |name: &str, source: std::io::Error| AdapterError::Write { path: dir.join(name), source };
     let config = serde_json::json!({
         "peft_type": "LORA",
@@ -87,7 +92,8 @@ fn write_adapter_files(tmp: &Path, dir: &Path, adapter: &LoraAdapter<f32>, base_
         "use_dora": false,
     });
     let cfg_name = "adapter_config.json";
-    std::fs::write(tmp.join(cfg_name), serde_json::to_string_pretty(&config).expect("json")).map_err(|e| io(cfg_name, e))?;
+    std::fs::write(tmp.join(cfg_name), serde_json::to_string_pretty(&config).expect("json"))
+        .map_err(|e| io(cfg_name, e))?;
     let mut tensors: Vec<(String, &[f32], Vec<usize>)> = Vec::new();
     for (l, layer) in adapter.layers.iter().enumerate() {
         for &t in &adapter.targets {
