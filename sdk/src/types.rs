@@ -171,6 +171,10 @@ pub struct TrainRecipe {
     pub lora_dropout: f32,
     /// Which linear layers get adapters.
     pub targets: Vec<LoraTarget>,
+    /// Adapt only the top this many transformer blocks (0: every block). Training stops the
+    /// backward pass below the lowest adapted block, so fewer blocks train faster.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lora_layers: u32,
     /// Peak learning rate of AdamW.
     pub learning_rate: f64,
     /// AdamW weight decay.
@@ -193,6 +197,10 @@ pub struct TrainRecipe {
     pub seed: u64,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 impl Default for TrainRecipe {
     fn default() -> Self {
         Self {
@@ -200,6 +208,7 @@ impl Default for TrainRecipe {
             lora_alpha: 16.0,
             lora_dropout: 0.0,
             targets: vec![LoraTarget::QProj, LoraTarget::VProj],
+            lora_layers: 0,
             learning_rate: 2e-4,
             weight_decay: 0.0,
             epochs: 1.0,

@@ -131,7 +131,8 @@ fn hex_sha256(parts: &[&[u8]]) -> String {
 }
 
 /// A one-line description of an experiment, for lessons and progress lines: learning rate,
-/// rank (and alpha when it is not twice the rank), targets, epochs, batch (times the gradient
+/// rank (and alpha when it is not twice the rank), targets (and `top N` when only the top N
+/// blocks are adapted), epochs, batch (times the gradient
 /// accumulation), sequence length, and dropout and weight decay when set, then the data steps.
 pub fn describe(p: &Proposal) -> String {
     let r = &p.train_recipe;
@@ -141,7 +142,11 @@ pub fn describe(p: &Proposal) -> String {
     if r.lora_alpha != 2.0 * r.lora_rank as f32 {
         line.push_str(&format!(" α{}", r.lora_alpha));
     }
-    line.push_str(&format!(" [{}] {} ep", targets.join(","), r.epochs));
+    line.push_str(&format!(" [{}]", targets.join(",")));
+    if r.lora_layers > 0 {
+        line.push_str(&format!(" top {}", r.lora_layers));
+    }
+    line.push_str(&format!(" {} ep", r.epochs));
     if r.continue_from_parent {
         line.push_str(" (continued)");
     }

@@ -344,6 +344,7 @@ pub(crate) async fn check_proposal(lab: &Lab, mut p: Proposal) -> Result<Proposa
     let space = &task.search_space;
     let r = &p.train_recipe;
     trex_model::train::check_recipe(r).map_err(|e| e.to_string())?;
+    trex_model::train::check_recipe_for(lab.model_config(), r).map_err(|e| e.to_string())?;
     if lab.device == trex_model::train::ComputeDevice::Cpu {
         trex_model::train::check_batch_memory(lab.model_config(), r).map_err(|e| e.to_string())?;
     }

@@ -306,22 +306,29 @@ impl<T: Real> Llama<T> {
         let mut rng = SplitMix(dropout_seed);
         flush_denormals();
 
-        // Forward, keeping what the backward pass needs.
+        // Forward, keeping what the backward pass needs. Below the lowest block that holds an
+        // adapter no gradient is needed, so those blocks keep nothing and are not gone back
+        // through.
+        let lowest = adapter.lowest_layer();
         let mut x = self.embed(&batch.tokens);
-        let mut saved: Vec<LayerSaved<T>> = Vec::with_capacity(self.config.layers);
+        let mut saved: Vec<LayerSaved<T>> = Vec::with_capacity(self.config.layers - lowest.min(self.config.layers));
         for li in 0..self.config.layers {
             let mut s = LayerSaved::<T>::default();
             let mut h1 = self.attention_forward(li, &x, &batch.seq_lens, &ctx, &mut rng, &mut s);
             add_assign(&mut h1, &x);
             let mut next = self.mlp_forward(li, &h1, &ctx, &mut rng, &mut s);
             add_assign(&mut next, &h1);
-            (s.x_in, s.h1) = (std::mem::replace(&mut x, next), h1);
-            saved.push(s);
+            if li >= lowest {
+                (s.x_in, s.h1) = (std::mem::replace(&mut x, next), h1);
+                saved.push(s);
+            } else {
+                x = next;
+            }
         }
         let (loss, count, mut dx) = self.head_loss(&x, &batch.targets, grad_scale);
 
         // Backward through the blocks; `dx` is the gradient of the block output.
-        for li in (0..self.config.layers).rev() {
+        for li in (lowest..self.config.layers).rev() {
             let s = saved.pop().expect("one saved state per layer");
             let (a, g) = (&adapter.layers[li], &mut grads.layers[li]);
             let dh1 = self.mlp_backward(li, &s, a, g, ctx.scale, &dx);
@@ -693,10 +700,15 @@ mod tests {
         a
     }
 
-    fn check_gradients(arch: Arch, dropout: f64) {
+    /// `top`: adapt only the top this many blocks (0: every block).
+    fn check_gradients(arch: Arch, dropout: f64, top: usize) {
         let model = tiny(arch);
         let b = batch();
-        let a = adapter(&model, dropout);
+        let mut a = adapter(&model, dropout);
+        if top > 0 {
+            a.keep_top_layers(top);
+            assert_eq!(a.lowest_layer(), model.config.layers - top);
+        }
         let mut grads = a.zeros_like();
         let (loss, count) = model.train_step(&b, &a, &mut grads, 1.0, 7);
         assert_eq!(count, 4);
@@ -735,12 +747,43 @@ mod tests {
 
     #[test]
     fn lora_gradients_match_finite_differences() {
-        check_gradients(Arch::Llama, 0.0);
+        check_gradients(Arch::Llama, 0.0, 0);
+    }
+
+    #[test]
+    fn lora_gradients_match_finite_differences_when_only_the_top_block_is_adapted() {
+        check_gradients(Arch::Llama, 0.0, 1);
+    }
+
+    #[test]
+    fn stopping_the_backward_pass_below_the_lowest_adapter_changes_no_gradient() {
+        // An adapter whose lower block has B = 0 computes the same forward pass as one without
+        // that block, so the top block's gradients must be the same whether or not the backward
+        // pass goes on below it.
+        let model = tiny(Arch::Llama);
+        let b = batch();
+        let mut full = adapter(&model, 0.0);
+        full.layers[0].iter_mut().flatten().for_each(|p| p.b.iter_mut().for_each(|x| *x = 0.0));
+        let mut top = full.clone();
+        top.keep_top_layers(1);
+        let (mut g_full, mut g_top) = (full.zeros_like(), top.zeros_like());
+        let (l_full, _) = model.train_step(&b, &full, &mut g_full, 1.0, 3);
+        let (l_top, _) = model.train_step(&b, &top, &mut g_top, 1.0, 3);
+        assert!((l_full - l_top).abs() < 1e-12, "{l_full} vs {l_top}");
+        assert!(g_top.layers[0].iter().all(Option::is_none), "no gradient below the lowest adapter");
+        for (t, (x, y)) in g_full.layers[1].iter().zip(&g_top.layers[1]).enumerate() {
+            let (x, y) = (x.as_ref().unwrap(), y.as_ref().unwrap());
+            for (u, v) in x.a.iter().chain(&x.b).zip(y.a.iter().chain(&y.b)) {
+                assert!((u - v).abs() < 1e-12, "target {t}: {u} vs {v}");
+            }
+        }
+        // And the lower block does get a gradient when it is adapted.
+        assert!(g_full.layers[0].iter().flatten().any(|p| p.b.iter().any(|x| *x != 0.0)));
     }
 
     #[test]
     fn lora_gradients_match_finite_differences_with_qkv_bias_and_dropout() {
-        check_gradients(Arch::Qwen2, 0.3);
+        check_gradients(Arch::Qwen2, 0.3, 0);
     }
 
     #[test]

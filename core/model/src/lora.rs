@@ -49,16 +49,39 @@ pub struct LoraAdapter<T> {
 }
 
 impl<T: Real> LoraAdapter<T> {
-    /// A fresh adapter with the rank, alpha, dropout, targets and seed of a training recipe.
+    /// A fresh adapter with the rank, alpha, dropout, targets, blocks (`lora_layers`) and seed
+    /// of a training recipe.
     pub fn from_recipe(config: &LlamaConfig, recipe: &trex_sdk::types::TrainRecipe) -> Self {
-        Self::new(
+        let mut adapter = Self::new(
             config,
             recipe.lora_rank as usize,
             recipe.lora_alpha as f64,
             recipe.lora_dropout as f64,
             &recipe.targets,
             recipe.seed,
-        )
+        );
+        let top = recipe.lora_layers as usize;
+        if top > 0 && top < config.layers {
+            adapter.keep_top_layers(top);
+        }
+        adapter
+    }
+
+    /// Drop the adapters of every block but the top `top` ones.
+    pub fn keep_top_layers(&mut self, top: usize) {
+        let below = self.layers.len().saturating_sub(top);
+        self.layers[..below].iter_mut().for_each(|slots| *slots = Default::default());
+    }
+
+    /// The lowest block that holds an adapter (the block count when none does): no gradient
+    /// is needed below it.
+    pub fn lowest_layer(&self) -> usize {
+        self.layers.iter().position(|slots| slots.iter().any(Option::is_some)).unwrap_or(self.layers.len())
+    }
+
+    /// The blocks that hold an adapter, lowest first.
+    pub fn adapted_layers(&self) -> Vec<usize> {
+        (0..self.layers.len()).filter(|&l| self.layers[l].iter().any(Option::is_some)).collect()
     }
 
     /// A fresh adapter as PEFT initializes one: `A` uniform in ±1/sqrt(in) (Kaiming-uniform with

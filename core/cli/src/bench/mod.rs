@@ -212,6 +212,8 @@ pub struct TrainBench {
     pub steps: usize,
     /// Fraction of positions that carry a loss (the rest are prompt).
     pub completion_fraction: f64,
+    /// Adapt only the top this many blocks (0: every block).
+    pub lora_layers: usize,
     /// Where to train.
     pub device: trex_model::train::ComputeDevice,
 }
@@ -258,7 +260,20 @@ pub fn train(opts: &TrainBench) -> Result<()> {
     use trex_sdk::types::{LoraTarget, TrainRecipe};
     let config = LlamaConfig::smollm2_135m();
     let model = Llama::new(config.clone(), Weights::<f32>::random(&config, 1));
-    let adapter = LoraAdapter::<f32>::new(&config, opts.rank, 2.0 * opts.rank as f64, 0.0, &LoraTarget::ALL, 0);
+    let mut adapter = LoraAdapter::<f32>::new(&config, opts.rank, 2.0 * opts.rank as f64, 0.0, &LoraTarget::ALL, 0);
+    anyhow::ensure!(
+        opts.lora_layers <= config.layers,
+        "--lora-layers {} is more than the model's {} blocks",
+        opts.lora_layers,
+        config.layers
+    );
+    let trained = if opts.lora_layers == 0 { config.layers } else { opts.lora_layers };
+    anyhow::ensure!(
+        trained == config.layers || opts.device == trex_model::train::ComputeDevice::Cpu,
+        "--lora-layers is measured on the CPU engine (the GPU row's MFU counts every block); drop it with --device cuda"
+    );
+    adapter.keep_top_layers(trained);
+    let label = if trained == config.layers { "trex".to_string() } else { format!("trex, top {trained} blocks") };
     let mut engine = trex_model::train::engine(opts.device, &model, &adapter)?;
     let recipe = TrainRecipe::default();
     let mut rng = SplitMix(7);
@@ -309,10 +324,10 @@ pub fn train(opts: &TrainBench) -> Result<()> {
         );
         return Ok(());
     }
-    let flops = trex_model::flops::train_flops_per_token(&config, opts.seq, opts.rank, with_loss);
+    let flops = trex_model::flops::train_flops_per_token_top(&config, opts.seq, opts.rank, with_loss, trained);
     let gemm = gemm_gflops();
     println!(
-        "| trex | {} x {} | {:.0}% | {:.1} | {:.2}..{:.2} s | {:.2} GFLOP | {:.1} GFLOP/s ({:.0}% of {:.0} GFLOP/s GEMM) | {:.0} MiB |",
+        "| {label} | {} x {} | {:.0}% | {:.1} | {:.2}..{:.2} s | {:.2} GFLOP | {:.1} GFLOP/s ({:.0}% of {:.0} GFLOP/s GEMM) | {:.0} MiB |",
         opts.batch,
         opts.seq,
         opts.completion_fraction * 100.0,

@@ -227,6 +227,9 @@ pub enum BenchCommand {
         /// Fraction of positions with a loss (1: every position, as in pre-training).
         #[arg(long, default_value_t = 1.0)]
         completion_fraction: f64,
+        /// Adapt only the top this many blocks, as a recipe's `lora_layers` does (0: every block).
+        #[arg(long, default_value_t = 0)]
+        lora_layers: usize,
         /// Where to train: `cpu`, or `cuda` (also prints MFU against the GPU's bf16 peak).
         #[arg(long, value_parser = super::device(), default_value = "cpu")]
         device: ComputeDevice,
@@ -344,12 +347,12 @@ impl BenchCommand {
                 print!("{table}");
                 eprintln!("results: {0}/results.json, {0}/table.md", out.display());
             }
-            BenchCommand::Train { seq, batch, rank, steps, completion_fraction, device } => {
+            BenchCommand::Train { seq, batch, rank, steps, completion_fraction, lora_layers, device } => {
                 println!(
                     "| impl | batch x seq | positions with loss | tokens/s | step time | FLOP/token | achieved | peak RSS |"
                 );
                 println!("|---|---|---|---|---|---|---|---|");
-                bench::train(&bench::TrainBench { seq, batch, rank, steps, completion_fraction, device })?;
+                bench::train(&bench::TrainBench { seq, batch, rank, steps, completion_fraction, lora_layers, device })?;
             }
             BenchCommand::Eval { task, batch_sizes, limit } => {
                 if batch_sizes.is_empty() || batch_sizes.contains(&0) {

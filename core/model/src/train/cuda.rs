@@ -215,16 +215,21 @@ impl CudaEngine {
         };
         let mut x = dev.scratch::<u16>(n * c.hidden)?;
         dev.embedding_forward(embed, &dev.upload(&ids)?, c.hidden, &mut x)?;
-        let mut saved = Vec::with_capacity(c.layers);
+        // As on the CPU: below the lowest block with an adapter nothing is kept or gone back
+        // through.
+        let lowest = slots.iter().position(|s| s.iter().any(Option::is_some)).unwrap_or(c.layers);
+        let mut saved = Vec::with_capacity(c.layers - lowest.min(c.layers));
         for li in 0..c.layers {
             let (h1, attn) = pass.attention_forward(li, x)?;
             let (next, mlp) = pass.mlp_forward(li, h1)?;
             x = next;
-            saved.push((attn, mlp));
+            if li >= lowest {
+                saved.push((attn, mlp));
+            }
         }
         let (loss, count, mut dx) = pass.head_loss(&x, &batch.targets, grad_scale)?;
         drop(x);
-        for li in (0..c.layers).rev() {
+        for li in (lowest..c.layers).rev() {
             let (attn, mlp) = saved.pop().expect("one saved state per layer");
             let dh1 = pass.mlp_backward(li, &mlp, grads, &dx)?;
             dx = pass.attention_backward(li, &attn, grads, &dh1)?;

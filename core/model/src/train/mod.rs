@@ -117,6 +117,7 @@ pub const RECIPE_BOUNDS: &[(&str, f64, f64)] = &[
     ("max_seq_len", 2.0, 32768.0),
     ("warmup_ratio", 0.0, 1.0),
     ("grad_clip", 0.0, 1e6),
+    ("lora_layers", 0.0, 4096.0),
 ];
 
 /// Check a recipe before any work starts: every number finite and within [`RECIPE_BOUNDS`],
@@ -143,11 +144,24 @@ pub fn check_recipe(r: &TrainRecipe) -> Result<(), TrainError> {
         r.max_seq_len as f64,
         r.warmup_ratio as f64,
         r.grad_clip as f64,
+        r.lora_layers as f64,
     ];
     for (&(field, min, max), v) in RECIPE_BOUNDS.iter().zip(values) {
         if !(v.is_finite() && v >= min && v <= max) {
             return bad(format!("{field} {} is outside [{min}, {max}]", number(v)));
         }
+    }
+    Ok(())
+}
+
+/// Check the parts of a recipe that depend on the model: `lora_layers` cannot ask for more
+/// blocks than the model has.
+pub fn check_recipe_for(config: &LlamaConfig, r: &TrainRecipe) -> Result<(), TrainError> {
+    if r.lora_layers as usize > config.layers {
+        return Err(TrainError::Recipe(format!(
+            "lora_layers {} is more than the model's {} blocks (0 adapts every block)",
+            r.lora_layers, config.layers
+        )));
     }
     Ok(())
 }
@@ -448,6 +462,7 @@ pub fn train_from(
     mut on_step: impl FnMut(&StepReport) -> ControlFlow<()>,
 ) -> Result<TrainReport, TrainError> {
     check_recipe(recipe)?;
+    check_recipe_for(&model.config, recipe)?;
     if device == ComputeDevice::Cpu {
         check_batch_memory(&model.config, recipe)?;
     }

@@ -75,7 +75,7 @@ fn write_adapter_files(
     base_model: &str,
 ) -> Result<(), AdapterError> {
     let io = |name: &str, source: std::io::Error| AdapterError::Write { path: dir.join(name), source };
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model,
@@ -91,6 +91,12 @@ fn write_adapter_files(
         "use_rslora": false,
         "use_dora": false,
     });
+    // Adapters on some blocks only say which, as PEFT does.
+    let adapted = adapter.adapted_layers();
+    if adapted.len() < adapter.layers.len() {
+        config["layers_to_transform"] = serde_json::json!(adapted);
+        config["layers_pattern"] = serde_json::json!("layers");
+    }
     let cfg_name = "adapter_config.json";
     std::fs::write(tmp.join(cfg_name), serde_json::to_string_pretty(&config).expect("json"))
         .map_err(|e| io(cfg_name, e))?;
@@ -153,9 +159,39 @@ pub fn load_adapter(dir: &Path, config: &LlamaConfig) -> Result<LoraAdapter<f32>
         }
         other => AdapterError::Invalid { path: path.clone(), message: other.to_string() },
     })?;
+    // PEFT's `layers_to_transform`: the blocks that hold adapters (one index or a list; absent:
+    // every block).
+    let layers = config.layers;
+    let adapted: Vec<bool> = match &cfg["layers_to_transform"] {
+        serde_json::Value::Null => vec![true; layers],
+        v => {
+            let list: Vec<&serde_json::Value> = match v {
+                serde_json::Value::Array(a) => a.iter().collect(),
+                other => vec![other],
+            };
+            let mut adapted = vec![false; layers];
+            for item in list {
+                let l = item.as_u64().filter(|&l| (l as usize) < layers).ok_or_else(|| {
+                    invalid(
+                        &cfg_path,
+                        format!(
+                            "field `layers_to_transform`: {item} is not a block index of this model (0 to {})",
+                            layers.saturating_sub(1)
+                        ),
+                    )
+                })?;
+                adapted[l as usize] = true;
+            }
+            adapted
+        }
+    };
     let mut adapter = LoraAdapter::<f32>::new(config, rank, alpha, dropout, &targets, 0);
     let mut used = 0;
     for (l, layer) in adapter.layers.iter_mut().enumerate() {
+        if !adapted[l] {
+            *layer = Default::default();
+            continue;
+        }
         for &t in &targets {
             let (out, inp) = target_dims(config, t);
             let base = module_path(l, t);

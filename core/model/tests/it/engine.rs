@@ -127,6 +127,54 @@ fn adapter_save_load_gives_identical_logits_and_merge_matches() {
 }
 
 #[test]
+fn a_recipe_on_the_top_blocks_trains_only_them_and_saves_them_as_peft_names_them() {
+    let model = tiny_model();
+    let r = TrainRecipe { lora_layers: 1, epochs: 10.0, ..recipe() };
+    let mut adapter = LoraAdapter::from_recipe(&model.config, &r);
+    assert_eq!(adapter.adapted_layers(), vec![1], "the top one of two blocks");
+    let report =
+        train::train(ComputeDevice::Cpu, &model, &mut adapter, &dataset(), &r, None, |_| ControlFlow::Continue(()))
+            .unwrap();
+    assert!(report.final_loss < report.first_loss * 0.8, "{} → {}", report.first_loss, report.final_loss);
+    assert!(adapter.layers[0].iter().all(Option::is_none));
+    assert!(adapter.layers[1].iter().flatten().all(|p| p.b.iter().any(|x| *x != 0.0)), "every top target trained");
+
+    let dir = tempfile::tempdir().unwrap();
+    peft::save_adapter(dir.path(), &adapter, "tiny").unwrap();
+    let cfg_path = dir.path().join("adapter_config.json");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    assert_eq!(cfg["layers_to_transform"], serde_json::json!([1]));
+    assert_eq!(cfg["layers_pattern"], "layers");
+    let loaded = peft::load_adapter(dir.path(), &model.config).unwrap();
+    assert_eq!(loaded, adapter);
+    // PEFT also writes a single index as a bare integer.
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["layers_to_transform"] = serde_json::json!(1);
+    std::fs::write(&cfg_path, v.to_string()).unwrap();
+    assert_eq!(peft::load_adapter(dir.path(), &model.config).unwrap(), adapter);
+    // A block the model does not have is named.
+    v["layers_to_transform"] = serde_json::json!([1, 7]);
+    std::fs::write(&cfg_path, v.to_string()).unwrap();
+    let e = peft::load_adapter(dir.path(), &model.config).unwrap_err().to_string();
+    assert!(e.contains("adapter_config.json") && e.contains("`layers_to_transform`") && e.contains('7'), "{e}");
+    // An adapter on every block writes no block list.
+    let all = LoraAdapter::from_recipe(&model.config, &recipe());
+    peft::save_adapter(dir.path(), &all, "tiny").unwrap();
+    let text = std::fs::read_to_string(&cfg_path).unwrap();
+    assert!(!text.contains("layers_to_transform"), "{text}");
+
+    // More blocks than the model has is refused before any work, naming the field.
+    let too_many = TrainRecipe { lora_layers: 3, ..recipe() };
+    let mut a = LoraAdapter::from_recipe(&model.config, &too_many);
+    let e =
+        train::train(ComputeDevice::Cpu, &model, &mut a, &dataset(), &too_many, None, |_| ControlFlow::Continue(()))
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("lora_layers 3") && e.contains("2 blocks"), "{e}");
+}
+
+#[test]
 fn hugging_face_directory_round_trip_and_training_from_jsonl() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = tiny_dir(dir.path());
