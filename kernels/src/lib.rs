@@ -30,7 +30,22 @@ pub trait Real:
     + std::iter::Sum
     + 'static
 {
+    /// The slice as `f32`, when `Self` is `f32` (lets f32 products go to a system BLAS).
+    fn as_f32(_x: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    /// The mutable slice as `f32`, when `Self` is `f32`.
+    fn as_f32_mut(_x: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
 }
 
-impl Real for f32 {}
+impl Real for f32 {
+    fn as_f32(x: &[f32]) -> Option<&[f32]> {
+        Some(x)
+    }
+    fn as_f32_mut(x: &mut [f32]) -> Option<&mut [f32]> {
+        Some(x)
+    }
+}
 impl Real for f64 {}

@@ -1,4 +1,5 @@
-//! Matrix products through the `gemm` crate (multi-threaded with rayon).
+//! Matrix products through the `gemm` crate (multi-threaded with rayon), or through the system
+//! OpenBLAS for the large multi-threaded f32 ones when `TREX_BLAS=openblas` (see `blas`).
 
 use crate::Real;
 
@@ -119,6 +120,14 @@ fn gemm_checked<T: Real>(
         }
         return;
     }
+    if threads > 1
+        && let (Some(a32), Some(b32), Some(alpha32), Some(beta32)) =
+            (T::as_f32(a), T::as_f32(b), alpha.to_f32(), beta.to_f32())
+        && let Some(c32) = T::as_f32_mut(c)
+        && super::blas::sgemm(ta == Trans::T, tb == Trans::T, m, n, k, alpha32, a32, lda, b32, ldb, beta32, c32, ldc)
+    {
+        return;
+    }
     // (column stride, row stride) of op(x) as stored.
     let (a_cs, a_rs) = if ta == Trans::N { (1isize, lda as isize) } else { (lda as isize, 1isize) };
     let (b_cs, b_rs) = if tb == Trans::N { (1isize, ldb as isize) } else { (ldb as isize, 1isize) };
@@ -193,6 +202,53 @@ mod tests {
                     assert_close(&c, &naive(ta, tb, m, n, k, &a, &b), 1e-12, "beta = 0 ignores old contents");
                 }
             }
+        }
+    }
+
+    /// Large f32 products take the multi-threaded path (OpenBLAS under `TREX_BLAS=openblas`):
+    /// every transpose combination, beta 0 over NaN and beta 2, against an f64 reference.
+    #[test]
+    fn large_f32_products_match_naive_on_every_backend() {
+        let (m, n, k) = (67, 70, 64);
+        assert!(m * n * k >= 1 << 18, "the shape must be large enough for the threaded path");
+        for ta in [Trans::N, Trans::T] {
+            for tb in [Trans::N, Trans::T] {
+                let (a, b, c) = (random(m * k, 4), random(k * n, 5), random(m * n, 6));
+                let f = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+                let (a32, b32) = (f(&a), f(&b));
+                let mut got = f(&c);
+                matmul(ta, tb, m, n, k, 0.5f32, &a32, &b32, 2.0, &mut got);
+                let want: Vec<f64> =
+                    naive(ta, tb, m, n, k, &a, &b).iter().zip(&c).map(|(p, c)| 0.5 * p + 2.0 * c).collect();
+                let got: Vec<f64> = got.iter().map(|&v| v as f64).collect();
+                let what = format!("{} {ta:?}{tb:?}", crate::cpu::blas_backend());
+                assert_close(&got, &want, 1e-4, &what);
+                let mut got = vec![f32::NAN; m * n];
+                matmul(ta, tb, m, n, k, 1.0f32, &a32, &b32, 0.0, &mut got);
+                let got: Vec<f64> = got.iter().map(|&v| v as f64).collect();
+                assert_close(&got, &naive(ta, tb, m, n, k, &a, &b), 1e-4, &format!("{what}, beta = 0"));
+            }
+        }
+    }
+
+    /// Where OpenBLAS is in use, its strided products agree with the `gemm` crate's.
+    #[test]
+    fn openblas_and_gemm_agree_on_strided_products() {
+        let (m, n, k, lda, ldb, ldc) = (80, 72, 60, 75, 90, 100);
+        let a: Vec<f32> = random(m * lda, 7).iter().map(|&v| v as f32).collect();
+        let b: Vec<f32> = random(k * ldb, 8).iter().map(|&v| v as f32).collect();
+        let c0: Vec<f32> = random(m * ldc, 9).iter().map(|&v| v as f32).collect();
+        let (mut threaded, mut serial) = (c0.clone(), c0.clone());
+        gemm_checked(Trans::N, Trans::N, m, n, k, 1.5, &a, lda, &b, ldb, 0.5, &mut threaded, ldc, 2);
+        gemm_checked(Trans::N, Trans::N, m, n, k, 1.5, &a, lda, &b, ldb, 0.5, &mut serial, ldc, 1);
+        let d = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+        assert_close(&d(&threaded), &d(&serial), 1e-4, &crate::cpu::blas_backend());
+        for i in 0..m {
+            assert_eq!(
+                threaded[i * ldc + n..(i + 1) * ldc],
+                c0[i * ldc + n..(i + 1) * ldc],
+                "row {i}: padding written"
+            );
         }
     }
 

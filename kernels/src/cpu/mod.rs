@@ -1,6 +1,8 @@
-//! CPU backend: rayon for parallelism, the `gemm` crate for matrix products.
+//! CPU backend: rayon for parallelism, the `gemm` crate (or the system OpenBLAS, with
+//! `TREX_BLAS=openblas`) for matrix products.
 
 mod attention;
+mod blas;
 mod denormals;
 mod elementwise;
 mod matmul;
@@ -8,6 +10,7 @@ mod norm;
 mod rope;
 
 pub use attention::{AttentionShape, attention_backward, attention_cached, attention_forward};
+pub use blas::backend as blas_backend;
 pub use denormals::{flush_denormals, flush_denormals_on_this_thread};
 pub use elementwise::{add_assign, cross_entropy, scale, swiglu_backward, swiglu_forward};
 pub use matmul::{Trans, matmul, matmul_serial, matmul_strided};

@@ -273,7 +273,12 @@ pub fn train(opts: &TrainBench) -> Result<()> {
         "--lora-layers is measured on the CPU engine (the GPU row's MFU counts every block); drop it with --device cuda"
     );
     adapter.keep_top_layers(trained);
-    let label = if trained == config.layers { "trex".to_string() } else { format!("trex, top {trained} blocks") };
+    let mut label = if trained == config.layers { "trex".to_string() } else { format!("trex, top {trained} blocks") };
+    if opts.device == trex_model::train::ComputeDevice::Cpu {
+        // Which library ran the large products (`TREX_BLAS=openblas` chooses OpenBLAS).
+        let blas = trex_kernels::cpu::blas_backend();
+        label = format!("{label} ({})", blas.split(' ').next().unwrap_or("gemm"));
+    }
     let mut engine = trex_model::train::engine(opts.device, &model, &adapter)?;
     let recipe = TrainRecipe::default();
     let mut rng = SplitMix(7);
